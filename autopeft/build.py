@@ -1,0 +1,135 @@
+"""Applying a PeftConfig to a Hugging Face model: the only module that touches `adapters`.
+
+Method entries become `adapters` configs (see each method's ``to_adapters``). The first config of
+each architecture slot goes into one ConfigUnion adapter named ``autopeft``; further configs of a
+slot (a second LoRA with another rank, (IA)3 beside LoRA) become adapters ``autopeft_1``, ...
+stacked after it. The union comes first because prompt tuning only trains in the first adapter
+of a Stack.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from autopeft.config import PeftConfig
+from autopeft.errors import ModelError
+from autopeft.methods import AdaptersConfig, get_method
+from autopeft.models import ModelInfo, inspect_model
+
+ADAPTER_NAME = "autopeft"
+_LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block)\.(\d+)\.")
+
+
+def plan_adapters(peft: PeftConfig, num_layers: int, hidden: int) -> list[list[AdaptersConfig]]:
+    """Group a config's `adapters` configs into adapters: [union members, extra 1, extra 2, ...]."""
+    groups: list[list[AdaptersConfig]] = []
+    for name, entries in peft.by_method().items():
+        for cfg in get_method(name).to_adapters(entries, num_layers, hidden):
+            target = next((g for g in groups if all(c.slot != cfg.slot for c in g)), None)
+            if target is None:
+                groups.append([cfg])
+            else:
+                target.append(cfg)
+    return groups
+
+
+def adapters_configs(peft: PeftConfig, num_layers: int, hidden: int) -> dict[str, Any]:
+    """Adapter name -> `adapters` config object, in Stack order."""
+    import adapters
+
+    out: dict[str, Any] = {}
+    for i, group in enumerate(plan_adapters(peft, num_layers, hidden)):
+        members = [getattr(adapters, c.cls)(**c.kwargs) for c in group]
+        name = ADAPTER_NAME if i == 0 else f"{ADAPTER_NAME}_{i}"
+        out[name] = members[0] if len(members) == 1 else adapters.ConfigUnion(*members)
+    return out
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_all(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class BuiltModel:
+    model: nn.Module
+    tokenizer: Any
+    info: ModelInfo
+    adapter_names: list[str]
+    base_params: int  # every parameter of the base model with its task head, before PEFT
+    trainable_params: int
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable_params / self.base_params
+
+
+def load_base(model_name: str, num_labels: int, info: ModelInfo | None = None):
+    """Base model with a fresh task head, and its tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    info = info or inspect_model(model_name)
+    hf_logging.set_verbosity_error()  # "newly initialized: classifier" is expected, not news
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(info.path)
+        model = AutoModelForSequenceClassification.from_pretrained(info.path, num_labels=num_labels)
+    except Exception as exc:
+        raise ModelError(f"cannot load base model {model_name!r} for sequence classification: {exc}") from None
+    if tokenizer.pad_token is None:  # decoder models (GPT-2) ship without one
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, info
+
+
+def build_model(model_name: str, peft: PeftConfig, num_labels: int, seed: int = 0,
+                info: ModelInfo | None = None) -> BuiltModel:
+    """Load the base model, apply ``peft``, and freeze everything but PEFT parameters and the head."""
+    import adapters
+
+    info = info or inspect_model(model_name)
+    peft.check_model(info.num_layers)
+    torch.manual_seed(seed)  # the head and the PEFT modules are initialised from this seed
+    model, tokenizer, info = load_base(model_name, num_labels, info)
+    base_params = count_all(model)
+
+    adapters.init(model)
+    configs = adapters_configs(peft, info.num_layers, info.hidden_size)
+    for name, cfg in configs.items():
+        try:
+            model.add_adapter(name, config=cfg)
+        except Exception as exc:
+            raise ModelError(f"{info.model_type} model cannot take {peft.describe()}: {exc}") from None
+    names = list(configs)
+    if names:
+        setup = names[0] if len(names) == 1 else adapters.composition.Stack(*names)
+        model.train_adapter(setup)
+    else:
+        model.requires_grad_(False)
+
+    _mark_head_and_base_trainable(model, peft)
+    trainable = count_trainable(model)
+    return BuiltModel(model, tokenizer, info, names, base_params, trainable)
+
+
+def _mark_head_and_base_trainable(model: nn.Module, peft: PeftConfig) -> None:
+    body = {id(p) for p in model.base_model.parameters()}
+    groups = peft.by_method()
+    hooks = [(get_method(n).trains_base_param, entries) for n, entries in groups.items()
+             if get_method(n).trains_base_param is not None]
+    for name, param in model.named_parameters():
+        if id(param) not in body:  # the task head
+            param.requires_grad_(True)
+            continue
+        match = _LAYER_INDEX.search("." + name)
+        layer = int(match.group(1)) if match else None
+        if any(hook(entries, name, layer) for hook, entries in hooks):
+            param.requires_grad_(True)

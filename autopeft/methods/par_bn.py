@@ -1,0 +1,59 @@
+"""Parallel bottleneck adapter (He et al., 2022), placed beside the attention block.
+
+Beside attention rather than the FFN: `adapters` cannot put a serial and a parallel adapter at the
+same (output) position in one model — a ConfigUnion refuses it and a Stack silently leaves the
+serial adapter without gradient — and hybrids with `seq_bn` are the point of the search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+from autopeft.errors import ConfigError
+from autopeft.methods import register_method
+from autopeft.methods._base import (
+    AdaptersConfig, MethodConfig, MethodSpec, check_positive, per_layer_sizes, reduction_factor,
+)
+
+
+@dataclass(frozen=True)
+class ParBnConfig(MethodConfig):
+    method: ClassVar[str] = "par_bn"
+    size: int = 16  # bottleneck units
+    scaling: float = 4.0  # output scale, as in He et al.
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive(self.method, "size", self.size)
+        check_positive(self.method, "scaling", self.scaling, allow_float=True)
+
+    def describe(self) -> str:
+        return f"{super().describe()}x{self.size}"
+
+
+def _to_adapters(entries: Sequence[ParBnConfig], num_layers: int, hidden: int) -> list[AdaptersConfig]:
+    if len({e.scaling for e in entries}) > 1:
+        raise ConfigError("par_bn: all par_bn entries of one config must share one scaling")
+    sizes = per_layer_sizes(entries, "size")
+    factors = {str(layer): reduction_factor(hidden, s) for layer, s in sizes.items()}
+    factors["default"] = next(iter(factors.values()))
+    kwargs = {
+        "reduction_factor": factors,
+        "leave_out": [i for i in range(num_layers) if i not in sizes],
+        "mh_adapter": True,
+        "output_adapter": False,
+        "scaling": entries[0].scaling,
+    }
+    return [AdaptersConfig("ParBnConfig", kwargs, "bottleneck_attention")]
+
+
+SPEC = register_method(MethodSpec(
+    name="par_bn",
+    config_cls=ParBnConfig,
+    summary="parallel bottleneck adapter beside each chosen layer's attention block",
+    params=("size", "scaling"),
+    size_param="size",
+    per_layer=True,
+    to_adapters=_to_adapters,
+))

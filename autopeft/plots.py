@@ -1,0 +1,45 @@
+"""Pareto plot: metric vs trainable parameters, memory as colour, dominated trials faded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+
+def plot_pareto(records: Sequence[dict], metric_name: str, path: str | Path, title: str = "") -> Path:
+    """Write a PNG of ``records`` (dicts with metric, trainable_params, peak_memory_mb, pareto)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: searches run on servers
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    done = [r for r in records if r.get("metric") is not None]
+    mem = [r.get("peak_memory_mb") or 0.0 for r in done]
+    vmin, vmax = (min(mem), max(mem)) if mem else (0, 1)
+    dominated = [r for r in done if not r["pareto"]]
+    front = sorted((r for r in done if r["pareto"]), key=lambda r: r["trainable_params"])
+    ax.scatter([r["trainable_params"] for r in dominated], [r["metric"] for r in dominated],
+               c=[r.get("peak_memory_mb") or 0.0 for r in dominated], cmap="viridis", vmin=vmin, vmax=vmax,
+               alpha=0.35, s=30, label="dominated")
+    sc = ax.scatter([r["trainable_params"] for r in front], [r["metric"] for r in front],
+                    c=[r.get("peak_memory_mb") or 0.0 for r in front], cmap="viridis", vmin=vmin, vmax=vmax,
+                    edgecolors="black", s=70, label="Pareto-optimal")
+    if front:
+        ax.step([r["trainable_params"] for r in front], [r["metric"] for r in front], where="post",
+                color="black", lw=1, alpha=0.6)
+        for r in front:
+            ax.annotate(str(r["trial"]), (r["trainable_params"], r["metric"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log)")
+    ax.set_ylabel(metric_name)
+    ax.set_title(title or f"{metric_name} vs trainable parameters")
+    ax.grid(alpha=0.3)
+    fig.colorbar(sc, ax=ax, label="peak training memory (MB)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

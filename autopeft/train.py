@@ -1,0 +1,159 @@
+"""Short training and evaluation of one configured model: a plain torch loop, no Ray, no MLflow."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from autopeft.config import TrainBudget
+from autopeft.errors import AutopeftError
+from autopeft.memory import PeakMemory
+from autopeft.tasks import Split, TaskSpec, compute_metrics
+
+
+class TrainingDiverged(AutopeftError):
+    """The loss became NaN or infinite: the configuration or learning rate is unstable."""
+
+
+@dataclass
+class Batches:
+    """Tokenised examples, padded per batch (short GLUE sentences waste little)."""
+
+    input_ids: list[list[int]]
+    labels: list[Any]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, idx: list[int], pad_id: int, regression: bool) -> dict[str, torch.Tensor]:
+        rows = [self.input_ids[i] for i in idx]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, r in enumerate(rows):
+            ids[j, : len(r)] = torch.tensor(r)
+            mask[j, : len(r)] = 1
+        dtype = torch.float if regression else torch.long
+        return {"input_ids": ids, "attention_mask": mask,
+                "labels": torch.tensor([self.labels[i] for i in idx], dtype=dtype)}
+
+
+def tokenize(split: Split, tokenizer: Any, max_length: int) -> Batches:
+    columns = list(zip(*split.texts))  # one list per text field
+    enc = tokenizer(*columns, truncation=True, max_length=max_length)
+    return Batches(enc["input_ids"], list(split.labels))
+
+
+def subsample(split: Split, n: int | None, seed: int) -> Split:
+    """The first ``n`` examples of a seeded shuffle (all of them when ``n`` is None)."""
+    if n is None or n >= len(split):
+        return split
+    idx = sorted(random.Random(seed).sample(range(len(split)), n))
+    return Split([split.texts[i] for i in idx], [split.labels[i] for i in idx])
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, float]
+    train_loss: float
+    steps: int
+    train_seconds: float
+    eval_seconds: float
+    peak_memory_mb: float
+    memory_measure: str
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def evaluate(model: torch.nn.Module, data: Batches, task: TaskSpec, pad_id: int,
+             batch_size: int, device: torch.device) -> dict[str, float]:
+    model.eval()
+    preds: list[Any] = []
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            batch = data.batch(list(range(start, min(start + batch_size, len(data)))), pad_id, task.is_regression)
+            logits = model(input_ids=batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device)).logits
+            preds += logits.squeeze(-1).tolist() if task.is_regression else logits.argmax(-1).tolist()
+    return compute_metrics(task, preds, data.labels)
+
+
+def train_and_evaluate(model: torch.nn.Module, tokenizer: Any, task: TaskSpec, train: Split, dev: Split,
+                       budget: TrainBudget, device: torch.device | str = "cpu",
+                       on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+    """Train the trainable parameters of ``model`` under ``budget``; score it on ``dev``.
+
+    ``on_epoch(epoch, metrics)``, when given, is called after a dev evaluation at each epoch end
+    (full-budget training keeps its best epoch with it); otherwise dev is scored once at the end.
+    """
+    device = torch.device(device)
+    model.to(device)
+    pad_id = tokenizer.pad_token_id
+    train_data = tokenize(subsample(train, budget.train_examples, budget.seed), tokenizer, budget.max_seq_length)
+    dev_data = tokenize(subsample(dev, budget.eval_examples, budget.seed), tokenizer, budget.max_seq_length)
+
+    steps_per_epoch = math.ceil(len(train_data) / budget.batch_size)
+    total = math.ceil(steps_per_epoch * budget.epochs)
+    if budget.max_steps is not None:
+        total = min(total, budget.max_steps)
+    warmup = int(budget.warmup_ratio * total)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=budget.learning_rate, weight_decay=budget.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
+    autocast = _autocast(device)
+
+    torch.manual_seed(budget.seed)  # dropout and shuffling: same seed, same run
+    order = torch.Generator().manual_seed(budget.seed)
+    step, epoch, losses, history = 0, 0, [], []
+    t0 = time.perf_counter()
+    eval_seconds = 0.0
+    with PeakMemory(device) as mem:
+        while step < total:
+            model.train()
+            perm = torch.randperm(len(train_data), generator=order).tolist()
+            for start in range(0, len(perm), budget.batch_size):
+                if step >= total:
+                    break
+                batch = {k: v.to(device) for k, v in
+                         train_data.batch(perm[start:start + budget.batch_size], pad_id, task.is_regression).items()}
+                with autocast:
+                    loss = model(**batch).loss
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss became {loss.item()} at step {step + 1}/{total} "
+                        f"(learning rate {budget.learning_rate}); lower the learning rate or the size"
+                    )
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+                step += 1
+            epoch += 1
+            if on_epoch is not None:
+                te = time.perf_counter()
+                metrics = evaluate(model, dev_data, task, pad_id, budget.batch_size * 2, device)
+                eval_seconds += time.perf_counter() - te
+                history.append({"epoch": epoch, "step": step, **metrics})
+                on_epoch(epoch, metrics)
+    train_seconds = time.perf_counter() - t0 - eval_seconds
+
+    te = time.perf_counter()
+    metrics = evaluate(model, dev_data, task, pad_id, budget.batch_size * 2, device)
+    eval_seconds += time.perf_counter() - te
+    tail = losses[-max(1, steps_per_epoch):]  # mean over the last epoch's worth of steps
+    return TrainResult(metrics, sum(tail) / len(tail), step, train_seconds, eval_seconds,
+                       mem.peak_mb, mem.kind, history)
+
+
+def _autocast(device: torch.device):
+    # Mixed precision on GPUs that have bf16; CPU autocast slows small models, so it stays fp32.
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)

@@ -1,0 +1,85 @@
+"""One trial: build the configured model, short-train it, evaluate it, report.
+
+``run_config`` is plain Python (the benchmarks and ``autopeft train`` call it); ``ray_trainable``
+is the thin Ray Tune function around it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from autopeft.config import PeftConfig, TrainBudget
+
+# Objective and report keys: one name per concept in code, Ray results, Optuna and MLflow.
+METRIC = "metric"  # the task's primary metric (its real name is reported too)
+TRAINABLE_PARAMS = "trainable_params"
+PEAK_MEMORY_MB = "peak_memory_mb"
+OBJECTIVES = {METRIC: "max", TRAINABLE_PARAMS: "min", PEAK_MEMORY_MB: "min"}
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a search shares (no sampled values)."""
+
+    model: str
+    task: str
+    budget: TrainBudget = field(default_factory=TrainBudget)
+    data_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "budget": self.budget.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrialContext":
+        return cls(d["model"], d["task"], TrainBudget.from_dict(d["budget"]), d.get("data_dir"))
+
+
+def pick_device(gpus: float = 0) -> str:
+    import torch
+
+    return "cuda" if gpus and torch.cuda.is_available() else "cpu"
+
+
+def run_config(ctx: TrialContext, peft: PeftConfig, budget: TrainBudget | None = None,
+               device: str = "cpu") -> dict[str, Any]:
+    """Build, train and evaluate ``peft`` on ``ctx``; return the report of one trial."""
+    from autopeft.build import build_model
+    from autopeft.tasks import load_split, load_task
+    from autopeft.train import train_and_evaluate
+
+    budget = budget or ctx.budget
+    task = load_task(ctx.task)
+    train, dev = load_split(task, "train", ctx.data_dir), load_split(task, "dev", ctx.data_dir)
+    built = build_model(ctx.model, peft, task.num_labels, seed=budget.seed)
+    result = train_and_evaluate(built.model, built.tokenizer, task, train, dev, budget, device=device)
+    return {
+        METRIC: result.metrics[task.primary_metric],
+        **result.metrics,
+        TRAINABLE_PARAMS: built.trainable_params,
+        "trainable_percent": built.trainable_percent,
+        "base_params": built.base_params,
+        PEAK_MEMORY_MB: result.peak_memory_mb,
+        "train_seconds": result.train_seconds,
+        "eval_seconds": result.eval_seconds,
+        "train_loss": result.train_loss,
+        "steps": result.steps,
+    }
+
+
+def ray_trainable(config: dict[str, Any], context: dict[str, Any]) -> None:
+    """Ray Tune function trainable: the config carries the sampled ``peft_config``."""
+    import ray
+    import torch
+    from ray import tune
+
+    resources = ray.get_runtime_context().get_assigned_resources()
+    torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    ctx = TrialContext.from_dict(context)
+    peft = PeftConfig.from_dict(config["peft_config"])
+    budget = ctx.budget.replace(**config.get("training", {}))
+    report = run_config(ctx, peft, budget, device=pick_device(resources.get("GPU", 0)))
+    report["node_id"] = ray.get_runtime_context().get_node_id()
+    tune.report(report)
