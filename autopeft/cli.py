@@ -72,7 +72,7 @@ def search(
 ) -> None:
     """Run a multi-objective search and print its Pareto front."""
     from autopeft.config import TrainBudget
-    from autopeft.search import SearchSettings, default_name, run_search
+    from autopeft.search import SearchSettings, default_name, prepare, run_search
 
     budget = TrainBudget(train_examples=train_examples or None, eval_examples=eval_examples or None, epochs=epochs,
                          max_steps=max_steps, batch_size=batch_size, max_seq_length=max_seq_length,
@@ -83,9 +83,10 @@ def search(
         gpus_per_trial=gpus_per_trial, sampler=sampler, memory_objective=memory_objective, seed=seed,
         data_dir=data_dir, workdir=workdir, storage=storage, tracking_uri=tracking_uri, experiment=experiment,
         ray_address=ray_address)
+    prepared = prepare(settings)  # every input checked before Ray starts
     console.print(f"search [bold]{settings.name}[/]: {settings.num_samples} trials of {model} on {task}, "
                   f"space {space}, sampler {sampler}")
-    result = run_search(settings)
+    result = run_search(settings, prepared=prepared)
     print_front(result.records, result.metric_name, title=f"Pareto front of {result.name}")
     failed = sum(r["status"] == "FAILED" for r in result.records)
     done = sum(r["status"] == "COMPLETE" for r in result.records)
@@ -95,8 +96,9 @@ def search(
 
 def print_front(records: list[dict], metric_name: str, title: str) -> None:
     table = Table(title=title)
-    for col in ("trial", metric_name, "trainable params", "% of base", "peak memory MB", "configuration"):
-        table.add_column(col, justify="left" if col == "configuration" else "right")
+    for col in ("trial", metric_name, "params", "% base", "mem MB", "configuration"):
+        table.add_column(col, justify="left" if col == "configuration" else "right",
+                         overflow="fold", min_width=20 if col == "configuration" else None)
     front = sorted((r for r in records if r["pareto"]), key=lambda r: -r["metric"])
     for r in front:
         table.add_row(str(r["trial"]), f"{r['metric']:.4f}", f"{r['trainable_params']:,}",

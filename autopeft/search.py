@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local clusters need no token
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow is our logger
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress bar replaces Ray's tables
 from ray.tune import Callback  # noqa: E402
 
 from autopeft.config import PeftConfig, TrainBudget
@@ -139,7 +140,8 @@ def prepare(settings: SearchSettings) -> Prepared:
     return Prepared(settings, task, space, model, ctx)
 
 
-def run_search(settings: SearchSettings, show_progress: bool = True) -> SearchResult:
+def run_search(settings: SearchSettings, show_progress: bool = True,
+               prepared: Prepared | None = None) -> SearchResult:
     import optuna
     import ray
     from ray import tune
@@ -148,7 +150,7 @@ def run_search(settings: SearchSettings, show_progress: bool = True) -> SearchRe
     from autopeft.tracking import SearchTracker
     from autopeft.trial import ray_trainable
 
-    prep = prepare(settings)
+    prep = prepared or prepare(settings)
     objectives = settings.objectives
     tracker = SearchTracker(settings.tracking_uri, settings.experiment, settings.name, {
         "model": settings.model, "task": prep.task.name, "space": settings.space, "sampler": settings.sampler,
@@ -188,7 +190,8 @@ def run_search(settings: SearchSettings, show_progress: bool = True) -> SearchRe
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=settings.num_samples,
-                                    max_concurrent_trials=settings.max_concurrent_trials),
+                                    max_concurrent_trials=settings.max_concurrent_trials,
+                                    trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=settings.name, storage_path=str((Path(settings.workdir) / "ray").resolve()),
                                   callbacks=callbacks, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
@@ -208,6 +211,10 @@ def run_search(settings: SearchSettings, show_progress: bool = True) -> SearchRe
         if started_ray:
             ray.shutdown()
     return SearchResult(settings.name, tracker.parent_id, tracker.uri, prep.task.primary_metric, rows)
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"  # Ray's default spells out the whole config
 
 
 def _with_front(rows: list[dict[str, Any]], objectives: dict[str, str]) -> list[dict[str, Any]]:

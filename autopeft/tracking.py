@@ -52,8 +52,11 @@ class SearchTracker:
 
     def __init__(self, tracking_uri: str | None, experiment: str, search_name: str,
                  params: dict[str, Any], tags: dict[str, str] | None = None) -> None:
+        import logging
+
         from mlflow.tracking import MlflowClient
 
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial tables" is noise
         self.uri = resolve_tracking_uri(tracking_uri)
         self.client = MlflowClient(self.uri)
         try:

@@ -17,7 +17,12 @@ from autopeft.tasks import Split, TaskSpec, compute_metrics
 
 
 class TrainingDiverged(AutopeftError):
-    """The loss became NaN or infinite: the configuration or learning rate is unstable."""
+    """The loss became NaN, infinite or exploded: the configuration or learning rate is unstable."""
+
+
+# A loss this many times its first value (or 1) has left any basin; LayerNorm can keep such a
+# run finite for a long time, so waiting for NaN would waste the trial's budget.
+DIVERGENCE_FACTOR = 100.0
 
 
 @dataclass
@@ -123,17 +128,19 @@ def train_and_evaluate(model: torch.nn.Module, tokenizer: Any, task: TaskSpec, t
                          train_data.batch(perm[start:start + budget.batch_size], pad_id, task.is_regression).items()}
                 with autocast:
                     loss = model(**batch).loss
-                if not torch.isfinite(loss):
+                value = loss.item()
+                first = losses[0] if losses else value
+                if not math.isfinite(value) or value > DIVERGENCE_FACTOR * max(1.0, first):
                     raise TrainingDiverged(
-                        f"loss became {loss.item()} at step {step + 1}/{total} "
-                        f"(learning rate {budget.learning_rate}); lower the learning rate or the size"
+                        f"training diverged: loss {value:.4g} at step {step + 1}/{total} (first step {first:.4g}, "
+                        f"learning rate {budget.learning_rate}); lower the learning rate or the size"
                     )
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-                losses.append(loss.item())
+                losses.append(value)
                 step += 1
             epoch += 1
             if on_epoch is not None:

@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny random BERT built from a config, and a tiny user task from real SST-2."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the Hub by accident
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+TINY_HIDDEN, TINY_LAYERS, TINY_INTERMEDIATE = 32, 3, 64
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA_DIR.is_dir():
+        pytest.fail(f"the GLUE data folder {DATA_DIR} (../shared/data beside the repository) is missing")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    """A 3-layer, hidden-32 BERT with random weights and the real MiniLM WordPiece tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    from autopeft.models import resolve_model
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    src = Path(resolve_model("all-MiniLM-L6-v2"))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(src / name, folder / name)
+    config = BertConfig(vocab_size=30522, hidden_size=TINY_HIDDEN, num_hidden_layers=TINY_LAYERS,
+                        num_attention_heads=2, intermediate_size=TINY_INTERMEDIATE, max_position_embeddings=128)
+    import torch
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> str:
+    from transformers import GPT2Config, GPT2Model
+
+    from autopeft.models import resolve_model
+
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    # GPT-2's byte-level BPE is not shipped offline; its WordPiece stand-in only has to tokenize.
+    src = Path(resolve_model("all-MiniLM-L6-v2"))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(src / name, folder / name)
+    config = GPT2Config(vocab_size=30522, n_embd=TINY_HIDDEN, n_layer=2, n_head=2, n_positions=128)
+    GPT2Model(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_task(tmp_path_factory, data_dir) -> str:
+    """A user CSV task: 96 train / 48 dev rows drawn from the real SST-2 files."""
+    folder = tmp_path_factory.mktemp("tiny-task")
+    for split, n in (("train", 96), ("dev", 48)):
+        with open(data_dir / "glue" / "SST-2" / f"{split}.tsv", newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+        rows = random.Random(0).sample(rows, n)
+        with open(folder / f"{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            w.writerows(rows)
+    (folder / "tiny.yaml").write_text(
+        "name: tiny\nlabels: ['0', '1']\nmetrics: [accuracy]\nprimary_metric: accuracy\n"
+        "local:\n  train: train.csv\n  dev: dev.csv\n  text_columns: [text]\n  label_column: label\n")
+    return str(folder / "tiny.yaml")

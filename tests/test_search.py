@@ -1,0 +1,85 @@
+"""A real 3-trial search (Ray Tune + Optuna SQLite + MLflow SQLite) on the tiny model, with the
+tracking store read back afterwards."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from autopeft.config import PeftConfig, TrainBudget
+from autopeft.pareto import pareto_front
+from autopeft.search import SearchSettings, run_search
+from autopeft.tracking import KIND_TAG, PARETO_CSV, PARETO_PNG, SEARCH_TAG
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def finished_search(tiny_bert, tiny_task, tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    settings = SearchSettings(
+        name="tiny-search", model=tiny_bert, task=tiny_task, space="hybrid", num_samples=3,
+        max_concurrent_trials=2, budget=TrainBudget(train_examples=32, eval_examples=32, batch_size=16),
+        workdir=str(root / "runs"), tracking_uri=f"sqlite:///{root / 'mlflow.db'}", memory_objective=True)
+    result = run_search(settings, show_progress=False)
+    return settings, result
+
+
+def test_search_result(finished_search):
+    settings, result = finished_search
+    assert len(result.records) == 3
+    assert all(r["status"] == "COMPLETE" for r in result.records)
+    assert result.front, "a finished search has a non-empty Pareto front"
+    points = [[r["metric"], r["trainable_params"], r["peak_memory_mb"]] for r in result.records]
+    expected = {i for i in pareto_front(points, ["max", "min", "min"])}
+    assert {i for i, r in enumerate(result.records) if r["pareto"]} == expected
+
+
+def test_mlflow_store_holds_parent_trials_and_front(finished_search):
+    settings, result = finished_search
+    client = MlflowClient(result.tracking_uri)
+    exp = client.get_experiment_by_name("autopeft")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{SEARCH_TAG}` = 'tiny-search'")
+    parents = [r for r in runs if r.data.tags[KIND_TAG] == "search"]
+    trials = [r for r in runs if r.data.tags[KIND_TAG] == "trial"]
+    assert len(parents) == 1 and len(trials) == 3
+    parent = parents[0]
+    assert parent.info.run_id == result.parent_run_id and parent.info.status == "FINISHED"
+    assert parent.data.params["task"] == "tiny" and parent.data.params["space"] == "hybrid"
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED"
+        for key in ("metric", "accuracy", "trainable_params", "trainable_percent", "peak_memory_mb",
+                    "train_seconds", "eval_seconds"):
+            assert key in run.data.metrics, key
+        assert any(k.endswith("/use") for k in run.data.params), "sampled parameters are logged as params"
+        config = client.download_artifacts(run.info.run_id, "peft_config.json")
+        peft = PeftConfig.from_json(open(config).read())
+        assert run.data.tags["autopeft.peft"] == peft.describe()
+        assert run.data.tags.get("autopeft.node_id")
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
+    assert {PARETO_CSV, PARETO_PNG} <= artifacts
+    rows = list(csv.DictReader(io.StringIO(open(client.download_artifacts(parent.info.run_id, PARETO_CSV)).read())))
+    assert len(rows) == 3
+    front_ids = {r["run_id"] for r in rows if r["pareto"] == "True"}
+    assert front_ids == {r["run_id"] for r in result.front}
+    png = open(client.download_artifacts(parent.info.run_id, PARETO_PNG), "rb").read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert parent.data.metrics["trials_completed"] == 3
+
+
+def test_optuna_study_is_persistent(finished_search):
+    settings, result = finished_search
+    study = optuna.load_study(study_name="tiny-search", storage=settings.storage_url())
+    assert len(study.directions) == 3
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3
+    # The warm start ran first: the hybrid space's serial-adapter baseline.
+    assert complete[0].params["seq_bn/use"] is True and complete[0].params["prompt/use"] is False
+    by_metric = sorted(t.values[0] for t in complete)
+    assert by_metric == sorted(r["metric"] for r in result.records)

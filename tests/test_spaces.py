@@ -1,0 +1,158 @@
+"""Search spaces: every shipped YAML parses and samples; conditionals are honoured; bad spaces
+are refused with a message naming the file, key and problem."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import yaml
+
+from autopeft.config import PeftConfig
+from autopeft.errors import ConfigError
+from autopeft.spaces import available_spaces, load_space, parse_space
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+LAYERS = 6
+
+
+def sample_many(space, n=30, seed=0, sampler=None):
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=sampler or optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        config, training = space.sample(trial, LAYERS)
+        out.append((trial.params, config, training))
+        study.tell(trial, [0.5, 1.0])
+    return out
+
+
+def test_shipped_spaces_exist():
+    assert {"autopeft", "lora", "hybrid"} <= set(available_spaces())
+
+
+@pytest.mark.parametrize("name", sorted(available_spaces()))
+def test_shipped_space_samples_valid_configs(name):
+    space = load_space(name)
+    space.check_model(LAYERS)
+    assert space.description
+    for params, config, training in sample_many(space):
+        config.check_model(LAYERS)
+        assert PeftConfig.from_json(config.to_json()) == config
+
+
+@pytest.mark.parametrize("name", sorted(available_spaces()))
+def test_warm_start_points_are_sampled_first(name):
+    space = load_space(name)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for point in space.warm_start_points(LAYERS):
+        study.enqueue_trial(point)
+    for point in space.warm_start_points(LAYERS):
+        trial = study.ask()
+        space.sample(trial, LAYERS)
+        assert {k: trial.params[k] for k in point if k in trial.params} == {k: v for k, v in point.items() if k in trial.params}
+        study.tell(trial, [0.5, 1.0])
+
+
+def test_size_zero_switches_method_off_and_skips_its_parameters():
+    space = parse_space({"methods": {"par_bn": {"layers": "mask", "size": [0, 8]}}})
+    seen_off = seen_on = False
+    for params, config, _ in sample_many(space, 40):
+        if params["par_bn/size"] == 0:
+            seen_off = True
+            assert not config.methods
+            assert not any(k.startswith("par_bn/layer") for k in params), "mask sampled for a switched-off method"
+        else:
+            seen_on = True
+            mask = [i for i in range(LAYERS) if params[f"par_bn/layer{i:02d}"]]
+            assert [e.layers for e in config.methods] == ([tuple(mask)] if mask else [])
+    assert seen_off and seen_on
+
+
+def test_optional_method_samples_nothing_when_unused():
+    space = parse_space({"methods": {"lora": {"optional": True, "rank": [2, 4], "layers": "all"}}})
+    for params, config, _ in sample_many(space, 30):
+        if not params["lora/use"]:
+            assert set(params) == {"lora/use"} and not config.methods
+        else:
+            assert config.methods[0].rank == params["lora/rank"]
+
+
+def test_each_layer_gets_its_own_size():
+    space = parse_space({"methods": {"seq_bn": {"layers": "each", "size": [0, 4, 16]}}})
+    for params, config, _ in sample_many(space, 20):
+        got = {layer: e.size for e in config.methods for layer in e.layers}
+        want = {i: params[f"seq_bn/layer{i:02d}/size"] for i in range(LAYERS) if params[f"seq_bn/layer{i:02d}/size"]}
+        assert got == want
+
+
+def test_per_target_lora_has_independent_masks_and_ranks():
+    space = parse_space({"methods": {"lora": {"per_target": True, "layers": "mask", "rank": [2, 8],
+                                              "targets": ["query", "value"]}}})
+    found_different = False
+    for params, config, _ in sample_many(space, 30):
+        by_target = {e.targets: e for e in config.methods}
+        assert set(by_target) <= {("query",), ("value",)}
+        if len(by_target) == 2:
+            q, v = by_target[("query",)], by_target[("value",)]
+            found_different |= q.layers != v.layers or q.rank != v.rank
+    assert found_different
+
+
+def test_target_choices_and_training_params():
+    space = parse_space({"methods": {"lora": {"targets": {"choices": [["query", "value"], ["key"]]}}},
+                        "training": {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}})
+    targets = set()
+    for params, config, training in sample_many(space, 20):
+        targets.add(config.methods[0].targets)
+        assert 1e-4 <= training["learning_rate"] <= 1e-2
+    assert targets == {("query", "value"), ("key",)}
+
+
+def test_same_seed_same_sequence():
+    space = load_space("hybrid")
+    a = [c for _, c, _ in sample_many(space, 10, seed=7)]
+    b = [c for _, c, _ in sample_many(space, 10, seed=7)]
+    assert a == b
+
+
+@pytest.mark.parametrize("text, message", [
+    ("methods: [seq_bn", "malformed YAML"),
+    ("methods: {}", "'methods' must map at least one"),
+    ("methods: {dora: {}}", "unknown PEFT method 'dora'"),
+    ("methods: {lora: {rnak: [4]}}", "unknown key(s) ['rnak']"),
+    ("methods: {lora: {rank: []}}", "the list of choices is empty"),
+    ("methods: {lora: {rank: [-4]}}", "-4 is out of range"),
+    ("methods: {seq_bn: {size: [2.5]}}", "whole numbers"),
+    ("methods: {lora: {targets: [query, dense]}}", "unknown target module(s) ['dense']"),
+    ("methods: {seq_bn: {layers: odd}}", "expected one of ['all', 'mask', 'each']"),
+    ("methods: {lora: {rank: {low: 8, high: 2}}}", "low <= high"),
+    ("methods: {prompt: {layers: [0]}}", "not placed per layer"),
+    ("methods: {seq_bn: {}}\nsearch: 3", "unknown top-level key(s) ['search']"),
+    ("methods: {seq_bn: {}}\ntraining: {lr: [1]}", "training: unknown key(s) ['lr']"),
+])
+def test_bad_spaces_name_the_problem(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_space(str(path))
+    assert message in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_malformed_yaml_gives_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("methods:\n  seq_bn:\n    size: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"line \d+"):
+        load_space(str(path))
+
+
+def test_layer_out_of_range_for_model():
+    space = parse_space({"methods": {"seq_bn": {"layers": [0, 11]}}}, "mine.yaml")
+    with pytest.raises(ConfigError, match=r"mine.yaml: methods.seq_bn.layers: layer\(s\) \[11\] do not exist"):
+        space.check_model(LAYERS)
+
+
+def test_unknown_space_name():
+    with pytest.raises(ConfigError, match="unknown search space 'nope'"):
+        load_space("nope")
