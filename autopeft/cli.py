@@ -69,10 +69,24 @@ def search(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
     experiment: str = typer.Option("autopeft", help="MLflow experiment."),
     ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help="Join an existing Ray cluster (default: start a local one)."),
+    trial_memory_limit_mb: Optional[float] = typer.Option(None, help="Fail a trial whose peak training memory passes this many MB."),
+    resume: Optional[str] = typer.Option(None, help="Continue the search of this name with the settings it was started with (from --storage / --workdir)."),
 ) -> None:
-    """Run a multi-objective search and print its Pareto front."""
+    """Run a multi-objective search and print its Pareto front.
+
+    Running the same --name again continues that search; so does --resume NAME.
+    """
     from autopeft.config import TrainBudget
     from autopeft.search import SearchSettings, default_name, prepare, run_search
+    from autopeft.study import stored_settings
+
+    if resume:
+        url = storage or SearchSettings(name=resume, workdir=workdir).storage_url()
+        settings = SearchSettings.from_dict(stored_settings(resume, url))
+        if ray_address:
+            settings = settings.replace(ray_address=ray_address)
+        _run_and_report(settings)
+        return
 
     budget = TrainBudget(train_examples=train_examples or None, eval_examples=eval_examples or None, epochs=epochs,
                          max_steps=max_steps, batch_size=batch_size, max_seq_length=max_seq_length,
@@ -81,17 +95,33 @@ def search(
         name=name or default_name(task, space), model=model, task=task, space=space, budget=budget,
         num_samples=num_samples, max_concurrent_trials=max_concurrent_trials, cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial, sampler=sampler, memory_objective=memory_objective, seed=seed,
-        data_dir=data_dir, workdir=workdir, storage=storage, tracking_uri=tracking_uri, experiment=experiment,
-        ray_address=ray_address)
+        data_dir=data_dir, workdir=str(Path(workdir).resolve()), storage=storage, tracking_uri=tracking_uri,
+        experiment=experiment, ray_address=ray_address, trial_memory_limit_mb=trial_memory_limit_mb)
+    _run_and_report(settings)
+
+
+def _run_and_report(settings) -> None:
+    from autopeft.search import prepare, run_search
+
     prepared = prepare(settings)  # every input checked before Ray starts
-    console.print(f"search [bold]{settings.name}[/]: {settings.num_samples} trials of {model} on {task}, "
-                  f"space {space}, sampler {sampler}")
-    result = run_search(settings, prepared=prepared)
-    print_front(result.records, result.metric_name, title=f"Pareto front of {result.name}")
-    failed = sum(r["status"] == "FAILED" for r in result.records)
+    console.print(f"search [bold]{settings.name}[/]: {settings.num_samples} trials of {settings.model} on "
+                  f"{settings.task}, space {settings.space}, sampler {settings.sampler}")
+    try:
+        result = run_search(settings, prepared=prepared)
+    except KeyboardInterrupt:
+        console.print(f"stopped. Finished trials are saved; continue with: autopeft search --resume {settings.name}"
+                      + ("" if settings.storage else f" --workdir {settings.workdir}"), soft_wrap=True)
+        raise typer.Exit(130)
+    if any(r["pareto"] for r in result.records):
+        print_front(result.records, result.metric_name, title=f"Pareto front of {result.name}")
+    else:
+        console.print("no trial completed, so there is no Pareto front")
+    failed = [r for r in result.records if r["status"] == "FAILED"]
     done = sum(r["status"] == "COMPLETE" for r in result.records)
-    console.print(f"{done} trials completed, {failed} failed. MLflow: {result.tracking_uri} "
+    console.print(f"{done} trials completed, {len(failed)} failed. MLflow: {result.tracking_uri} "
                   f"(parent run {result.parent_run_id})")
+    for r in failed:
+        console.print(f"  trial {r['trial']} failed ({r['failure']}): {_escape(str(r['error']))[:300]}")
 
 
 def print_front(records: list[dict], metric_name: str, title: str) -> None:
@@ -101,7 +131,7 @@ def print_front(records: list[dict], metric_name: str, title: str) -> None:
                          overflow="fold", min_width=20 if col == "configuration" else None)
     front = sorted((r for r in records if r["pareto"]), key=lambda r: -r["metric"])
     for r in front:
-        table.add_row(str(r["trial"]), f"{r['metric']:.4f}", f"{r['trainable_params']:,}",
+        table.add_row(str(r["trial"]), f"{r['metric']:.4f}", f"{int(r['trainable_params']):,}",
                       f"{r['trainable_percent']:.3f}", f"{r['peak_memory_mb']:.0f}", r["peft"])
     Console().print(table)
 

@@ -16,7 +16,13 @@ import threading
 import psutil
 import torch
 
+from autopeft.errors import AutopeftError
+
 _MB = 1024 * 1024
+
+
+class TrialOutOfMemory(AutopeftError):
+    """A trial needed more memory than its limit (or than the device had)."""
 
 
 def _maxrss_bytes() -> int:
@@ -28,9 +34,11 @@ def _maxrss_bytes() -> int:
 class PeakMemory:
     """Context manager; ``peak_mb`` holds the result after exit."""
 
-    def __init__(self, device: torch.device | str = "cpu", interval_s: float = 0.005) -> None:
+    def __init__(self, device: torch.device | str = "cpu", interval_s: float = 0.005,
+                 limit_mb: float | None = None) -> None:
         self.device = torch.device(device)
         self.interval_s = interval_s
+        self.limit_mb = limit_mb
         self.peak_mb = float("nan")
         self.kind = "cuda_max_allocated" if self.device.type == "cuda" else "cpu_rss_above_model"
 
@@ -51,6 +59,19 @@ class PeakMemory:
     def _sample(self) -> None:
         while not self._stop.wait(self.interval_s):
             self._peak = max(self._peak, self._proc.memory_info().rss)
+
+    def current_peak_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / _MB
+        return (max(self._peak, self._proc.memory_info().rss) - self._base) / _MB
+
+    def check(self) -> None:
+        """Raise TrialOutOfMemory once the peak so far passes ``limit_mb``."""
+        if self.limit_mb is not None and (peak := self.current_peak_mb()) > self.limit_mb:
+            raise TrialOutOfMemory(
+                f"out of memory: peak training memory {peak:.0f} MB passed the per-trial limit of "
+                f"{self.limit_mb:.0f} MB; raise --trial-memory-limit-mb, or lower the batch size or the size"
+            )
 
     def __exit__(self, *exc: object) -> None:
         if self.device.type == "cuda":

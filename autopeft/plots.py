@@ -32,7 +32,10 @@ def plot_pareto(records: Sequence[dict], metric_name: str, path: str | Path, tit
         for r in front:
             ax.annotate(str(r["trial"]), (r["trainable_params"], r["metric"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7)
-    ax.set_xscale("log")
+    if not done:  # a search stopped or failed before any trial finished still gets its plot
+        ax.text(0.5, 0.5, "no completed trials", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log)")
     ax.set_ylabel(metric_name)
     ax.set_title(title or f"{metric_name} vs trainable parameters")

@@ -5,7 +5,10 @@ The only module that imports ``ray.tune``. Everything is validated before Ray st
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +17,10 @@ from typing import Any, Callable
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local clusters need no token
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow is our logger
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress bar replaces Ray's tables
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C reaches us: we mark and save
 from ray.tune import Callback  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
+from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from autopeft.config import PeftConfig, TrainBudget
 from autopeft.errors import ConfigError
@@ -80,6 +86,7 @@ class SearchSettings:
     tracking_uri: str | None = None
     experiment: str = "autopeft"
     ray_address: str | None = None
+    trial_memory_limit_mb: float | None = None  # a trial whose peak memory passes this fails
 
     @property
     def objectives(self) -> dict[str, str]:
@@ -88,6 +95,18 @@ class SearchSettings:
 
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{(Path(self.workdir) / 'optuna.db').resolve()}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "budget": self.budget.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SearchSettings":
+        from autopeft.config import dataclass_from_dict
+
+        return dataclass_from_dict(cls, {**data, "budget": TrainBudget.from_dict(data["budget"])}, "search settings")
+
+    def replace(self, **changes: Any) -> "SearchSettings":
+        return dataclasses.replace(self, **changes)
 
 
 def default_name(task: str, space: str) -> str:
@@ -128,6 +147,12 @@ def prepare(settings: SearchSettings) -> Prepared:
         raise ConfigError(f"unknown sampler {settings.sampler!r}; choose one of {sorted(SAMPLERS)}")
     if settings.num_samples < 1 or settings.max_concurrent_trials < 1:
         raise ConfigError("--num-samples and --max-concurrent-trials must be at least 1")
+    if settings.trial_memory_limit_mb is not None and settings.trial_memory_limit_mb <= 0:
+        raise ConfigError("--trial-memory-limit-mb must be positive")
+    if settings.ray_address:
+        check_ray_address(settings.ray_address)
+    from autopeft.tracking import check_reachable, resolve_tracking_uri
+    check_reachable(resolve_tracking_uri(settings.tracking_uri))
     task = load_task(settings.task)
     space = load_space(settings.space)
     model = inspect_model(settings.model)
@@ -136,17 +161,40 @@ def prepare(settings: SearchSettings) -> Prepared:
     for split in ("train", "dev"):  # fail now, not in every trial
         load_split(task, split, data_dir)
     task_ref = str(task.source_path) if task.source_path else settings.task
-    ctx = TrialContext(settings.model, task_ref, settings.budget, str(data_dir) if data_dir else None)
+    ctx = TrialContext(settings.model, task_ref, settings.budget, str(data_dir) if data_dir else None,
+                       settings.trial_memory_limit_mb)
     return Prepared(settings, task, space, model, ctx)
+
+
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """An address `ray.init` can take, and something listening there (Ray itself waits long)."""
+    if address in ("auto", "local"):
+        return
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"invalid Ray address {address!r}: expected host:port (as printed by `ray start --head`), "
+                          f"ray://host:port, or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(f"no Ray cluster answers at {address!r} ({exc}); start one with `ray start --head` "
+                          f"or leave --ray-address out to run locally") from None
 
 
 def run_search(settings: SearchSettings, show_progress: bool = True,
                prepared: Prepared | None = None) -> SearchResult:
+    """Run (or continue) the search ``settings.name`` until its study holds ``num_samples`` trials.
+
+    Re-running with the same name continues it: finished trials stay, trials a dead driver left
+    running are marked interrupted and asked again, the MLflow parent run is reused. Another
+    process running the same name on the same storage cooperates on the same study.
+    """
     import optuna
     import ray
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
+    from autopeft import study as studies
     from autopeft.tracking import SearchTracker
     from autopeft.trial import ray_trainable
 
@@ -160,57 +208,70 @@ def run_search(settings: SearchSettings, show_progress: bool = True,
              "autopeft.metric_name": prep.task.primary_metric})
 
     Path(settings.workdir).mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(settings.storage_url())
+    storage = studies.open_storage(settings.storage_url())
     sampler = SAMPLERS[settings.sampler](settings.seed, settings.num_samples)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=storage, study_name=settings.name, sampler=sampler, load_if_exists=True,
                                 directions=["maximize" if m == "max" else "minimize" for m in objectives.values()])
-    if not study.trials:  # a fresh study starts from the space's known-good points
+    if studies.SETTINGS_ATTR not in study.user_attrs:  # new: record how to resume it, warm-start it
+        study.set_user_attr(studies.SETTINGS_ATTR, settings.to_dict())
         for point in prep.space.warm_start_points(prep.model.num_layers):
             study.enqueue_trial(point, skip_if_exists=True)
-    study.set_user_attr("task", prep.task.name)
-    study.set_user_attr("model", settings.model)
-    study.set_user_attr("objectives", list(objectives))
+    tracker.mark_interrupted([t.number for t in studies.reconcile(study)])
 
-    searcher = OptunaSearch(space=prep.space.define_by_run(prep.model.num_layers), metric=list(objectives),
-                            mode=list(objectives.values()), sampler=sampler, storage=storage,
-                            study_name=settings.name, seed=settings.seed)
-    records: dict[str, dict[str, Any]] = {}
-    callbacks = [_TrackingCallback(tracker, records),
-                 _ProgressCallback(settings.num_samples, prep.task.primary_metric, show_progress)]
-
+    owner = studies.this_process()
+    remaining = settings.num_samples - len(studies.counted(study.trials))
+    callbacks = [_TrackingCallback(tracker), _ProgressCallback(settings.num_samples, prep.task.primary_metric,
+                                                                show_progress, len(studies.counted(study.trials)))]
+    interrupted = False
     started_ray = False
-    if not ray.is_initialized():
-        ray.init(address=settings.ray_address, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR", configure_logging=True)
-        started_ray = True
-    trainable = tune.with_resources(
-        tune.with_parameters(ray_trainable, context=prep.context.to_dict()),
-        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=settings.num_samples,
-                                    max_concurrent_trials=settings.max_concurrent_trials,
-                                    trial_dirname_creator=_trial_dirname),
-        run_config=tune.RunConfig(name=settings.name, storage_path=str((Path(settings.workdir) / "ray").resolve()),
-                                  callbacks=callbacks, verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
-    )
-    failed = False
     try:
-        with callbacks[1]:
-            tuner.fit()
-    except BaseException:
-        failed = True
+        if remaining > 0:
+            if not ray.is_initialized():
+                _init_ray(settings.ray_address)
+                started_ray = True
+            searcher = _StudySearcher(
+                space=prep.space.define_by_run(prep.model.num_layers), metric=list(objectives),
+                mode=list(objectives.values()), sampler=sampler, storage=storage, study_name=settings.name,
+                seed=settings.seed, target=settings.num_samples, owner=owner)
+            trainable = tune.with_resources(
+                tune.with_parameters(ray_trainable, context=prep.context.to_dict()),
+                {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
+                                            max_concurrent_trials=settings.max_concurrent_trials,
+                                            trial_dirname_creator=_trial_dirname),
+                run_config=tune.RunConfig(
+                    name=settings.name, storage_path=str((Path(settings.workdir) / "ray").resolve()),
+                    callbacks=callbacks, verbose=0, failure_config=tune.FailureConfig(max_failures=0)),
+            )
+            with callbacks[1]:
+                tuner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
         raise
     finally:
-        rows = _with_front(list(records.values()), objectives)
+        if started_ray:
+            ray.shutdown()  # stops this driver's trials before they are marked
+        tracker.mark_interrupted([t.number for t in studies.reconcile(study, owners_to_release={owner})])
+        rows = _with_front(tracker.trial_records(), objectives)
         if rows:
             tracker.log_front(rows, prep.task.primary_metric)
-        tracker.finish(failed=failed)
-        if started_ray:
-            ray.shutdown()
+        tracker.finish(status="KILLED" if interrupted else "FINISHED")
     return SearchResult(settings.name, tracker.parent_id, tracker.uri, prep.task.primary_metric, rows)
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR", configure_logging=True)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"cannot connect to the Ray cluster at {address!r}: {exc}. Check the address "
+                          f"printed by `ray start --head` (host:port), or leave --ray-address out to run locally.") \
+            from None
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -230,56 +291,74 @@ def _with_front(rows: list[dict[str, Any]], objectives: dict[str, str]) -> list[
 # ---------------------------------------------------------------------------- Ray callbacks
 
 
-class _TrackingCallback(Callback):
-    """Mirror Ray trial events into MLflow runs and the in-memory records of the search."""
+class _StudySearcher(OptunaSearch):
+    """Ray's OptunaSearch, plus two facts the study must keep: which driver asked each trial (so a
+    resumed search can tell its dead trials from a live cooperating process's), and the trial
+    target of the whole study (so several drivers stop together)."""
 
-    def __init__(self, tracker: Any, records: dict[str, dict[str, Any]]) -> None:
-        self.tracker, self.records = tracker, records
+    def __init__(self, *args: Any, target: int, owner: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._target, self._owner = target, owner
+
+    def suggest(self, trial_id: str):
+        from autopeft.study import OWNER_ATTR, counted
+
+        if trial_id not in self._ot_trials:
+            if len(counted(self._ot_study.trials)) >= self._target:
+                return Searcher.FINISHED
+            # Stamp the owner before sampling (many writes): a driver killed mid-sampling must
+            # still leave a trial that the next run recognises as its own dead one.
+            ot_trial = self._ot_study.ask()
+            ot_trial.set_user_attr(OWNER_ATTR, self._owner)
+            self._ot_trials[trial_id] = ot_trial
+        config = super().suggest(trial_id)
+        return {**config, "trial_number": self._ot_trials[trial_id].number}
+
+
+# What Ray adds to every reported result; the rest is the trial's own report.
+_RAY_RESULT_KEYS = ("config", "time_", "timestamp", "pid", "date", "hostname", "iterations", "done",
+                    "training_iteration", "trial_id", "experiment_tag", "checkpoint_dir_name", "should_checkpoint")
+
+
+class _TrackingCallback(Callback):
+    """Mirror Ray trial events into MLflow runs."""
+
+    def __init__(self, tracker: Any) -> None:
+        self.tracker = tracker
 
     def on_trial_start(self, iteration, trials, trial, **info):
         from autopeft.tracking import flatten
 
         config = dict(trial.config)
         peft = config.pop("peft_config")
+        number = config.pop("trial_number")
         params = flatten({k: v for k, v in config.items() if k != "training"})
         params.update({f"train/{k}": v for k, v in config.get("training", {}).items()})
-        number = len(self.records)
-        run_id = self.tracker.trial_started(trial.trial_id, f"{self.tracker.search_name}-t{number:03d}", params, peft)
-        self.records[trial.trial_id] = {"trial": number, "ray_trial_id": trial.trial_id, "run_id": run_id,
-                                        "status": "RUNNING", "peft": PeftConfig.from_dict(peft).describe(),
-                                        "peft_config": peft}
+        self.tracker.trial_started(trial.trial_id, number, params, peft)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        keep = {k: v for k, v in result.items() if not k.startswith(("config", "time_", "timestamp", "pid",
-                                                                       "date", "hostname", "iterations", "done",
-                                                                       "training_iteration", "trial_id",
-                                                                       "experiment_tag", "checkpoint_dir_name"))}
-        keep["node_id"] = result.get("node_id")
+        keep = {k: v for k, v in result.items() if not k.startswith(_RAY_RESULT_KEYS)}
         self.tracker.trial_result(trial.trial_id, keep)
-        self.records[trial.trial_id].update(keep)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.records[trial.trial_id]["status"] = "COMPLETE"
         self.tracker.trial_finished(trial.trial_id)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        error = _read_error(trial)
-        self.records[trial.trial_id].update(status="FAILED", error=error.strip().splitlines()[-1] if error else "")
-        self.tracker.trial_finished(trial.trial_id, failed=True, error=error)
+        self.tracker.trial_finished(trial.trial_id, error=_read_error(trial))
 
 
 def _read_error(trial: Any) -> str:
     path = getattr(trial, "error_file", None)
-    if path and os.path.exists(path):
-        return Path(path).read_text()
-    return str(getattr(trial, "error_msg", "") or "trial failed (no error file)")
+    text = Path(path).read_text() if path and os.path.exists(path) else ""
+    text = text or str(getattr(trial, "error_msg", "") or "trial failed (no error file)")
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)  # Ray colours its tracebacks
 
 
 class _ProgressCallback(Callback):
     """A progress bar over trials with the best metric so far."""
 
-    def __init__(self, total: int, metric_name: str, enabled: bool) -> None:
-        self.total, self.metric_name, self.enabled = total, metric_name, enabled
+    def __init__(self, total: int, metric_name: str, enabled: bool, done: int = 0) -> None:
+        self.total, self.metric_name, self.enabled, self.done = total, metric_name, enabled, done
         self.best: float | None = None
         self.failed = 0
 
@@ -289,7 +368,7 @@ class _ProgressCallback(Callback):
             self.progress = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
                                      TimeElapsedColumn(), TextColumn("{task.description}"))
             self.progress.start()
-            self.task = self.progress.add_task("starting", total=self.total)
+            self.task = self.progress.add_task("starting", total=self.total, completed=self.done)
         return self
 
     def __exit__(self, *exc):

@@ -35,6 +35,7 @@ conditional parameters are simply not sampled when their parent switches them of
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -367,10 +368,44 @@ def load_space(name_or_path: str) -> SearchSpace:
                 f"unknown search space {name_or_path!r}: not a shipped space ({sorted(shipped)}) "
                 f"and no such file"
             )
+    text = path.read_text()
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}:{at} malformed YAML: {getattr(exc, 'problem', exc)}") from None
-    return parse_space(data, str(path), name=path.stem)
+    try:
+        return parse_space(data, str(path), name=path.stem)
+    except ConfigError as exc:
+        raise ConfigError(_with_line(str(exc), str(path), _key_lines(text))) from None
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Dotted key path -> 1-based line, from the YAML node tree."""
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                path = f"{prefix}.{key.value}" if prefix else str(key.value)
+                lines[path] = key.start_mark.line + 1
+                walk(value, path)
+
+    walk(yaml.compose(text), "")
+    return lines
+
+
+def _with_line(message: str, source: str, lines: dict[str, int]) -> str:
+    # Messages start "<file>: <dotted.key>: ..."; name the line of the deepest key known.
+    head = f"{source}: "
+    if not message.startswith(head):
+        return message
+    path = message[len(head):].split(":", 1)[0].strip()
+    unknown = re.search(r"unknown (?:top-level )?key\(s\) \['([^']+)'", message)
+    if unknown:  # point at the misspelt key itself
+        candidate = f"{path}.{unknown.group(1)}" if path in lines else unknown.group(1)
+        path = candidate if candidate in lines else path
+    while path and path not in lines:
+        path = path.rpartition(".")[0]
+    return f"{source}:{lines[path]}: {message[len(head):]}" if path else message

@@ -10,14 +10,20 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from autopeft._locks import sqlite_init_lock
 from autopeft.errors import ConfigError
 
 SEARCH_TAG = "autopeft.search"  # parent run: the search name
 TRIAL_TAG = "autopeft.trial"  # trial run: Ray's trial id
+TRIAL_NUMBER_TAG = "autopeft.trial_number"  # trial run: the Optuna trial number (unique per search)
+FAILURE_TAG = "autopeft.failure"  # failed trial run: diverged | out_of_memory | exception | interrupted
+ERROR_TAG = "autopeft.error"  # failed trial run: the reason, one line
 KIND_TAG = "autopeft.kind"  # "search" | "trial"
 PARETO_CSV = "pareto/pareto_front.csv"
 PARETO_PNG = "pareto/pareto_front.png"
@@ -54,29 +60,48 @@ class SearchTracker:
                  params: dict[str, Any], tags: dict[str, str] | None = None) -> None:
         import logging
 
-        from mlflow.tracking import MlflowClient
-
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial tables" is noise
         self.uri = resolve_tracking_uri(tracking_uri)
-        self.client = MlflowClient(self.uri)
-        try:
-            exp = self.client.get_experiment_by_name(experiment)
-        except Exception as exc:
-            raise ConfigError(f"cannot reach the MLflow tracking store {self.uri!r}: {exc}") from None
+        exp = self._connect(experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
             experiment, artifact_location=_local_artifact_root(self.uri))
         self.search_name = search_name
-        existing = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{SEARCH_TAG}` = '{search_name}' and tags.`{KIND_TAG}` = 'search'")
-        if existing:  # the same search again (resume): keep recording under its run
-            self.parent_id = existing[0].info.run_id
-            self.client.update_run(self.parent_id, status="RUNNING")
-        else:
+        parents = self._parents()
+        if not parents:
             run = self.client.create_run(self.experiment_id, run_name=search_name, tags={
                 SEARCH_TAG: search_name, KIND_TAG: "search", **(tags or {})})
-            self.parent_id = run.info.run_id
-            self._log_params(self.parent_id, params)
+            self._log_params(run.info.run_id, params)
+            # Two drivers starting one search at once may both create a parent: the earliest wins
+            # and the other deletes its own, so every trial nests under one run.
+            parents = self._parents()
+            if parents[0].info.run_id != run.info.run_id:
+                self.client.delete_run(run.info.run_id)
+        self.parent_id = parents[0].info.run_id  # a resumed or shared search reuses its run
+        self.client.update_run(self.parent_id, status="RUNNING")
         self._trial_runs: dict[str, str] = {}
+
+    def _connect(self, experiment: str, attempts: int = 5):
+        from mlflow.tracking import MlflowClient
+
+        # Two drivers creating one new SQLite store race on its schema migration (the client
+        # migrates on creation); the loser succeeds once the winner has finished, so retry
+        # before calling the store unusable.
+        for attempt in range(attempts):
+            try:
+                with sqlite_init_lock(self.uri):
+                    self.client = MlflowClient(self.uri)
+                    return self.client.get_experiment_by_name(experiment)
+            except Exception as exc:
+                if attempt == attempts - 1:
+                    raise ConfigError(f"cannot use the MLflow tracking store {self.uri!r}: {exc}") from None
+                time.sleep(1.0 * (attempt + 1))
+
+    def _parents(self) -> list:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{SEARCH_TAG}` = '{self.search_name}' and tags.`{KIND_TAG}` = 'search'",
+            order_by=["attributes.start_time ASC"])
+        return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -86,10 +111,10 @@ class SearchTracker:
             self.client.log_batch(run_id, params=items[i:i + 100])
 
     # ------------------------------------------------------------------ trials
-    def trial_started(self, trial_id: str, name: str, params: dict[str, Any], peft_json: dict) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={
+    def trial_started(self, trial_id: str, number: int, params: dict[str, Any], peft_json: dict) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=f"{self.search_name}-t{number:03d}", tags={
             "mlflow.parentRunId": self.parent_id, SEARCH_TAG: self.search_name, KIND_TAG: "trial",
-            TRIAL_TAG: trial_id, "autopeft.peft": _describe(peft_json)})
+            TRIAL_TAG: trial_id, TRIAL_NUMBER_TAG: str(number), "autopeft.peft": _describe(peft_json)})
         self._trial_runs[trial_id] = run.info.run_id
         self._log_params(run.info.run_id, params)
         self.client.log_dict(run.info.run_id, peft_json, "peft_config.json")
@@ -97,7 +122,6 @@ class SearchTracker:
 
     def trial_result(self, trial_id: str, result: dict[str, Any], step: int = 0) -> None:
         from mlflow.entities import Metric, RunTag
-        import time
 
         run_id = self._trial_runs[trial_id]
         now = int(time.time() * 1000)
@@ -106,14 +130,43 @@ class SearchTracker:
         tags = [RunTag(f"autopeft.{k}", str(v)) for k, v in result.items() if k in ("node_id", "hostname")]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
 
-    def trial_finished(self, trial_id: str, failed: bool = False, error: str | None = None) -> None:
+    def trial_finished(self, trial_id: str, error: str | None = None) -> None:
+        """End a trial's run: FINISHED, or FAILED with its reason tagged and traceback attached."""
         run_id = self._trial_runs.get(trial_id)
         if run_id is None:
             return
-        if error:
-            self.client.set_tag(run_id, "autopeft.error", error.strip().splitlines()[-1][:500] if error.strip() else "")
-            self.client.log_text(run_id, error, "error.txt")
-        self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+        if error is not None:
+            category, reason = classify_failure(error)
+            self.client.set_tag(run_id, FAILURE_TAG, category)
+            self.client.set_tag(run_id, ERROR_TAG, reason[:5000])
+            self.client.log_text(run_id, error, "traceback.txt")
+        self.client.set_terminated(run_id, "FAILED" if error is not None else "FINISHED")
+
+    def mark_interrupted(self, numbers: Sequence[int]) -> None:
+        """Trials whose driver died or was stopped: KILLED, and said so."""
+        for run in self.trial_runs():
+            if run.data.tags.get(TRIAL_NUMBER_TAG) in {str(n) for n in numbers} and run.info.status == "RUNNING":
+                self.client.set_tag(run.info.run_id, FAILURE_TAG, "interrupted")
+                self.client.set_tag(run.info.run_id, ERROR_TAG, "the search stopped before this trial finished; "
+                                    "it is asked again when the search resumes")
+                self.client.set_terminated(run.info.run_id, "KILLED")
+
+    def trial_runs(self) -> list:
+        return self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}'",
+            max_results=50000)
+
+    def trial_records(self) -> list[dict[str, Any]]:
+        """Every trial of this search as the tracking store has it, whichever process ran it."""
+        status = {"FINISHED": "COMPLETE", "FAILED": "FAILED", "KILLED": "INTERRUPTED", "RUNNING": "RUNNING"}
+        records = []
+        for run in self.trial_runs():
+            tags, m = run.data.tags, run.data.metrics
+            records.append({
+                **m, "trial": int(tags.get(TRIAL_NUMBER_TAG, -1)), "run_id": run.info.run_id,
+                "status": status.get(run.info.status, run.info.status), "peft": tags.get("autopeft.peft", ""),
+                "failure": tags.get(FAILURE_TAG), "error": tags.get(ERROR_TAG)})
+        return sorted(records, key=lambda r: r["trial"])
 
     def run_id_of(self, trial_id: str) -> str | None:
         return self._trial_runs.get(trial_id)
@@ -134,17 +187,49 @@ class SearchTracker:
             self.client.log_artifact(self.parent_id, str(png), str(Path(PARETO_PNG).parent))
         done = [r for r in records if r["status"] == "COMPLETE"]
         from mlflow.entities import Metric
-        import time
 
         now = int(time.time() * 1000)
         summary = {"trials_completed": len(done), "trials_failed": sum(r["status"] == "FAILED" for r in records),
+                   "trials_interrupted": sum(r["status"] == "INTERRUPTED" for r in records),
                    "pareto_size": sum(bool(r["pareto"]) for r in records)}
         if done:
             summary[f"best_{metric_name}"] = max(r["metric"] for r in done)
         self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
 
-    def finish(self, failed: bool = False) -> None:
-        self.client.set_terminated(self.parent_id, "FAILED" if failed else "FINISHED")
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.parent_id, status)
+
+
+_FAILURES = {"TrainingDiverged": "diverged", "TrialOutOfMemory": "out_of_memory",
+             "OutOfMemoryError": "out_of_memory", "MemoryError": "out_of_memory"}
+
+
+def classify_failure(traceback_text: str) -> tuple[str, str]:
+    """(category, one-line reason) from a trial's traceback as Ray recorded it."""
+    lines = [ln.strip() for ln in traceback_text.strip().splitlines() if ln.strip()]
+    # The innermost "module.ExceptionName: message" line names what really went wrong.
+    raised = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Diverged|OutOfMemory|Interrupt)\b.*:", ln)]
+    reason = raised[-1] if raised else (lines[-1] if lines else "unknown error")
+    name = reason.split(":", 1)[0].rsplit(".", 1)[-1]
+    for key, category in _FAILURES.items():
+        if key in name or key in reason:
+            return category, reason
+    return "exception", reason
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a tracking server that does not answer (MLflow itself retries for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).read()
+    except Exception as exc:
+        raise ConfigError(
+            f"the MLflow tracking server {uri} does not answer ({exc}); start it (mlflow server ...) "
+            f"or give another --tracking-uri / MLFLOW_TRACKING_URI"
+        ) from None
 
 
 def _describe(peft_json: dict) -> str:

@@ -12,7 +12,7 @@ import torch
 
 from autopeft.config import TrainBudget
 from autopeft.errors import AutopeftError
-from autopeft.memory import PeakMemory
+from autopeft.memory import PeakMemory, TrialOutOfMemory
 from autopeft.tasks import Split, TaskSpec, compute_metrics
 
 
@@ -89,13 +89,22 @@ def evaluate(model: torch.nn.Module, data: Batches, task: TaskSpec, pad_id: int,
 
 def train_and_evaluate(model: torch.nn.Module, tokenizer: Any, task: TaskSpec, train: Split, dev: Split,
                        budget: TrainBudget, device: torch.device | str = "cpu",
-                       on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+                       on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+                       memory_limit_mb: float | None = None) -> TrainResult:
     """Train the trainable parameters of ``model`` under ``budget``; score it on ``dev``.
 
     ``on_epoch(epoch, metrics)``, when given, is called after a dev evaluation at each epoch end
     (full-budget training keeps its best epoch with it); otherwise dev is scored once at the end.
+    Raises TrainingDiverged on a NaN/exploding loss and TrialOutOfMemory past ``memory_limit_mb``
+    (peak training memory, measured as PeakMemory does) or when the device runs out.
     """
-    device = torch.device(device)
+    try:
+        return _train(model, tokenizer, task, train, dev, budget, torch.device(device), on_epoch, memory_limit_mb)
+    except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+        raise TrialOutOfMemory(f"out of memory on {device}: {exc}; lower the batch size or the size") from None
+
+
+def _train(model, tokenizer, task, train, dev, budget, device, on_epoch, memory_limit_mb) -> TrainResult:
     model.to(device)
     pad_id = tokenizer.pad_token_id
     train_data = tokenize(subsample(train, budget.train_examples, budget.seed), tokenizer, budget.max_seq_length)
@@ -117,7 +126,7 @@ def train_and_evaluate(model: torch.nn.Module, tokenizer: Any, task: TaskSpec, t
     step, epoch, losses, history = 0, 0, [], []
     t0 = time.perf_counter()
     eval_seconds = 0.0
-    with PeakMemory(device) as mem:
+    with PeakMemory(device, limit_mb=memory_limit_mb) as mem:
         while step < total:
             model.train()
             perm = torch.randperm(len(train_data), generator=order).tolist()
@@ -136,6 +145,7 @@ def train_and_evaluate(model: torch.nn.Module, tokenizer: Any, task: TaskSpec, t
                         f"learning rate {budget.learning_rate}); lower the learning rate or the size"
                     )
                 loss.backward()
+                mem.check()  # after backward: activations and gradients are both alive
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
                 sched.step()

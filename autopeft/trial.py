@@ -27,13 +27,15 @@ class TrialContext:
     task: str
     budget: TrainBudget = field(default_factory=TrainBudget)
     data_dir: str | None = None
+    memory_limit_mb: float | None = None  # peak training memory above which a trial fails
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "budget": self.budget.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrialContext":
-        return cls(d["model"], d["task"], TrainBudget.from_dict(d["budget"]), d.get("data_dir"))
+        return cls(d["model"], d["task"], TrainBudget.from_dict(d["budget"]), d.get("data_dir"),
+                   d.get("memory_limit_mb"))
 
 
 def pick_device(gpus: float = 0) -> str:
@@ -53,7 +55,8 @@ def run_config(ctx: TrialContext, peft: PeftConfig, budget: TrainBudget | None =
     task = load_task(ctx.task)
     train, dev = load_split(task, "train", ctx.data_dir), load_split(task, "dev", ctx.data_dir)
     built = build_model(ctx.model, peft, task.num_labels, seed=budget.seed)
-    result = train_and_evaluate(built.model, built.tokenizer, task, train, dev, budget, device=device)
+    result = train_and_evaluate(built.model, built.tokenizer, task, train, dev, budget, device=device,
+                                memory_limit_mb=ctx.memory_limit_mb)
     return {
         METRIC: result.metrics[task.primary_metric],
         **result.metrics,

@@ -1,12 +1,14 @@
 """Registry of PEFT methods: one small file per method, registered by name on import.
 
 Adding a method = one file defining its config dataclass and a ``MethodSpec``, plus one line
-in ``_BUILTIN`` below.
+in ``_BUILTIN`` below. Methods outside this package load from the modules named in the
+``AUTOPEFT_PLUGINS`` environment variable (comma-separated), which Ray trials inherit.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 
 from autopeft.errors import ConfigError
 from autopeft.methods._base import TARGET_MODULES, AdaptersConfig, MethodConfig, MethodSpec
@@ -35,6 +37,12 @@ def available_methods() -> dict[str, MethodSpec]:
 
 for _name in _BUILTIN:
     importlib.import_module(f"autopeft.methods.{_name}")
+
+for _plugin in filter(None, (m.strip() for m in os.environ.get("AUTOPEFT_PLUGINS", "").split(","))):
+    try:
+        importlib.import_module(_plugin)
+    except ImportError as exc:
+        raise ConfigError(f"AUTOPEFT_PLUGINS names {_plugin!r}, which cannot be imported: {exc}") from None
 
 __all__ = [
     "TARGET_MODULES",

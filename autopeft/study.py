@@ -1,0 +1,110 @@
+"""The Optuna study behind a search: its persistent record, shared by every process working on it.
+
+A search's study holds its settings (so ``--resume NAME`` needs nothing else), a trial target
+(``num_samples``), and per trial the driver process that asked for it. That is what lets a
+search survive its driver: trials left RUNNING by a dead driver are marked interrupted (FAIL with
+a user attribute) and asked again; trials of a live driver — a second process cooperating on the
+same study — are left alone.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import optuna
+import psutil
+from optuna.trial import FrozenTrial, TrialState
+
+from autopeft._locks import sqlite_init_lock
+from autopeft.errors import ConfigError
+
+SETTINGS_ATTR = "autopeft_settings"
+OWNER_ATTR = "autopeft_owner"
+INTERRUPTED_ATTR = "autopeft_interrupted"
+
+
+def this_process() -> str:
+    """host:pid:start-time — the start time tells a live owner from a reused pid."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{psutil.Process(pid).create_time():.0f}"
+
+
+def owner_alive(owner: str | None) -> bool | None:
+    """True/False for owners on this host; None (unknown) for other hosts or no owner."""
+    if not owner:
+        return None
+    host, pid, started = owner.rsplit(":", 2)
+    if host != socket.gethostname():
+        return None
+    try:
+        return f"{psutil.Process(int(pid)).create_time():.0f}" == started
+    except psutil.NoSuchProcess:
+        return False
+
+
+def counted(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """Trials that count towards the target: asked and not interrupted (waiting ones not yet asked)."""
+    return [t for t in trials if t.state != TrialState.WAITING and not t.user_attrs.get(INTERRUPTED_ATTR)]
+
+
+def reconcile(study: optuna.Study, owners_to_release: set[str] | None = None) -> list[FrozenTrial]:
+    """Mark RUNNING trials of dead drivers (or of ``owners_to_release``) interrupted and ask them again.
+
+    Returns the trials marked. Their parameters are re-enqueued so the search reruns them.
+    """
+    marked = []
+    storage = study._storage  # Optuna has no public API to change another trial's state
+    now = datetime.datetime.now()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.user_attrs.get(OWNER_ATTR)
+        # A live driver stamps its trial within milliseconds of asking; one unstamped for longer
+        # was asked by a driver that died in between.
+        orphan = owner is None and t.datetime_start is not None and (now - t.datetime_start).total_seconds() > 10
+        if (owners_to_release and owner in owners_to_release) or owner_alive(owner) is False or orphan:
+            storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, True)
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            if t.params:
+                study.enqueue_trial(t.params, skip_if_exists=False)
+            marked.append(t)
+    return marked
+
+
+def open_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage, retried: two processes creating one new SQLite file race on its tables."""
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            with sqlite_init_lock(url):
+                return optuna.storages.RDBStorage(url)
+        except sqlalchemy.exc.OperationalError:  # e.g. a reader that opened the new file first
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def stored_settings(name: str, storage_url: str) -> dict[str, Any]:
+    """The settings a search was started with, for ``--resume NAME``."""
+    if storage_url.startswith("sqlite:///") and not Path(storage_url[len("sqlite:///"):]).is_file():
+        raise ConfigError(
+            f"no search named {name!r}: there is no study storage at {storage_url[len('sqlite:///'):]}. "
+            f"Pass the --workdir (or --storage) the search was started with."
+        )
+    try:
+        study = optuna.load_study(study_name=name, storage=storage_url)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage_url)]
+        raise ConfigError(
+            f"no search named {name!r} in the study storage {storage_url}; searches there: {names or 'none'}. "
+            f"Pass the --storage (or --workdir) the search was started with."
+        ) from None
+    settings = study.user_attrs.get(SETTINGS_ATTR)
+    if settings is None:
+        raise ConfigError(f"study {name!r} in {storage_url} was not created by autopeft search (no settings)")
+    return settings

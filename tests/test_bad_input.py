@@ -1,0 +1,103 @@
+"""Every user-facing input is checked before Ray starts: each bad input below makes
+`autopeft search` exit with code 2 and one message that names the problem (no traceback).
+The README's reliability table lists the same cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from autopeft.cli import app
+
+runner = CliRunner()
+
+SPACE_CASES = {  # id: (search-space YAML, words the message must hold)
+    "malformed yaml": ("methods:\n  seq_bn: {size: [8, 16\n", ["malformed YAML", "line"]),
+    "unknown method": ("methods:\n  dora: {rank: [4]}\n", ["unknown PEFT method 'dora'", ":2:"]),
+    "unknown key": ("methods:\n  lora:\n    rnak: [4]\n", ["unknown key(s) ['rnak']", ":3:"]),
+    "unknown top-level key": ("methods: {seq_bn: {size: 8}}\nsamplr: tpe\n", ["['samplr']", ":2:"]),
+    "empty choices": ("methods:\n  lora: {rank: []}\n", ["methods.lora.rank", "empty"]),
+    "negative choice": ("methods:\n  seq_bn: {size: [8, -2]}\n", ["methods.seq_bn.size", "-2 is out of range"]),
+    "rank out of range": ("methods:\n  lora: {rank: [0.5, 4]}\n", ["methods.lora.rank", "whole numbers"]),
+    "bad range": ("methods:\n  lora: {rank: {low: 16, high: 2}}\n", ["low <= high"]),
+    "layer the model lacks": ("methods:\n  seq_bn: {layers: [0, 9], size: 8}\n",
+                              ["layer(s) [9] do not exist", "6 layers"]),
+    "unknown target module": ("methods:\n  lora: {targets: [query, dense]}\n",
+                              ["unknown target module(s) ['dense']", "query"]),
+    "bad layers mode": ("methods:\n  seq_bn: {layers: odd}\n", ["expected one of ['all', 'mask', 'each']"]),
+    "bad training key": ("methods: {seq_bn: {size: 8}}\ntraining: {lr: [1.0e-3]}\n", ["['lr']", "learning_rate"]),
+}
+
+
+def run(args: list[str], data_dir: Path, tmp_path: Path):
+    return runner.invoke(app, ["search", "--data-dir", str(data_dir), "--workdir", str(tmp_path / "w"),
+                               "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *args])
+
+
+def assert_clear(result, words: list[str]) -> None:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    text = " ".join(result.output.split())  # rich wraps long lines
+    for word in words:
+        assert word.lower() in text.lower(), f"{word!r} not in: {text}"
+
+
+@pytest.mark.parametrize("case", SPACE_CASES)
+def test_bad_search_space(case, data_dir, tmp_path):
+    text, words = SPACE_CASES[case]
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    assert_clear(run(["--space", str(path)], data_dir, tmp_path), [str(path), *words])
+
+
+def _user_task(tmp_path: Path, rows: str, columns: str = "text,label") -> Path:
+    (tmp_path / "train.csv").write_text(f"{columns}\n{rows}")
+    (tmp_path / "dev.csv").write_text(f"{columns}\n{rows}")
+    task = tmp_path / "mine.yaml"
+    task.write_text("name: mine\nlabels: [neg, pos]\nmetrics: [accuracy]\nprimary_metric: accuracy\n"
+                    "local: {train: train.csv, dev: dev.csv, text_columns: [text], label_column: label}\n")
+    return task
+
+
+OTHER_CASES = {  # id: (extra CLI args, words) — tmp_path is substituted for {tmp}
+    "unknown task": (["--task", "sst3"], ["Unknown task 'sst3'", "sst2"]),
+    "data dir without the task's files": (["--data-dir", "{tmp}"], ["SST-2", "AUTOPEFT_DATA_DIR"]),
+    "missing data dir": (["--data-dir", "{tmp}/nowhere"], ["nowhere"]),
+    "unknown base model": (["--model", "no-such-org/no-such-model"], ["cannot load base model", "no-such-model"]),
+    "unknown sampler": (["--sampler", "annealing"], ["unknown sampler 'annealing'", "tpe"]),
+    "zero trials": (["--num-samples", "0"], ["at least 1"]),
+    "negative memory limit": (["--trial-memory-limit-mb", "-5"], ["must be positive"]),
+    "unreachable MLflow server": (["--tracking-uri", "http://127.0.0.1:9"], ["http://127.0.0.1:9", "does not answer"]),
+    "invalid Ray address": (["--ray-address", "not an address"], ["invalid Ray address", "host:port"]),
+    "nobody at the Ray address": (["--ray-address", "127.0.0.1:9"], ["no Ray cluster answers", "127.0.0.1:9"]),
+    "resume of an unknown search": (["--resume", "never-ran"], ["no search named 'never-ran'"]),
+    "zero batch size": (["--batch-size", "0"], ["batch_size must be positive"]),
+}
+
+
+@pytest.mark.parametrize("case", OTHER_CASES)
+def test_other_bad_inputs(case, data_dir, tmp_path):
+    args, words = OTHER_CASES[case]
+    assert_clear(run([a.replace("{tmp}", str(tmp_path)) for a in args], data_dir, tmp_path), words)
+
+
+def test_unloadable_model_folder(data_dir, tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{not json")
+    assert_clear(run(["--model", str(tmp_path / "model")], data_dir, tmp_path), ["cannot load base model"])
+
+
+def test_task_file_missing_a_column(data_dir, tmp_path):
+    task = _user_task(tmp_path, "good film,pos\n", columns="sentence,label")
+    assert_clear(run(["--task", str(task)], data_dir, tmp_path), ["text", "sentence"])
+
+
+def test_task_label_outside_its_set(data_dir, tmp_path):
+    task = _user_task(tmp_path, "good film,pos\nbad film,meh\n")
+    assert_clear(run(["--task", str(task)], data_dir, tmp_path), ["'meh'", "neg", "pos"])
+
+
+def test_at_least_twenty_bad_inputs_are_covered():
+    assert len(SPACE_CASES) + len(OTHER_CASES) + 3 >= 20
