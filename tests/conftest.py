@@ -24,17 +24,22 @@ def data_dir() -> Path:
     return DATA_DIR
 
 
+def _folder_with_minilm_tokenizer(tmp_path_factory, name: str) -> Path:
+    from autopeft.models import resolve_model
+
+    folder = tmp_path_factory.mktemp(name)
+    src = Path(resolve_model("all-MiniLM-L6-v2"))
+    for file in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(src / file, folder / file)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> str:
     """A 3-layer, hidden-32 BERT with random weights and the real MiniLM WordPiece tokenizer."""
     from transformers import BertConfig, BertModel
 
-    from autopeft.models import resolve_model
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    src = Path(resolve_model("all-MiniLM-L6-v2"))
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copy(src / name, folder / name)
+    folder = _folder_with_minilm_tokenizer(tmp_path_factory, "tiny-bert")
     config = BertConfig(vocab_size=30522, hidden_size=TINY_HIDDEN, num_hidden_layers=TINY_LAYERS,
                         num_attention_heads=2, intermediate_size=TINY_INTERMEDIATE, max_position_embeddings=128)
     import torch
@@ -47,13 +52,8 @@ def tiny_bert(tmp_path_factory) -> str:
 def tiny_gpt2(tmp_path_factory) -> str:
     from transformers import GPT2Config, GPT2Model
 
-    from autopeft.models import resolve_model
-
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    # GPT-2's byte-level BPE is not shipped offline; its WordPiece stand-in only has to tokenize.
-    src = Path(resolve_model("all-MiniLM-L6-v2"))
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copy(src / name, folder / name)
+    # GPT-2's byte-level BPE is not shipped offline; a WordPiece stand-in only has to tokenize.
+    folder = _folder_with_minilm_tokenizer(tmp_path_factory, "tiny-gpt2")
     config = GPT2Config(vocab_size=30522, n_embd=TINY_HIDDEN, n_layer=2, n_head=2, n_positions=128)
     GPT2Model(config).save_pretrained(folder)
     return str(folder)
