@@ -84,6 +84,8 @@ def search(
         data_dir=data_dir, workdir=workdir, storage=storage, tracking_uri=tracking_uri, experiment=experiment,
         ray_address=ray_address)
     prepared = prepare(settings)  # every input checked before Ray starts
+    for note in prepared.notes:
+        console.print(f"[yellow]note:[/] {_escape(note)}", highlight=False)
     console.print(f"search [bold]{settings.name}[/]: {settings.num_samples} trials of {model} on {task}, "
                   f"space {space}, sampler {sampler}")
     result = run_search(settings, prepared=prepared)

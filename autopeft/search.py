@@ -16,8 +16,9 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow is ou
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress bar replaces Ray's tables
 from ray.tune import Callback  # noqa: E402
 
+from autopeft.cluster import check_ray_address, connect, on_cluster, trial_data_dir
 from autopeft.config import PeftConfig, TrainBudget
-from autopeft.errors import ConfigError
+from autopeft.errors import ConfigError, DataError
 from autopeft.pareto import pareto_front
 from autopeft.trial import METRIC, OBJECTIVES, PEAK_MEMORY_MB, TRAINABLE_PARAMS, TrialContext
 
@@ -116,6 +117,7 @@ class Prepared:
     space: Any
     model: Any
     context: TrialContext
+    notes: list[str] = field(default_factory=list)  # what the user should know before trials start
 
 
 def prepare(settings: SearchSettings) -> Prepared:
@@ -124,6 +126,7 @@ def prepare(settings: SearchSettings) -> Prepared:
     from autopeft.spaces import load_space
     from autopeft.tasks import load_split, load_task, resolve_data_dir
 
+    check_ray_address(settings.ray_address)
     if settings.sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {settings.sampler!r}; choose one of {sorted(SAMPLERS)}")
     if settings.num_samples < 1 or settings.max_concurrent_trials < 1:
@@ -132,12 +135,31 @@ def prepare(settings: SearchSettings) -> Prepared:
     space = load_space(settings.space)
     model = inspect_model(settings.model)
     space.check_model(model.num_layers)
-    data_dir = resolve_data_dir(settings.data_dir)
-    for split in ("train", "dev"):  # fail now, not in every trial
-        load_split(task, split, data_dir)
-    task_ref = str(task.source_path) if task.source_path else settings.task
-    ctx = TrialContext(settings.model, task_ref, settings.budget, str(data_dir) if data_dir else None)
-    return Prepared(settings, task, space, model, ctx)
+    notes: list[str] = []
+    try:
+        data_dir = resolve_data_dir(settings.data_dir)
+        for split in ("train", "dev"):  # fail now, not in every trial
+            load_split(task, split, data_dir)
+    except DataError as exc:
+        if not on_cluster(settings.ray_address):
+            raise
+        # The driver of a cluster search may hold no data: the workers resolve their own.
+        data_dir = None
+        notes.append(f"the data was not checked here (the workers resolve it): {exc}")
+    ctx = TrialContext(settings.model, _task_ref(task, settings.task), settings.budget,
+                       trial_data_dir(settings.data_dir, data_dir, settings.ray_address))
+    return Prepared(settings, task, space, model, ctx, notes)
+
+
+def _task_ref(task: Any, given: str) -> str:
+    # A shipped task travels by name, so a worker finds it in its own installation; a user's task
+    # file by absolute path (on a cluster it must be at that path on every node).
+    from autopeft.tasks import available_tasks
+
+    shipped = {path.resolve(): name for name, path in available_tasks().items()}
+    if task.source_path is None:
+        return given
+    return shipped.get(task.source_path, str(task.source_path))
 
 
 def run_search(settings: SearchSettings, show_progress: bool = True,
@@ -181,8 +203,7 @@ def run_search(settings: SearchSettings, show_progress: bool = True,
 
     started_ray = False
     if not ray.is_initialized():
-        ray.init(address=settings.ray_address, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR", configure_logging=True)
+        connect(settings.ray_address)
         started_ray = True
     trainable = tune.with_resources(
         tune.with_parameters(ray_trainable, context=prep.context.to_dict()),

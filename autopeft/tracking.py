@@ -19,6 +19,8 @@ from autopeft.errors import ConfigError
 SEARCH_TAG = "autopeft.search"  # parent run: the search name
 TRIAL_TAG = "autopeft.trial"  # trial run: Ray's trial id
 KIND_TAG = "autopeft.kind"  # "search" | "trial"
+# Text fields of a trial's result kept as tags ``autopeft.<key>``: where and how it ran.
+RESULT_TAGS = ("node_id", "hostname", "device", "memory_measure")
 PARETO_CSV = "pareto/pareto_front.csv"
 PARETO_PNG = "pareto/pareto_front.png"
 FRONT_COLUMNS = ("trial", "pareto", "metric", "trainable_params", "trainable_percent", "peak_memory_mb",
@@ -103,7 +105,7 @@ class SearchTracker:
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, step) for k, v in result.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        tags = [RunTag(f"autopeft.{k}", str(v)) for k, v in result.items() if k in ("node_id", "hostname")]
+        tags = [RunTag(f"autopeft.{k}", str(v)) for k, v in result.items() if k in RESULT_TAGS]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
 
     def trial_finished(self, trial_id: str, failed: bool = False, error: str | None = None) -> None:
