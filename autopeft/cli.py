@@ -104,6 +104,8 @@ def _run_and_report(settings) -> None:
     from autopeft.search import prepare, run_search
 
     prepared = prepare(settings)  # every input checked before Ray starts
+    for note in prepared.notes:
+        console.print(f"[yellow]note:[/] {_escape(note)}", highlight=False)
     console.print(f"search [bold]{settings.name}[/]: {settings.num_samples} trials of {settings.model} on "
                   f"{settings.task}, space {settings.space}, sampler {settings.sampler}")
     try:

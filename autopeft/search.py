@@ -22,8 +22,9 @@ from ray.tune import Callback  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
+from autopeft.cluster import check_ray_address, connect, on_cluster, trial_data_dir
 from autopeft.config import PeftConfig, TrainBudget
-from autopeft.errors import ConfigError
+from autopeft.errors import ConfigError, DataError
 from autopeft.pareto import pareto_front
 from autopeft.trial import METRIC, OBJECTIVES, PEAK_MEMORY_MB, TRAINABLE_PARAMS, TrialContext
 
@@ -135,6 +136,7 @@ class Prepared:
     space: Any
     model: Any
     context: TrialContext
+    notes: list[str] = field(default_factory=list)  # what the user should know before trials start
 
 
 def prepare(settings: SearchSettings) -> Prepared:
@@ -143,43 +145,45 @@ def prepare(settings: SearchSettings) -> Prepared:
     from autopeft.spaces import load_space
     from autopeft.tasks import load_split, load_task, resolve_data_dir
 
+    check_ray_address(settings.ray_address)
     if settings.sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {settings.sampler!r}; choose one of {sorted(SAMPLERS)}")
     if settings.num_samples < 1 or settings.max_concurrent_trials < 1:
         raise ConfigError("--num-samples and --max-concurrent-trials must be at least 1")
     if settings.trial_memory_limit_mb is not None and settings.trial_memory_limit_mb <= 0:
         raise ConfigError("--trial-memory-limit-mb must be positive")
-    if settings.ray_address:
-        check_ray_address(settings.ray_address)
     from autopeft.tracking import check_reachable, resolve_tracking_uri
     check_reachable(resolve_tracking_uri(settings.tracking_uri))
     task = load_task(settings.task)
     space = load_space(settings.space)
     model = inspect_model(settings.model)
     space.check_model(model.num_layers)
-    data_dir = resolve_data_dir(settings.data_dir)
-    for split in ("train", "dev"):  # fail now, not in every trial
-        load_split(task, split, data_dir)
-    task_ref = str(task.source_path) if task.source_path else settings.task
-    ctx = TrialContext(settings.model, task_ref, settings.budget, str(data_dir) if data_dir else None,
-                       settings.trial_memory_limit_mb)
-    return Prepared(settings, task, space, model, ctx)
-
-
-def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
-    """An address `ray.init` can take, and something listening there (Ray itself waits long)."""
-    if address in ("auto", "local"):
-        return
-    target = address.split("://", 1)[-1]
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"invalid Ray address {address!r}: expected host:port (as printed by `ray start --head`), "
-                          f"ray://host:port, or auto")
+    notes: list[str] = []
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as exc:
-        raise ConfigError(f"no Ray cluster answers at {address!r} ({exc}); start one with `ray start --head` "
-                          f"or leave --ray-address out to run locally") from None
+        data_dir = resolve_data_dir(settings.data_dir)
+        for split in ("train", "dev"):  # fail now, not in every trial
+            load_split(task, split, data_dir)
+    except DataError as exc:
+        if not on_cluster(settings.ray_address):
+            raise
+        # The driver of a cluster search may hold no data: the workers resolve their own.
+        data_dir = None
+        notes.append(f"the data was not checked here (the workers resolve it): {exc}")
+    ctx = TrialContext(settings.model, _task_ref(task, settings.task), settings.budget,
+                       trial_data_dir(settings.data_dir, data_dir, settings.ray_address),
+                       settings.trial_memory_limit_mb)
+    return Prepared(settings, task, space, model, ctx, notes)
+
+
+def _task_ref(task: Any, given: str) -> str:
+    # A shipped task travels by name, so a worker finds it in its own installation; a user's task
+    # file by absolute path (on a cluster it must be at that path on every node).
+    from autopeft.tasks import available_tasks
+
+    shipped = {path.resolve(): name for name, path in available_tasks().items()}
+    if task.source_path is None:
+        return given
+    return shipped.get(task.source_path, str(task.source_path))
 
 
 def run_search(settings: SearchSettings, show_progress: bool = True,
@@ -228,7 +232,7 @@ def run_search(settings: SearchSettings, show_progress: bool = True,
     try:
         if remaining > 0:
             if not ray.is_initialized():
-                _init_ray(settings.ray_address)
+                connect(settings.ray_address)
                 started_ray = True
             searcher = _StudySearcher(
                 space=prep.space.define_by_run(prep.model.num_layers), metric=list(objectives),
@@ -260,18 +264,6 @@ def run_search(settings: SearchSettings, show_progress: bool = True,
             tracker.log_front(rows, prep.task.primary_metric)
         tracker.finish(status="KILLED" if interrupted else "FINISHED")
     return SearchResult(settings.name, tracker.parent_id, tracker.uri, prep.task.primary_metric, rows)
-
-
-def _init_ray(address: str | None) -> None:
-    import ray
-
-    try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR", configure_logging=True)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise ConfigError(f"cannot connect to the Ray cluster at {address!r}: {exc}. Check the address "
-                          f"printed by `ray start --head` (host:port), or leave --ray-address out to run locally.") \
-            from None
 
 
 def _trial_dirname(trial: Any) -> str:

@@ -25,6 +25,8 @@ TRIAL_NUMBER_TAG = "autopeft.trial_number"  # trial run: the Optuna trial number
 FAILURE_TAG = "autopeft.failure"  # failed trial run: diverged | out_of_memory | exception | interrupted
 ERROR_TAG = "autopeft.error"  # failed trial run: the reason, one line
 KIND_TAG = "autopeft.kind"  # "search" | "trial"
+# Text fields of a trial's result kept as tags ``autopeft.<key>``: where and how it ran.
+RESULT_TAGS = ("node_id", "hostname", "device", "memory_measure")
 PARETO_CSV = "pareto/pareto_front.csv"
 PARETO_PNG = "pareto/pareto_front.png"
 FRONT_COLUMNS = ("trial", "pareto", "metric", "trainable_params", "trainable_percent", "peak_memory_mb",
@@ -127,7 +129,7 @@ class SearchTracker:
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, step) for k, v in result.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        tags = [RunTag(f"autopeft.{k}", str(v)) for k, v in result.items() if k in ("node_id", "hostname")]
+        tags = [RunTag(f"autopeft.{k}", str(v)) for k, v in result.items() if k in RESULT_TAGS]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
 
     def trial_finished(self, trial_id: str, error: str | None = None) -> None:

@@ -119,7 +119,10 @@ def _train(model, tokenizer, task, train, dev, budget, device, on_epoch, memory_
     opt = torch.optim.AdamW(params, lr=budget.learning_rate, weight_decay=budget.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
-    autocast = _autocast(device)
+    dtype = autocast_dtype(device)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a no-op).
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     torch.manual_seed(budget.seed)  # dropout and shuffling: same seed, same run
     order = torch.Generator().manual_seed(budget.seed)
@@ -144,10 +147,12 @@ def _train(model, tokenizer, task, train, dev, budget, device, on_epoch, memory_
                         f"training diverged: loss {value:.4g} at step {step + 1}/{total} (first step {first:.4g}, "
                         f"learning rate {budget.learning_rate}); lower the learning rate or the size"
                     )
-                loss.backward()
+                scaler.scale(loss).backward()
                 mem.check()  # after backward: activations and gradients are both alive
+                scaler.unscale_(opt)  # clip the true gradients
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
+                scaler.step(opt)
+                scaler.update()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 losses.append(value)
@@ -169,8 +174,12 @@ def _train(model, tokenizer, task, train, dev, budget, device, on_epoch, memory_
                        mem.peak_mb, mem.kind, history)
 
 
-def _autocast(device: torch.device):
-    # Mixed precision on GPUs that have bf16; CPU autocast slows small models, so it stays fp32.
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
+def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The mixed-precision dtype of training on ``device``; None = fp32.
+
+    GPUs: bf16 where the GPU has it (Ampere and later), else fp16 with loss scaling. CPU autocast
+    slows small models, so it stays fp32.
+    """
+    if torch.device(device).type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None

@@ -64,6 +64,8 @@ def run_config(ctx: TrialContext, peft: PeftConfig, budget: TrainBudget | None =
         "trainable_percent": built.trainable_percent,
         "base_params": built.base_params,
         PEAK_MEMORY_MB: result.peak_memory_mb,
+        "memory_measure": result.memory_measure,  # cuda_max_allocated on GPU, RSS on CPU
+        "device": device,
         "train_seconds": result.train_seconds,
         "eval_seconds": result.eval_seconds,
         "train_loss": result.train_loss,

@@ -1,0 +1,79 @@
+"""Running a search on an existing Ray cluster: what changes when trials run on other machines.
+
+autopeft only connects to a cluster (``ray start`` or Ray's cluster launcher make it). The driver
+(the machine running ``autopeft search``) keeps every store write: Optuna's study and MLflow runs
+are written by the searcher and the Tune callbacks, which run in the driver process; trials only
+``tune.report`` their results. So worker nodes need neither the database nor the tracking server,
+only the code, the base model and the task data.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from autopeft.errors import ConfigError
+
+RAY_ADDRESS_ENV = "RAY_ADDRESS"
+
+
+def on_cluster(ray_address: str | None) -> bool:
+    """Whether trials may run on machines other than the driver's (``ray.init`` also reads RAY_ADDRESS)."""
+    address = ray_address or os.environ.get(RAY_ADDRESS_ENV)
+    return bool(address) and address != "local"
+
+
+def check_ray_address(ray_address: str | None, timeout_s: float = 5.0) -> None:
+    """An address autopeft can use, with something listening there (Ray itself waits long)."""
+    if not ray_address or ray_address in ("auto", "local"):
+        return
+    if ray_address.startswith("ray://"):
+        # With Ray Client, Tune moves the whole search loop (searcher, callbacks) into an actor on
+        # the head node: the records, the Pareto artifact and the progress bar would not come back.
+        raise ConfigError(
+            f"--ray-address {ray_address}: Ray Client (ray://) addresses are not supported. Give the "
+            f"cluster's GCS address (HEAD_IP:6379) and run autopeft on a cluster node, or join this "
+            f"machine to the cluster first without resources: ray start --address HEAD_IP:6379 --num-cpus 0 --num-gpus 0"
+        )
+    host, _, port = ray_address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"invalid Ray address {ray_address!r}: expected host:port (as printed by "
+                          f"`ray start --head`) or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(f"no Ray cluster answers at {ray_address!r} ({exc}); start one with `ray start --head` "
+                          f"or leave --ray-address out to run locally") from None
+
+
+def trial_data_dir(data_dir: str | None, resolved: Path | None, ray_address: str | None) -> str | None:
+    """The data folder the trials are told to use.
+
+    Single machine: the folder the driver resolved (flag or AUTOPEFT_DATA_DIR), made absolute
+    because Ray runs each trial in its own working directory. On a cluster the driver may hold no
+    data: only an explicit ``--data-dir`` is passed on (absolute, and it must exist at that path on
+    every node); otherwise each worker resolves its own AUTOPEFT_DATA_DIR (the environment of its
+    ``ray start``), else the Hugging Face Hub.
+    """
+    if not on_cluster(ray_address):
+        return str(resolved.resolve()) if resolved is not None else None
+    if not data_dir:
+        return None
+    return str(Path(data_dir).expanduser().absolute())
+
+
+def connect(ray_address: str | None) -> None:
+    """``ray.init`` for a search; a cluster that cannot be reached is a user error."""
+    import ray
+
+    try:
+        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR", configure_logging=True)
+    except ConnectionError as exc:
+        where = ray_address or os.environ.get(RAY_ADDRESS_ENV) or "the local Ray instance"
+        raise ConfigError(
+            f"cannot connect to the Ray cluster at {where}: {exc}. Start it with `ray start --head` "
+            f"(and `ray start --address HEAD_IP:PORT` on each worker), or leave out --ray-address/"
+            f"{RAY_ADDRESS_ENV} to start a local one."
+        ) from None

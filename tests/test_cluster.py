@@ -1,0 +1,128 @@
+"""A search on a real two-node Ray cluster on loopback, with the study in PostgreSQL and MLflow
+behind a tracking server, driven through the CLI by a driver that holds no data.
+
+Services: ``ray start --head`` and ``ray start --address`` (one CPU each), a PostgreSQL server in a
+temp data dir, ``mlflow server`` with a SQLite backend and proxied artifacts. All are stopped by
+PID (see ``local_services``). Skipped where PostgreSQL is not installed, except in CI
+(AUTOPEFT_REQUIRE_CLUSTER_SERVICES=1), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+import local_services as services
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.cluster]
+
+NAME = "cluster-search"
+TRIALS = 4
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, data_dir):
+    if services.postgres_bin() is None:
+        message = ("PostgreSQL is not installed (apt-get install -y postgresql); the cluster test needs its "
+                   "initdb and postgres binaries")
+        if os.environ.get(services.REQUIRE_ENV):
+            pytest.fail(message)
+        pytest.skip(message)
+    work = tmp_path_factory.mktemp("cluster")
+    started: list[services.Service] = []
+    try:
+        pg, pg_url = services.start_postgres(work, databases=("optuna",))
+        started.append(pg)
+        # SQLite behind the server: PostgreSQL works the same (the README recipe) but its MLflow
+        # schema migrations cost ~40 s more on this machine.
+        server, tracking_uri = services.start_mlflow_server(f"sqlite:///{work / 'mlflow.db'}", work / "artifacts", work)
+        started.append(server)
+        # Only the nodes know where the data is: the driver below has no AUTOPEFT_DATA_DIR.
+        node_env = {"AUTOPEFT_DATA_DIR": str(data_dir)}
+        head, address = services.start_ray_head(work, cpus=1, env=node_env)
+        started.append(head)
+        started.append(services.start_ray_worker(address, work, 1, cpus=1, env=node_env))
+        yield {"work": work, "address": address, "storage": f"{pg_url}/optuna", "tracking_uri": tracking_uri}
+    finally:
+        services.stop_all(started)
+
+
+@pytest.fixture(scope="module")
+def finished(cluster, tiny_bert):
+    env = {k: v for k, v in os.environ.items() if k not in ("AUTOPEFT_DATA_DIR", "RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env.update(services.ray_env())
+    cmd = [sys.executable, "-m", "autopeft.cli", "search", "--name", NAME, "--model", tiny_bert, "--task", "sst2",
+           "--space", "hybrid", "--num-samples", str(TRIALS), "--max-concurrent-trials", "2", "--cpus-per-trial", "1",
+           "--train-examples", "32", "--eval-examples", "32", "--batch-size", "16", "--seed", "0",
+           "--ray-address", cluster["address"], "--storage", cluster["storage"],
+           "--tracking-uri", cluster["tracking_uri"], "--workdir", str(cluster["work"] / "runs")]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cluster["work"], timeout=300)
+    assert proc.returncode == 0, f"search failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc, time.monotonic() - t0
+
+
+def _node_ids(address: str) -> set[str]:
+    code = ("import json, ray; ray.init(address=%r, logging_level='ERROR');"
+            "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))" % address)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, **services.ray_env()})
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_driver_without_data_defers_to_workers(finished):
+    proc, _ = finished
+    assert "the data was not checked here" in proc.stderr
+
+
+def test_trials_ran_on_both_nodes_and_are_tracked(cluster, finished):
+    from mlflow.tracking import MlflowClient
+
+    from autopeft.tracking import KIND_TAG, PARETO_CSV, PARETO_PNG, SEARCH_TAG
+
+    client = MlflowClient(cluster["tracking_uri"])
+    exp = client.get_experiment_by_name("autopeft")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{SEARCH_TAG}` = '{NAME}'")
+    parents = [r for r in runs if r.data.tags[KIND_TAG] == "search"]
+    trials = [r for r in runs if r.data.tags[KIND_TAG] == "trial"]
+    assert len(parents) == 1 and len(trials) == TRIALS
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    for run in trials:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["autopeft.device"] == "cpu"
+        assert run.data.tags["autopeft.memory_measure"] == "cpu_rss_above_model"
+        assert {"metric", "trainable_params", "peak_memory_mb"} <= set(run.data.metrics)
+    nodes = {run.data.tags["autopeft.node_id"] for run in trials}
+    assert nodes == _node_ids(cluster["address"]), "trials ran on both nodes of the cluster"
+
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
+    assert {PARETO_CSV, PARETO_PNG} <= artifacts
+    rows = list(csv.DictReader(io.StringIO(open(client.download_artifacts(parent.info.run_id, PARETO_CSV)).read())))
+    assert {r["run_id"] for r in rows} == {r.info.run_id for r in trials}
+    assert any(r["pareto"] == "True" for r in rows)
+
+
+def test_every_trial_is_in_the_postgres_study(cluster, finished):
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from autopeft.tracking import KIND_TAG, SEARCH_TAG
+
+    study = optuna.load_study(study_name=NAME, storage=cluster["storage"])
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == TRIALS
+    client = MlflowClient(cluster["tracking_uri"])
+    exp = client.get_experiment_by_name("autopeft")
+    runs = client.search_runs([exp.experiment_id],
+                              filter_string=f"tags.`{SEARCH_TAG}` = '{NAME}' and tags.`{KIND_TAG}` = 'trial'")
+    tracked = sorted((r.data.metrics["metric"], r.data.metrics["trainable_params"]) for r in runs)
+    assert sorted((t.values[0], t.values[1]) for t in complete) == tracked

@@ -1,0 +1,73 @@
+"""What changes when a search joins a cluster, checked without starting one (the real cluster is
+``test_cluster.py``)."""
+
+from __future__ import annotations
+
+import socket
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from autopeft.cli import app
+from autopeft.cluster import check_ray_address, on_cluster, trial_data_dir
+from autopeft.errors import ConfigError, DataError
+from autopeft.search import SearchSettings, prepare
+
+
+def test_on_cluster_follows_the_flag_then_ray_address(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert not on_cluster(None) and not on_cluster("local")
+    assert on_cluster("10.0.0.1:6379")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert on_cluster(None)
+
+
+def test_ray_client_addresses_are_refused_with_the_alternative():
+    with pytest.raises(ConfigError, match="--num-cpus 0"):
+        check_ray_address("ray://head:10001")
+    with pytest.raises(ConfigError, match="no Ray cluster answers"):  # well-formed, but nobody there
+        check_ray_address("127.0.0.1:9")
+    check_ray_address(None)
+    check_ray_address("auto")
+
+
+def test_cli_refuses_ray_client_before_ray_starts():
+    result = CliRunner().invoke(app, ["search", "--ray-address", "ray://head:10001"])
+    assert result.exit_code == 2
+    assert "Ray Client" in result.output
+
+
+def test_trial_data_dir_single_machine_and_cluster(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    # Single machine: what the driver resolved, absolute (trials run in their own working dirs).
+    assert trial_data_dir("data", Path("data"), None) == str(tmp_path / "data")
+    assert trial_data_dir(None, None, None) is None
+    # Cluster: only an explicit --data-dir travels; otherwise each worker's AUTOPEFT_DATA_DIR decides.
+    assert trial_data_dir(None, Path("data"), "head:6379") is None
+    assert trial_data_dir("/srv/data", None, "head:6379") == "/srv/data"
+
+
+def test_driver_without_data_defers_to_the_workers_only_on_a_cluster(tiny_bert, monkeypatch):
+    monkeypatch.delenv("AUTOPEFT_DATA_DIR", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    settings = SearchSettings(name="x", model=tiny_bert, task="sst2", space="lora")
+    with pytest.raises(DataError):
+        prepare(settings)
+    with socket.socket() as listener:  # stands in for the head's port: prepare() probes it
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        prepared = prepare(replace(settings, ray_address=f"127.0.0.1:{listener.getsockname()[1]}"))
+    assert prepared.context.data_dir is None
+    assert prepared.notes and "workers resolve it" in prepared.notes[0]
+    assert prepared.context.task == "sst2"  # a shipped task travels by name, not by this checkout's path
+
+
+def test_user_task_travels_by_absolute_path(tiny_bert, tiny_task):
+    prepared = prepare(SearchSettings(name="x", model=tiny_bert, task=tiny_task, space="lora"))
+    assert prepared.context.task == str(Path(tiny_task).resolve())
+    assert not prepared.notes
