@@ -146,9 +146,17 @@ def prepare(settings: SearchSettings) -> Prepared:
         # The driver of a cluster search may hold no data: the workers resolve their own.
         data_dir = None
         notes.append(f"the data was not checked here (the workers resolve it): {exc}")
-    ctx = TrialContext(settings.model, _task_ref(task, settings.task), settings.budget,
+    ctx = TrialContext(_model_ref(settings.model), _task_ref(task, settings.task), settings.budget,
                        trial_data_dir(settings.data_dir, data_dir, settings.ray_address))
     return Prepared(settings, task, space, model, ctx, notes)
+
+
+def _model_ref(given: str) -> str:
+    # Trials run in their own working directories (and on a cluster, on other machines): a local
+    # model folder travels as an absolute path (on a cluster, the same on every node); names and
+    # Hub ids travel as given and resolve in each trial's process.
+    path = Path(given).expanduser()
+    return str(path.absolute()) if path.is_dir() else given
 
 
 def _task_ref(task: Any, given: str) -> str:

@@ -64,3 +64,11 @@ def test_user_task_travels_by_absolute_path(tiny_bert, tiny_task):
     prepared = prepare(SearchSettings(name="x", model=tiny_bert, task=tiny_task, space="lora"))
     assert prepared.context.task == str(Path(tiny_task).resolve())
     assert not prepared.notes
+
+
+def test_local_model_folder_travels_by_absolute_path(tiny_bert, tiny_task, monkeypatch):
+    folder = Path(tiny_bert)
+    monkeypatch.chdir(folder.parent)
+    prepared = prepare(SearchSettings(name="x", model=folder.name, task=tiny_task, space="lora"))
+    assert prepared.context.model == str(folder)
+    assert prepare(SearchSettings(name="x", task=tiny_task, space="lora")).context.model == "all-MiniLM-L6-v2"
