@@ -16,7 +16,7 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow is ou
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress bar replaces Ray's tables
 from ray.tune import Callback  # noqa: E402
 
-from autopeft.cluster import check_ray_address, connect, on_cluster, trial_data_dir
+from autopeft.cluster import check_ray_address, check_resources, connect, on_cluster, trial_data_dir
 from autopeft.config import PeftConfig, TrainBudget
 from autopeft.errors import ConfigError, DataError
 from autopeft.pareto import pareto_front
@@ -227,6 +227,7 @@ def run_search(settings: SearchSettings, show_progress: bool = True,
     )
     failed = False
     try:
+        check_resources(settings.cpus_per_trial, settings.gpus_per_trial)
         with callbacks[1]:
             tuner.fit()
     except BaseException:

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autopeft.cli import app
-from autopeft.cluster import check_ray_address, on_cluster, trial_data_dir
+from autopeft.cluster import check_ray_address, check_resources, on_cluster, trial_data_dir
 from autopeft.errors import ConfigError, DataError
 from autopeft.search import SearchSettings, prepare
 
@@ -72,3 +72,20 @@ def test_local_model_folder_travels_by_absolute_path(tiny_bert, tiny_task, monke
     prepared = prepare(SearchSettings(name="x", model=folder.name, task=tiny_task, space="lora"))
     assert prepared.context.model == str(folder)
     assert prepare(SearchSettings(name="x", task=tiny_task, space="lora")).context.model == "all-MiniLM-L6-v2"
+
+
+def test_a_trial_no_node_can_hold_is_refused(monkeypatch):
+    import ray
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 4.0}}, {"Alive": True, "Resources": {"CPU": 2.0, "GPU": 1.0}},
+             {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    monkeypatch.delenv("AUTOPEFT_SKIP_RESOURCE_CHECK", raising=False)
+    check_resources(4, 0)
+    check_resources(2, 1)
+    with pytest.raises(ConfigError, match="4 CPU/0 GPU, 2 CPU/1 GPU"):
+        check_resources(4, 1)  # enough CPUs and a GPU exist, but not on one node
+    with pytest.raises(ConfigError, match="--gpus-per-trial"):
+        check_resources(1, 2)
+    monkeypatch.setenv("AUTOPEFT_SKIP_RESOURCE_CHECK", "1")
+    check_resources(1, 2)
