@@ -89,3 +89,14 @@ def test_a_trial_no_node_can_hold_is_refused(monkeypatch):
         check_resources(1, 2)
     monkeypatch.setenv("AUTOPEFT_SKIP_RESOURCE_CHECK", "1")
     check_resources(1, 2)
+
+
+def test_trial_code_never_loads_the_stores():
+    """Workers need no database or tracking server: the trial side imports neither client."""
+    import subprocess
+    import sys
+
+    code = ("import sys, autopeft.trial, autopeft.build, autopeft.train, autopeft.tasks; from ray import tune; "
+            "print(sorted(m for m in ('mlflow', 'optuna', 'sqlalchemy', 'psycopg2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
