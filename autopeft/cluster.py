@@ -77,3 +77,25 @@ def connect(ray_address: str | None) -> None:
             f"(and `ray start --address HEAD_IP:PORT` on each worker), or leave out --ray-address/"
             f"{RAY_ADDRESS_ENV} to start a local one."
         ) from None
+
+
+def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """Fail now if no node of the connected cluster can ever hold one trial.
+
+    Ray Tune would otherwise wait forever (it only logs a warning), e.g. for ``--gpus-per-trial 1``
+    on a cluster without GPUs. Clusters that add nodes on demand (autoscaling) may hold none yet:
+    AUTOPEFT_SKIP_RESOURCE_CHECK=1 skips the check.
+    """
+    import ray
+
+    if os.environ.get("AUTOPEFT_SKIP_RESOURCE_CHECK"):
+        return
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(r.get("CPU", 0) >= cpus_per_trial and r.get("GPU", 0) >= gpus_per_trial for r in nodes):
+        return
+    have = ", ".join(f"{r.get('CPU', 0):g} CPU/{r.get('GPU', 0):g} GPU" for r in nodes) or "no alive node"
+    raise ConfigError(
+        f"no node of the Ray cluster can run a trial: each asks for {cpus_per_trial:g} CPU and "
+        f"{gpus_per_trial:g} GPU (--cpus-per-trial, --gpus-per-trial); the nodes have {have}. Lower the "
+        f"request or add nodes (set AUTOPEFT_SKIP_RESOURCE_CHECK=1 if the cluster autoscales)."
+    )

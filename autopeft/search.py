@@ -22,7 +22,7 @@ from ray.tune import Callback  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
-from autopeft.cluster import check_ray_address, connect, on_cluster, trial_data_dir
+from autopeft.cluster import check_ray_address, check_resources, connect, on_cluster, trial_data_dir
 from autopeft.config import PeftConfig, TrainBudget
 from autopeft.errors import ConfigError, DataError
 from autopeft.pareto import pareto_front
@@ -169,10 +169,18 @@ def prepare(settings: SearchSettings) -> Prepared:
         # The driver of a cluster search may hold no data: the workers resolve their own.
         data_dir = None
         notes.append(f"the data was not checked here (the workers resolve it): {exc}")
-    ctx = TrialContext(settings.model, _task_ref(task, settings.task), settings.budget,
+    ctx = TrialContext(_model_ref(settings.model), _task_ref(task, settings.task), settings.budget,
                        trial_data_dir(settings.data_dir, data_dir, settings.ray_address),
                        settings.trial_memory_limit_mb)
     return Prepared(settings, task, space, model, ctx, notes)
+
+
+def _model_ref(given: str) -> str:
+    # Trials run in their own working directories (and on a cluster, on other machines): a local
+    # model folder travels as an absolute path (on a cluster, the same on every node); names and
+    # Hub ids travel as given and resolve in each trial's process.
+    path = Path(given).expanduser()
+    return str(path.absolute()) if path.is_dir() else given
 
 
 def _task_ref(task: Any, given: str) -> str:
@@ -227,7 +235,7 @@ def run_search(settings: SearchSettings, show_progress: bool = True,
     remaining = settings.num_samples - len(studies.counted(study.trials))
     callbacks = [_TrackingCallback(tracker), _ProgressCallback(settings.num_samples, prep.task.primary_metric,
                                                                 show_progress, len(studies.counted(study.trials)))]
-    interrupted = False
+    status = "FINISHED"
     started_ray = False
     try:
         if remaining > 0:
@@ -250,10 +258,14 @@ def run_search(settings: SearchSettings, show_progress: bool = True,
                     name=settings.name, storage_path=str((Path(settings.workdir) / "ray").resolve()),
                     callbacks=callbacks, verbose=0, failure_config=tune.FailureConfig(max_failures=0)),
             )
+            check_resources(settings.cpus_per_trial, settings.gpus_per_trial)
             with callbacks[1]:
                 tuner.fit()
     except KeyboardInterrupt:
-        interrupted = True
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
         raise
     finally:
         if started_ray:
@@ -262,7 +274,7 @@ def run_search(settings: SearchSettings, show_progress: bool = True,
         rows = _with_front(tracker.trial_records(), objectives)
         if rows:
             tracker.log_front(rows, prep.task.primary_metric)
-        tracker.finish(status="KILLED" if interrupted else "FINISHED")
+        tracker.finish(status=status)
     return SearchResult(settings.name, tracker.parent_id, tracker.uri, prep.task.primary_metric, rows)
 
 

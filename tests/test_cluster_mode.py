@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autopeft.cli import app
-from autopeft.cluster import check_ray_address, on_cluster, trial_data_dir
+from autopeft.cluster import check_ray_address, check_resources, on_cluster, trial_data_dir
 from autopeft.errors import ConfigError, DataError
 from autopeft.search import SearchSettings, prepare
 
@@ -71,3 +71,39 @@ def test_user_task_travels_by_absolute_path(tiny_bert, tiny_task):
     prepared = prepare(SearchSettings(name="x", model=tiny_bert, task=tiny_task, space="lora"))
     assert prepared.context.task == str(Path(tiny_task).resolve())
     assert not prepared.notes
+
+
+def test_local_model_folder_travels_by_absolute_path(tiny_bert, tiny_task, monkeypatch):
+    folder = Path(tiny_bert)
+    monkeypatch.chdir(folder.parent)
+    prepared = prepare(SearchSettings(name="x", model=folder.name, task=tiny_task, space="lora"))
+    assert prepared.context.model == str(folder)
+    assert prepare(SearchSettings(name="x", task=tiny_task, space="lora")).context.model == "all-MiniLM-L6-v2"
+
+
+def test_a_trial_no_node_can_hold_is_refused(monkeypatch):
+    import ray
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 4.0}}, {"Alive": True, "Resources": {"CPU": 2.0, "GPU": 1.0}},
+             {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    monkeypatch.delenv("AUTOPEFT_SKIP_RESOURCE_CHECK", raising=False)
+    check_resources(4, 0)
+    check_resources(2, 1)
+    with pytest.raises(ConfigError, match="4 CPU/0 GPU, 2 CPU/1 GPU"):
+        check_resources(4, 1)  # enough CPUs and a GPU exist, but not on one node
+    with pytest.raises(ConfigError, match="--gpus-per-trial"):
+        check_resources(1, 2)
+    monkeypatch.setenv("AUTOPEFT_SKIP_RESOURCE_CHECK", "1")
+    check_resources(1, 2)
+
+
+def test_trial_code_never_loads_the_stores():
+    """Workers need no database or tracking server: the trial side imports neither client."""
+    import subprocess
+    import sys
+
+    code = ("import sys, autopeft.trial, autopeft.build, autopeft.train, autopeft.tasks; from ray import tune; "
+            "print(sorted(m for m in ('mlflow', 'optuna', 'sqlalchemy', 'psycopg2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
