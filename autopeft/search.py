@@ -156,6 +156,7 @@ def run_search(settings: SearchSettings, show_progress: bool = True,
         "model": settings.model, "task": prep.task.name, "space": settings.space, "sampler": settings.sampler,
         "num_samples": settings.num_samples, "objectives": ",".join(objectives), "seed": settings.seed,
         **{f"budget/{k}": v for k, v in settings.budget.to_dict().items()},
+        "task_ref": _task_ref(settings.task),  # what `autopeft export` writes: loadable from anywhere
     }, tags={"autopeft.task": prep.task.name, "autopeft.model": settings.model,
              "autopeft.metric_name": prep.task.primary_metric})
 
@@ -207,10 +208,26 @@ def run_search(settings: SearchSettings, show_progress: bool = True,
         rows = _with_front(list(records.values()), objectives)
         if rows:
             tracker.log_front(rows, prep.task.primary_metric)
+            _log_report(tracker, rows, objectives, prep.task.primary_metric)
         tracker.finish(failed=failed)
         if started_ray:
             ray.shutdown()
     return SearchResult(settings.name, tracker.parent_id, tracker.uri, prep.task.primary_metric, rows)
+
+
+def _log_report(tracker: Any, rows: list[dict[str, Any]], objectives: dict[str, str], metric_name: str) -> None:
+    """The interactive Pareto report on the parent run; a plotting failure must not lose the search."""
+    from autopeft.report import log_report
+
+    try:
+        log_report(tracker.uri, tracker.parent_id, rows, objectives, metric_name, f"Pareto report: {tracker.search_name}")
+    except Exception as exc:  # noqa: BLE001 - the CSV/PNG front is already logged
+        import warnings
+        warnings.warn(f"could not write the Pareto HTML report: {exc}")
+
+
+def _task_ref(task: str) -> str:
+    return str(Path(task).resolve()) if Path(task).suffix in (".yaml", ".yml") else task
 
 
 def _trial_dirname(trial: Any) -> str:

@@ -89,11 +89,13 @@ def evaluate(model: torch.nn.Module, data: Batches, task: TaskSpec, pad_id: int,
 
 def train_and_evaluate(model: torch.nn.Module, tokenizer: Any, task: TaskSpec, train: Split, dev: Split,
                        budget: TrainBudget, device: torch.device | str = "cpu",
-                       on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+                       on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+                       on_step: Callable[[int, int, float], None] | None = None) -> TrainResult:
     """Train the trainable parameters of ``model`` under ``budget``; score it on ``dev``.
 
     ``on_epoch(epoch, metrics)``, when given, is called after a dev evaluation at each epoch end
     (full-budget training keeps its best epoch with it); otherwise dev is scored once at the end.
+    ``on_step(step, total, loss)``, when given, is called after each optimizer step (progress bars).
     """
     device = torch.device(device)
     model.to(device)
@@ -142,6 +144,8 @@ def train_and_evaluate(model: torch.nn.Module, tokenizer: Any, task: TaskSpec, t
                 opt.zero_grad(set_to_none=True)
                 losses.append(value)
                 step += 1
+                if on_step is not None:
+                    on_step(step, total, value)
             epoch += 1
             if on_epoch is not None:
                 te = time.perf_counter()
