@@ -79,6 +79,8 @@ def serve(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 0,
     port = port or free_port(host)
     base = f"http://{host}:{port}"
     proc = start_server(uri, host, port)
+    # A SIGTERM (a service manager, `timeout`) stops the server too, as Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         with Console(stderr=True).status(f"starting the MLflow UI on {uri}"):
             wait_healthy(proc, base)
@@ -90,3 +92,8 @@ def serve(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 0,
         say("stopping the MLflow UI")
     finally:
         stop_server(proc)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt

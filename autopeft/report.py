@@ -33,7 +33,7 @@ def write_report(trials: Sequence[dict[str, Any]], objectives: dict[str, str], m
 
     data = report_data(trials, objectives)
     done = data["trials"]
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.64, 0.36], horizontal_spacing=0.1,
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.08,
                         subplot_titles=(f"{metric_name} vs trainable parameters (colour: peak memory MB)",
                                         "hypervolume over trials"))
     mems = [t.get("peak_memory_mb") or 0.0 for t in done]
@@ -46,7 +46,7 @@ def write_report(trials: Sequence[dict[str, Any]], objectives: dict[str, str], m
             customdata=[t["trial"] for t in group],
             marker=dict(size=13 if on_front else 9, color=[t.get("peak_memory_mb") or 0.0 for t in group],
                         colorscale="Viridis", cmin=cmin, cmax=cmax, showscale=on_front,
-                        colorbar=dict(title="MB", x=0.58) if on_front else None,
+                        colorbar=dict(title="peak MB", x=1.02) if on_front else None,
                         line=dict(width=1.5 if on_front else 0, color="black"))), row=1, col=1)
     front = sorted((t for t in done if t.get("pareto")), key=lambda t: t["trainable_params"])
     if front:

@@ -163,7 +163,11 @@ def test_search_logs_the_html_report(search):
 
 # ---------------------------------------------------------------------------- in a real browser
 
-browser = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def browser(fn):
+    """In the default run (CI installs chromium); skipped only where no chromium is installed."""
+    fn = pytest.mark.browser(fn)
+    return pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium "
+                                                       "chromium-driver)")(fn)
 
 
 def _chromium(tmp_path: Path, url: str, budget_ms: int, screenshot: Path | None = None) -> str:
@@ -185,35 +189,75 @@ def test_report_renders_points_in_chromium(search, tmp_path):
     shot = tmp_path / "pareto_report.png"
     dom = _chromium(tmp_path, html.as_uri(), 5000, shot)
     done = sum(t["status"] == "COMPLETE" for t in record.trials)
-    # plotly draws each scatter marker as an SVG path of class "point"
-    scatter_points = dom.count('class="point"')
-    assert scatter_points >= 2 * done, scatter_points  # the trade-off panel + the hypervolume panel
+    # plotly draws each marker as an SVG path of class "point"; the trade-off panel's carry the
+    # trial number as customdata, the hypervolume panel's do not
+    assert dom.count('class="point plotly-customdata"') == done
+    assert dom.count('class="point"') == done
     assert "tiny report" in dom
     assert shot.exists() and shot.stat().st_size > 10_000
     _keep_screenshot(shot)
 
 
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def _webdriver(tmp_path: Path):
+    selenium = pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[test]')")
+    if CHROMEDRIVER is None:
+        pytest.skip("chromedriver is not installed (apt-get install chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1400,900", f"--user-data-dir={tmp_path / 'chrome-profile'}"):
+        options.add_argument(arg)
+    options.binary_location = CHROMIUM
+    # An explicit driver path: Selenium Manager would otherwise try to download one.
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def _wait_for(driver, condition, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the page did not get there in {timeout_s:.0f} s: {driver.find_element('tag name', 'body').text[:500]}")
+
+
 @browser
 def test_dashboard_lists_trial_runs_in_chromium(search, tmp_path):
+    import urllib.request
+
     proc = subprocess.Popen([sys.executable, "-m", "autopeft.cli", "dashboard", "--tracking-uri", search["uri"]],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = None
     try:
         line = proc.stdout.readline()  # printed once /health answers
-        match = re.search(r"(http://127\.0\.0\.1:\d+\S*)", line)
+        match = re.search(r"(http://127\.0\.0\.1:\d+)(\S*)", line)
         assert match, (line, proc.stderr.read() if proc.poll() is not None else "")
-        url = match.group(1)
+        base = match.group(1)
+        driver = _webdriver(tmp_path)
+        driver.get(match.group(1) + match.group(2) + "/runs")  # the experiment's runs table (a React SPA)
+        body = lambda: driver.find_element("tag name", "body").text  # noqa: E731
+        _wait_for(driver, lambda: "tiny-after" in body())
+        # Trial runs are nested under the search's run: expand it.
+        driver.find_element("css selector", "button[data-component-id*='runnamecellrenderer']").click()
+        trials = [f"tiny-after-t{i:03d}" for i in range(3)]
+        _wait_for(driver, lambda: all(t in body() for t in trials))
         shot = tmp_path / "mlflow_ui.png"
-        dom = _chromium(tmp_path, url, 25000, shot)
-        for trial in ("tiny-after-t000", "tiny-after-t001", "tiny-after-t002"):
-            assert trial in dom, f"{trial} not listed in the MLflow UI"
+        driver.save_screenshot(str(shot))
         _keep_screenshot(shot)
     finally:
-        proc.send_signal(signal.SIGINT)
+        if driver is not None:
+            driver.quit()
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         rc = proc.wait(30)
     assert rc == 0, proc.stderr.read()
-    with pytest.raises(OSError):  # the server is gone
-        import urllib.request
-        urllib.request.urlopen(url + "/health", timeout=2)
+    with pytest.raises(OSError):  # the server went with it
+        urllib.request.urlopen(base + "/health", timeout=2)
 
 
 def _keep_screenshot(path: Path) -> None:
