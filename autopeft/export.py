@@ -38,7 +38,7 @@ class ExportedConfig:
     source: dict[str, Any] = field(default_factory=dict)  # search name, run ids, trial, tracking URI
 
     def to_dict(self, num_layers: int | None = None, hidden: int | None = None,
-                num_labels: int | None = None) -> dict[str, Any]:
+                num_labels: int | None = None, model_type: str | None = None) -> dict[str, Any]:
         import autopeft
 
         out: dict[str, Any] = {
@@ -48,7 +48,7 @@ class ExportedConfig:
             "metric_name": self.metric_name, "source": dict(self.source),
         }
         if num_layers is not None and hidden is not None:
-            out["native"] = native_config(self, num_layers, hidden, num_labels)
+            out["native"] = native_config(self, num_layers, hidden, num_labels, model_type)
         return out
 
     @classmethod
@@ -73,7 +73,8 @@ class ExportedConfig:
             raise ExportError(f"{where}: {exc}") from None
 
 
-def native_config(exp: ExportedConfig, num_layers: int, hidden: int, num_labels: int | None) -> dict[str, Any]:
+def native_config(exp: ExportedConfig, num_layers: int, hidden: int, num_labels: int | None,
+                  model_type: str | None = None) -> dict[str, Any]:
     """The `adapters` form of ``exp``: what the README's plain-code recipe reads."""
     from autopeft.build import adapters_configs
     from autopeft.methods import get_method
@@ -89,7 +90,27 @@ def native_config(exp: ExportedConfig, num_layers: int, hidden: int, num_labels:
         "adapters": {name: cfg.to_dict() for name, cfg in configs.items()},
         "active": list(configs),  # activate as adapters.Stack(*active)
         "bitfit_layers": bitfit,
+        "peft_lora": peft_lora_kwargs(exp, model_type),
     }
+
+
+# Module paths inside a BERT-style layer (``...encoder.layer.N.<path>``), by autopeft target name.
+_BERT_PATHS = {"query": r"attention\.self\.query", "key": r"attention\.self\.key",
+               "value": r"attention\.self\.value", "intermediate": r"intermediate\.dense",
+               "output": r"output\.dense"}  # anchored after "layer.N.", so never attention.output.dense
+
+
+def peft_lora_kwargs(exp: ExportedConfig, model_type: str | None) -> dict[str, Any] | None:
+    """``peft.LoraConfig`` keyword arguments for a config that is one LoRA entry on a BERT-style
+    model (None otherwise: peft has no bottleneck adapters, and mixing methods is not portable)."""
+    entries = exp.peft.methods
+    if len(entries) != 1 or entries[0].method != "lora" or model_type not in ("bert", "roberta", "xlm-roberta"):
+        return None
+    e = entries[0]
+    layers = "|".join(str(i) for i in e.layers)
+    modules = "|".join(_BERT_PATHS[t] for t in e.targets)
+    return {"r": e.rank, "lora_alpha": e.alpha, "lora_dropout": 0.0,
+            "target_modules": rf".*\.layer\.({layers})\.({modules})", "modules_to_save": ["classifier"]}
 
 
 def save_export(exp: ExportedConfig, path: str | Path) -> Path:
@@ -102,7 +123,7 @@ def save_export(exp: ExportedConfig, path: str | Path) -> Path:
     num_labels = load_task(exp.task).num_labels
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(exp.to_dict(info.num_layers, info.hidden_size, num_labels), indent=2, sort_keys=True)
+    path.write_text(json.dumps(exp.to_dict(info.num_layers, info.hidden_size, num_labels, info.model_type), indent=2, sort_keys=True)
                     + "\n")
     return path
 

@@ -57,7 +57,7 @@ def write_report(trials: Sequence[dict[str, Any]], objectives: dict[str, str], m
                              name="hypervolume", hovertemplate="trial %{x}: %{y:.4f}<extra></extra>"), row=1, col=2)
     fig.update_xaxes(type="log", title_text="trainable parameters (log)", row=1, col=1)
     fig.update_yaxes(title_text=metric_name, row=1, col=1)
-    fig.update_xaxes(title_text="trial", row=1, col=2)
+    fig.update_xaxes(title_text="trial", tickformat="d", row=1, col=2)
     fig.update_yaxes(title_text="hypervolume (scaled objectives)", row=1, col=2)
     fig.update_layout(title=title or "Pareto report", template="plotly_white", height=560, width=1250,
                       legend=dict(orientation="h", y=-0.15))

@@ -97,9 +97,9 @@ def test_cli_pareto_export_and_errors(search, tmp_path):
         load_export(tmp_path / "bad2.json")
 
 
-def _readme_recipe() -> str:
+def _readme_recipe(marker: str = "rebuild-recipe") -> str:
     text = README.read_text()
-    match = re.search(r"<!-- rebuild-recipe -->\s*```python\n(.*?)```", text, re.S)
+    match = re.search(rf"<!-- {marker} -->\s*```python\n(.*?)```", text, re.S)
     assert match, "README holds the plain-code rebuild recipe after <!-- rebuild-recipe -->"
     return match.group(1)
 
@@ -116,6 +116,21 @@ def test_export_round_trip_and_readme_recipe(search, tmp_path, monkeypatch):
         namespace: dict = {}
         exec(compile(recipe, "README recipe", "exec"), namespace)
         assert namespace["trainable"] == trial["trainable_params"], (trial["peft"], namespace["trainable"])
+
+
+def test_lora_export_rebuilds_with_peft(tiny_bert, tiny_task, tmp_path, monkeypatch):
+    pytest.importorskip("peft")
+    from autopeft.build import build_model
+    from autopeft.config import PeftConfig
+    from autopeft.export import ExportedConfig
+
+    peft = PeftConfig.from_dict({"methods": [{"method": "lora", "layers": [0, 2], "rank": 4, "alpha": 8,
+                                              "targets": ["query", "value", "output"]}]})
+    save_export(ExportedConfig(tiny_bert, tiny_task, peft), tmp_path / "autopeft_best.json")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(_readme_recipe("rebuild-recipe-peft"), "README peft recipe", "exec"), namespace)
+    assert namespace["trainable"] == build_model(tiny_bert, peft, num_labels=2).trainable_params
 
 
 def test_train_exported_reloads_and_links_to_search(search, tmp_path, data_dir):
