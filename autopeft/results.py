@@ -7,8 +7,10 @@ and from any machine pointed at the same tracking URI.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from autopeft.errors import AutopeftError
@@ -53,6 +55,10 @@ def load_search(search: str | None = None, tracking_uri: str | None = None,
     from autopeft.tracking import KIND_TAG, SEARCH_TAG, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        # MLflow would silently create an empty store there
+        raise SearchNotFound(f"no tracking store at {uri}: point --tracking-uri (or MLFLOW_TRACKING_URI) at the "
+                             f"store the search used")
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -159,6 +165,7 @@ def trial_peft_config(record: SearchRecord, trial: dict[str, Any]) -> dict[str, 
     """The ``peft_config.json`` artifact of a trial run."""
     from mlflow.tracking import MlflowClient
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file: no bar
     client = MlflowClient(record.tracking_uri)
     try:
         with open(client.download_artifacts(trial["run_id"], "peft_config.json")) as f:
