@@ -4,8 +4,6 @@ printed as one message (no traceback) with exit code 2."""
 from __future__ import annotations
 
 import functools
-import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -77,7 +75,7 @@ def search(
     Running the same --name again continues that search; so does --resume NAME.
     """
     from autopeft.config import TrainBudget
-    from autopeft.search import SearchSettings, default_name, prepare, run_search
+    from autopeft.search import SearchSettings, default_name
     from autopeft.study import stored_settings
 
     if resume:
@@ -126,16 +124,182 @@ def _run_and_report(settings) -> None:
         console.print(f"  trial {r['trial']} failed ({r['failure']}): {_escape(str(r['error']))[:300]}")
 
 
-def print_front(records: list[dict], metric_name: str, title: str) -> None:
+def print_front(records: list[dict], metric_name: str, title: str, picked: int | None = None) -> None:
     table = Table(title=title)
     for col in ("trial", metric_name, "params", "% base", "mem MB", "configuration"):
         table.add_column(col, justify="left" if col == "configuration" else "right",
                          overflow="fold", min_width=20 if col == "configuration" else None)
     front = sorted((r for r in records if r["pareto"]), key=lambda r: -r["metric"])
     for r in front:
-        table.add_row(str(r["trial"]), f"{r['metric']:.4f}", f"{int(r['trainable_params']):,}",
+        table.add_row(f"* {r['trial']}" if r["trial"] == picked else str(r["trial"]), f"{r['metric']:.4f}", f"{int(r['trainable_params']):,}",
                       f"{r['trainable_percent']:.3f}", f"{r['peak_memory_mb']:.0f}", r["peft"])
     Console().print(table)
+
+
+@app.command()
+@friendly_errors
+def train(
+    config: str = typer.Argument(..., help="An export file from `autopeft export`, or a hand-written one (model, task, peft)."),
+    output: str = typer.Option("autopeft_trained", "--output", "-o", help="Folder for the trained weights."),
+    train_examples: int = typer.Option(0, help="Training examples (0 = the whole train split)."),
+    eval_examples: int = typer.Option(0, help="Dev examples (0 = the whole dev split)."),
+    epochs: float = typer.Option(3.0, help="Epochs; the dev set is scored after each and the best epoch is kept."),
+    learning_rate: Optional[float] = typer.Option(None, help="Default: the learning rate the config was found with."),
+    batch_size: Optional[int] = typer.Option(None, help="Default: the search's batch size."),
+    seed: Optional[int] = typer.Option(None),
+    full_finetune: bool = typer.Option(False, "--full-finetune/--peft",
+                                       help="Ignore the PEFT config and train every weight (a reference point)."),
+    data_dir: Optional[str] = typer.Option(None, help="Folder laid out like GLUE's (env AUTOPEFT_DATA_DIR)."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default: the export's search store, else MLFLOW_TRACKING_URI)."),
+    experiment: str = typer.Option("autopeft", help="MLflow experiment."),
+    run_name: Optional[str] = typer.Option(None, help="MLflow run name."),
+) -> None:
+    """Train a configuration at full budget, keep the best epoch, save the PEFT weights, log to MLflow."""
+    from autopeft.export import load_export
+    from autopeft.finetune import full_budget, log_training, train_exported
+    from autopeft.tasks import resolve_data_dir
+
+    exp = load_export(config)
+    budget = full_budget(exp.budget, train_examples or None, epochs, eval_examples or None, learning_rate,
+                         batch_size, seed)
+    data = resolve_data_dir(data_dir)
+    what = "full fine-tuning" if full_finetune else exp.peft.describe()
+    console.print(f"train [bold]{_escape(what)}[/] on {exp.task} ({exp.model}): "
+                  f"{budget.train_examples or 'all'} examples, {budget.epochs:g} epochs, lr {budget.learning_rate:g}")
+    with _step_progress("train") as (on_step, note):
+        def on_epoch(epoch: int, metrics: dict) -> None:
+            note(", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            console.print(f"epoch {epoch}: " + ", ".join(f"dev {k} {v:.4f}" for k, v in metrics.items()))
+
+        result = train_exported(exp, budget, output, str(data) if data else None, full_finetune,
+                                on_step=on_step, on_epoch=on_epoch)
+    run_id = log_training(result, exp, budget, full_finetune, tracking_uri, experiment, run_name)
+    console.print(f"best epoch {result.best_epoch}: dev {result.metric_name} {result.metric:.4f}, "
+                  f"{result.trainable_params:,} trainable parameters ({result.trainable_percent:.3f}%). "
+                  f"Saved to {result.output_dir}; MLflow run {run_id}")
+
+
+# ------------------------------------------------------------------ after a search
+
+
+def _pick_option() -> str | None:
+    return typer.Option(None, help="Pick one: 'best' (highest metric within the constraints) or a trial number.")
+
+
+def _parse_pick(value: str | None) -> tuple[bool, int | None]:
+    """(picking?, trial number or None for the best)."""
+    if value is None:
+        return False, None
+    if value.strip().lower() == "best":
+        return True, None
+    try:
+        return True, int(value)
+    except ValueError:
+        from autopeft.errors import ConfigError
+        raise ConfigError(f"--pick takes 'best' or a trial number, got {value!r}") from None
+
+
+def _load(search: str | None, tracking_uri: str | None, experiment: str):
+    from autopeft.results import load_search
+
+    with console.status("reading the tracking store"):
+        return load_search(search, tracking_uri, experiment)
+
+
+@app.command()
+@friendly_errors
+def pareto(
+    search: Optional[str] = typer.Argument(None, help="Search name or MLflow parent run id (default: the latest search)."),
+    max_params: Optional[int] = typer.Option(None, help="Keep trials with at most this many trainable parameters."),
+    max_memory: Optional[float] = typer.Option(None, help="Keep trials with at most this peak training memory (MB)."),
+    min_metric: Optional[float] = typer.Option(None, help="Keep trials with at least this metric."),
+    pick: Optional[str] = _pick_option(),
+    report: Optional[str] = typer.Option(None, help="Also write the interactive HTML Pareto report here (and log it to the search's run)."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+    experiment: str = typer.Option("autopeft", help="MLflow experiment."),
+) -> None:
+    """Show a search's Pareto-optimal trials, best first; filter with constraints and pick one."""
+    from autopeft.results import pick as choose
+
+    record = _load(search, tracking_uri, experiment)
+    picking, trial = _parse_pick(pick)
+    rows = choose(record.front, max_params, max_memory, min_metric, trial)
+    chosen = rows[0]["trial"] if picking else None
+    done = sum(t["status"] == "COMPLETE" for t in record.trials)
+    print_front(rows, record.metric_name, title=f"Pareto front of {record.name} ({record.task}, {record.model}): "
+                f"{len(rows)} of {len(record.front)} optimal trials, {done} completed", picked=chosen)
+    if report:
+        from autopeft.report import log_report, write_report
+
+        path = write_report(record.trials, record.objectives, record.metric_name, report, f"Pareto report: {record.name}")
+        log_report(record.tracking_uri, record.parent_run_id, record.trials, record.objectives, record.metric_name,
+                   f"Pareto report: {record.name}")
+        console.print(f"report: {path}")
+    if chosen is not None:
+        console.print(f"picked trial {chosen}: export it with "
+                      f"`autopeft export {record.name} --pick {chosen} -o autopeft_best.json`")
+
+
+@app.command()
+@friendly_errors
+def export(
+    search: Optional[str] = typer.Argument(None, help="Search name or MLflow parent run id (default: the latest search)."),
+    output: str = typer.Option("autopeft_best.json", "--output", "-o", help="The export file to write."),
+    pick: Optional[str] = typer.Option("best", help="'best' (highest metric within the constraints) or a trial number."),
+    max_params: Optional[int] = typer.Option(None),
+    max_memory: Optional[float] = typer.Option(None),
+    min_metric: Optional[float] = typer.Option(None),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
+    experiment: str = typer.Option("autopeft", help="MLflow experiment."),
+) -> None:
+    """Write a Pareto-optimal configuration as one self-contained, versioned JSON file."""
+    from autopeft.export import save_export
+    from autopeft.results import pick as choose, to_export
+
+    record = _load(search, tracking_uri, experiment)
+    _, trial = _parse_pick(pick or "best")
+    chosen = choose(record.front, max_params, max_memory, min_metric, trial)[0]
+    path = save_export(to_export(record, chosen), output)
+    console.print(f"exported trial {chosen['trial']} of {record.name} ({_escape(chosen['peft'])}; "
+                  f"{record.metric_name} {chosen['metric']:.4f}, {chosen['trainable_params']:,} params) to {path}")
+
+
+@app.command()
+@friendly_errors
+def dashboard(
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+    port: int = typer.Option(0, help="Port (0 = a free one)."),
+    host: str = typer.Option("127.0.0.1", help="Interface; the default keeps the UI on this machine."),
+) -> None:
+    """Start the MLflow UI on the tracking store; Ctrl-C stops it."""
+    from autopeft.dashboard import serve
+
+    serve(tracking_uri, host, port, say=lambda text: print(text, flush=True))
+
+
+class _step_progress:
+    """A rich progress bar over optimizer steps; yields (on_step, note) callbacks."""
+
+    def __init__(self, label: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TimeRemainingColumn(), TextColumn("{task.description}"), console=console)
+        self.task = None
+
+    def __enter__(self):
+        self.progress.start()
+        self.task = self.progress.add_task("", total=None)
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            self.progress.update(self.task, completed=step, total=total)
+
+        def note(text: str) -> None:
+            self.progress.update(self.task, description=text)
+        return on_step, note
+
+    def __exit__(self, *exc):
+        self.progress.stop()
 
 
 if __name__ == "__main__":

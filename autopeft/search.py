@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +22,9 @@ from ray.tune.search import Searcher  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from autopeft.cluster import check_ray_address, check_resources, connect, on_cluster, trial_data_dir
-from autopeft.config import PeftConfig, TrainBudget
+from autopeft.config import TrainBudget
 from autopeft.errors import ConfigError, DataError
-from autopeft.pareto import pareto_front
+from autopeft.pareto import mark_front
 from autopeft.trial import METRIC, OBJECTIVES, PEAK_MEMORY_MB, TRAINABLE_PARAMS, TrialContext
 
 # Multi-objective Optuna samplers by name; each takes the search seed.
@@ -216,6 +215,7 @@ def run_search(settings: SearchSettings, show_progress: bool = True,
         "model": settings.model, "task": prep.task.name, "space": settings.space, "sampler": settings.sampler,
         "num_samples": settings.num_samples, "objectives": ",".join(objectives), "seed": settings.seed,
         **{f"budget/{k}": v for k, v in settings.budget.to_dict().items()},
+        "task_ref": prep.context.task,  # what `autopeft export` writes: a shipped name or an absolute path
     }, tags={"autopeft.task": prep.task.name, "autopeft.model": settings.model,
              "autopeft.metric_name": prep.task.primary_metric})
 
@@ -271,25 +271,27 @@ def run_search(settings: SearchSettings, show_progress: bool = True,
         if started_ray:
             ray.shutdown()  # stops this driver's trials before they are marked
         tracker.mark_interrupted([t.number for t in studies.reconcile(study, owners_to_release={owner})])
-        rows = _with_front(tracker.trial_records(), objectives)
+        rows = mark_front(tracker.trial_records(), objectives)
         if rows:
             tracker.log_front(rows, prep.task.primary_metric)
+            _log_report(tracker, rows, objectives, prep.task.primary_metric)
         tracker.finish(status=status)
     return SearchResult(settings.name, tracker.parent_id, tracker.uri, prep.task.primary_metric, rows)
 
 
+def _log_report(tracker: Any, rows: list[dict[str, Any]], objectives: dict[str, str], metric_name: str) -> None:
+    """The interactive Pareto report on the parent run; a plotting failure must not lose the search."""
+    from autopeft.report import log_report
+
+    try:
+        log_report(tracker.uri, tracker.parent_id, rows, objectives, metric_name, f"Pareto report: {tracker.search_name}")
+    except Exception as exc:  # noqa: BLE001 - the CSV/PNG front is already logged
+        import warnings
+        warnings.warn(f"could not write the Pareto HTML report: {exc}")
+
+
 def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"  # Ray's default spells out the whole config
-
-
-def _with_front(rows: list[dict[str, Any]], objectives: dict[str, str]) -> list[dict[str, Any]]:
-    done = [r for r in rows if r["status"] == "COMPLETE"]
-    front = set(pareto_front([[r[k] for k in objectives] for r in done], list(objectives.values())))
-    for i, r in enumerate(done):
-        r["pareto"] = i in front
-    for r in rows:
-        r.setdefault("pareto", False)
-    return rows
 
 
 # ---------------------------------------------------------------------------- Ray callbacks

@@ -160,18 +160,7 @@ class SearchTracker:
 
     def trial_records(self) -> list[dict[str, Any]]:
         """Every trial of this search as the tracking store has it, whichever process ran it."""
-        status = {"FINISHED": "COMPLETE", "FAILED": "FAILED", "KILLED": "INTERRUPTED", "RUNNING": "RUNNING"}
-        records = []
-        for run in self.trial_runs():
-            tags, m = run.data.tags, run.data.metrics
-            records.append({
-                **m, "trial": int(tags.get(TRIAL_NUMBER_TAG, -1)), "run_id": run.info.run_id,
-                "status": status.get(run.info.status, run.info.status), "peft": tags.get("autopeft.peft", ""),
-                "failure": tags.get(FAILURE_TAG), "error": tags.get(ERROR_TAG)})
-        return sorted(records, key=lambda r: r["trial"])
-
-    def run_id_of(self, trial_id: str) -> str | None:
-        return self._trial_runs.get(trial_id)
+        return sorted((trial_record(r) for r in self.trial_runs()), key=lambda r: r["trial"])
 
     # ------------------------------------------------------------------ search
     def log_front(self, records: Sequence[dict[str, Any]], metric_name: str) -> None:
@@ -200,6 +189,31 @@ class SearchTracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_id, status)
+
+
+_STATUS = {"FINISHED": "COMPLETE", "FAILED": "FAILED", "KILLED": "INTERRUPTED", "RUNNING": "RUNNING"}
+
+
+def trial_record(run: Any) -> dict[str, Any]:
+    """One trial run as a plain record: its metrics, status, configuration summary and failure."""
+    tags, metrics = run.data.tags, run.data.metrics
+    status = _STATUS.get(run.info.status, run.info.status)
+    if status == "COMPLETE" and "metric" not in metrics:
+        status = "FAILED"  # finished without a report: nothing to put on a front
+    record = {**metrics, "trial": int(tags.get(TRIAL_NUMBER_TAG, -1)), "run_id": run.info.run_id, "status": status,
+              "peft": tags.get("autopeft.peft", ""), "failure": tags.get(FAILURE_TAG), "error": tags.get(ERROR_TAG),
+              "training": {k.split("/", 1)[1]: _parse_param(v) for k, v in run.data.params.items()
+                           if k.startswith("train/")}}
+    if "trainable_params" in record:
+        record["trainable_params"] = int(record["trainable_params"])
+    return record
+
+
+def _parse_param(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except (json.JSONDecodeError, TypeError):
+        return None if value == "None" else value
 
 
 _FAILURES = {"TrainingDiverged": "diverged", "TrialOutOfMemory": "out_of_memory",

@@ -90,21 +90,24 @@ def evaluate(model: torch.nn.Module, data: Batches, task: TaskSpec, pad_id: int,
 def train_and_evaluate(model: torch.nn.Module, tokenizer: Any, task: TaskSpec, train: Split, dev: Split,
                        budget: TrainBudget, device: torch.device | str = "cpu",
                        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-                       memory_limit_mb: float | None = None) -> TrainResult:
+                       memory_limit_mb: float | None = None,
+                       on_step: Callable[[int, int, float], None] | None = None) -> TrainResult:
     """Train the trainable parameters of ``model`` under ``budget``; score it on ``dev``.
 
     ``on_epoch(epoch, metrics)``, when given, is called after a dev evaluation at each epoch end
     (full-budget training keeps its best epoch with it); otherwise dev is scored once at the end.
     Raises TrainingDiverged on a NaN/exploding loss and TrialOutOfMemory past ``memory_limit_mb``
     (peak training memory, measured as PeakMemory does) or when the device runs out.
+    ``on_step(step, total, loss)``, when given, is called after each optimizer step (progress bars).
     """
     try:
-        return _train(model, tokenizer, task, train, dev, budget, torch.device(device), on_epoch, memory_limit_mb)
+        return _train(model, tokenizer, task, train, dev, budget, torch.device(device), on_epoch, memory_limit_mb,
+                      on_step)
     except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
         raise TrialOutOfMemory(f"out of memory on {device}: {exc}; lower the batch size or the size") from None
 
 
-def _train(model, tokenizer, task, train, dev, budget, device, on_epoch, memory_limit_mb) -> TrainResult:
+def _train(model, tokenizer, task, train, dev, budget, device, on_epoch, memory_limit_mb, on_step) -> TrainResult:
     model.to(device)
     pad_id = tokenizer.pad_token_id
     train_data = tokenize(subsample(train, budget.train_examples, budget.seed), tokenizer, budget.max_seq_length)
@@ -157,6 +160,8 @@ def _train(model, tokenizer, task, train, dev, budget, device, on_epoch, memory_
                 opt.zero_grad(set_to_none=True)
                 losses.append(value)
                 step += 1
+                if on_step is not None:
+                    on_step(step, total, value)
             epoch += 1
             if on_epoch is not None:
                 te = time.perf_counter()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import optuna
 import pytest
-import yaml
 
 from autopeft.config import PeftConfig
 from autopeft.errors import ConfigError

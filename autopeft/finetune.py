@@ -1,0 +1,215 @@
+"""Full-budget training of an exported (or hand-written) configuration: ``autopeft train``.
+
+The model trains with a dev evaluation after every epoch; the best epoch's trainable weights are
+kept and restored at the end. The result is saved in the PEFT library's own format (one
+``save_adapter`` folder per adapter, plus the trained non-adapter parameters, i.e. the task head
+and any BitFit biases, as safetensors), so ``load_trained`` (or plain `adapters` code) reloads it.
+The run is logged to MLflow as a child of the search it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from autopeft.config import TrainBudget
+from autopeft.errors import AutopeftError
+from autopeft.export import ExportedConfig
+
+TRAIN_CONFIG = "train_config.json"  # the export plus the budget it was trained with
+BASE_PARAMS_FILE = "trained_base_params.safetensors"  # task head (+ BitFit biases)
+FULL_MODEL_DIR = "model"  # full fine-tuning: a plain save_pretrained folder
+TRAIN_KIND = "train"
+SOURCE_RUN_TAG = "autopeft.source_run_id"  # the trial run the config was exported from
+
+
+def full_budget(found_with: TrainBudget, train_examples: int | None = None, epochs: float = 3.0,
+                eval_examples: int | None = None, learning_rate: float | None = None,
+                batch_size: int | None = None, seed: int | None = None) -> TrainBudget:
+    """The search's settings (sequence length, learning rate, ...) at full size: all data, more epochs."""
+    changes: dict[str, Any] = {"train_examples": train_examples, "eval_examples": eval_examples, "epochs": epochs,
+                               "max_steps": None}
+    if learning_rate is not None:
+        changes["learning_rate"] = learning_rate
+    if batch_size is not None:
+        changes["batch_size"] = batch_size
+    if seed is not None:
+        changes["seed"] = seed
+    return found_with.replace(**changes)
+
+
+@dataclass
+class TrainedModel:
+    output_dir: Path
+    metric_name: str
+    metric: float  # dev metric of the kept (best) epoch, measured after restoring it
+    best_epoch: int
+    history: list[dict[str, float]]
+    trainable_params: int
+    trainable_percent: float
+    peak_memory_mb: float
+    train_seconds: float
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def train_exported(exp: ExportedConfig, budget: TrainBudget, output_dir: str | Path, data_dir: str | None = None,
+                   full_finetune: bool = False, device: str = "cpu",
+                   on_step: Callable[[int, int, float], None] | None = None,
+                   on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainedModel:
+    """Train ``exp`` under ``budget``, keep the best epoch, save it to ``output_dir``."""
+    from autopeft.build import build_model, count_all, load_base
+    from autopeft.tasks import load_split, load_task
+    from autopeft.train import evaluate, tokenize, subsample, train_and_evaluate
+
+    task = load_task(exp.task)
+    train, dev = load_split(task, "train", data_dir), load_split(task, "dev", data_dir)
+    if full_finetune:  # the reference point PEFT is compared against: every weight trains
+        torch.manual_seed(budget.seed)
+        model, tokenizer, _ = load_base(exp.model, task.num_labels)
+        model.requires_grad_(True)
+        trainable = base = count_all(model)
+        names: list[str] = []
+    else:
+        built = build_model(exp.model, exp.peft, task.num_labels, seed=budget.seed)
+        model, tokenizer, names = built.model, built.tokenizer, built.adapter_names
+        trainable, base = built.trainable_params, built.base_params
+
+    best: dict[str, Any] = {"metric": float("-inf"), "epoch": 0, "state": None}
+
+    def keep_best(epoch: int, metrics: dict[str, float]) -> None:
+        if metrics[task.primary_metric] > best["metric"]:
+            best.update(metric=metrics[task.primary_metric], epoch=epoch, state=_trainable_state(model))
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+
+    result = train_and_evaluate(model, tokenizer, task, train, dev, budget, device=device,
+                                on_epoch=keep_best, on_step=on_step)
+    if best["state"] is not None:  # restore the best epoch (the last one may be worse)
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for n, value in best["state"].items():
+                params[n].copy_(value)
+    dev_data = tokenize(subsample(dev, budget.eval_examples, budget.seed), tokenizer, budget.max_seq_length)
+    metrics = evaluate(model, dev_data, task, tokenizer.pad_token_id, budget.batch_size * 2, torch.device(device))
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _save(model, tokenizer, names, out, full_finetune)
+    (out / TRAIN_CONFIG).write_text(json.dumps({
+        "export": exp.to_dict(), "budget": budget.to_dict(), "full_finetune": full_finetune, "adapters": names,
+        "num_labels": task.num_labels, "metric_name": task.primary_metric, "metrics": metrics,
+        "best_epoch": best["epoch"], "history": result.history, "trainable_params": trainable,
+    }, indent=2, sort_keys=True) + "\n")
+    return TrainedModel(out, task.primary_metric, metrics[task.primary_metric], best["epoch"], result.history,
+                        trainable, 100.0 * trainable / base, result.peak_memory_mb, result.train_seconds,
+                        metrics=metrics)
+
+
+def _save(model: torch.nn.Module, tokenizer: Any, names: list[str], out: Path, full_finetune: bool) -> None:
+    from safetensors.torch import save_file
+
+    from autopeft.build import ADAPTER_NAME
+
+    tokenizer.save_pretrained(out / "tokenizer")
+    if full_finetune:
+        model.save_pretrained(out / FULL_MODEL_DIR)
+        return
+    for name in names:
+        model.save_adapter(str(out / name), name)
+    # save_adapter keeps only adapter modules (its with_head needs adapters' own heads, which a
+    # Hugging Face AutoModelForSequenceClassification does not have): save the rest ourselves.
+    rest = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters()
+            if p.requires_grad and ADAPTER_NAME not in n}
+    save_file(rest, str(out / BASE_PARAMS_FILE))
+
+
+def load_trained(folder: str | Path) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """Model, tokenizer and train config of an ``autopeft train`` output folder, ready for inference."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = Path(folder)
+    try:
+        info = json.loads((folder / TRAIN_CONFIG).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AutopeftError(f"{folder} is not an autopeft train output ({TRAIN_CONFIG}: {exc})") from None
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    if info["full_finetune"]:
+        model = AutoModelForSequenceClassification.from_pretrained(folder / FULL_MODEL_DIR)
+        return model.eval(), tokenizer, info
+    import adapters
+    from safetensors.torch import load_file
+
+    from autopeft.build import load_base
+
+    model, _, _ = load_base(info["export"]["model"], info["num_labels"])
+    adapters.init(model)
+    for name in info["adapters"]:
+        model.load_adapter(str(folder / name))
+    if info["adapters"]:
+        names = info["adapters"]
+        model.set_active_adapters(names[0] if len(names) == 1 else adapters.Stack(*names))
+    missing = set(load_file(str(folder / BASE_PARAMS_FILE))) - set(dict(model.named_parameters()))
+    if missing:
+        raise AutopeftError(f"{folder}: saved parameters {sorted(missing)[:3]} do not exist in the rebuilt model")
+    model.load_state_dict(load_file(str(folder / BASE_PARAMS_FILE)), strict=False)
+    return model.eval(), tokenizer, info
+
+
+def log_training(result: TrainedModel, exp: ExportedConfig, budget: TrainBudget, full_finetune: bool,
+                 tracking_uri: str | None, experiment: str = "autopeft", name: str | None = None) -> str:
+    """Record the run in MLflow, nested under the search it came from when that run is in the store."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    from autopeft.tracking import KIND_TAG, SEARCH_TAG, _local_artifact_root, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri or exp.source.get("tracking_uri"))
+    client = MlflowClient(uri)
+    exp_obj = client.get_experiment_by_name(experiment)
+    experiment_id = exp_obj.experiment_id if exp_obj else client.create_experiment(
+        experiment, artifact_location=_local_artifact_root(uri))
+    tags = {KIND_TAG: TRAIN_KIND, "autopeft.peft": "full fine-tuning" if full_finetune else exp.peft.describe(),
+            "autopeft.model": exp.model, "autopeft.task": exp.task}
+    if exp.source.get("search"):
+        tags[SEARCH_TAG] = exp.source["search"]
+    parent = exp.source.get("parent_run_id")
+    if parent and _run_exists(client, parent):
+        tags["mlflow.parentRunId"] = parent  # the MLflow UI then shows it under its search
+    if exp.source.get("run_id"):
+        tags[SOURCE_RUN_TAG] = exp.source["run_id"]
+    run = client.create_run(experiment_id, run_name=name or f"train-{time.strftime('%Y%m%d-%H%M%S')}", tags=tags)
+    run_id = run.info.run_id
+    params = {"model": exp.model, "task": exp.task, "full_finetune": full_finetune,
+              **{f"budget/{k}": v for k, v in budget.to_dict().items()}}
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"dev_{k}", float(v), now, int(h["epoch"])) for h in result.history
+               for k, v in h.items() if k not in ("epoch", "step")]
+    final = {"metric": result.metric, **result.metrics, "best_epoch": result.best_epoch,
+             "trainable_params": result.trainable_params, "trainable_percent": result.trainable_percent,
+             "peak_memory_mb": result.peak_memory_mb, "train_seconds": result.train_seconds}
+    metrics += [Metric(k, float(v), now, 0) for k, v in final.items()]
+    client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
+    client.log_dict(run_id, exp.to_dict(), "export.json")
+    if not full_finetune:  # PEFT weights are small; a full model is not copied into the store
+        client.log_artifacts(run_id, str(result.output_dir), "trained")
+    client.set_terminated(run_id, "FINISHED")
+    result.run_id = run_id
+    return run_id
+
+
+def _run_exists(client: Any, run_id: str) -> bool:
+    try:
+        client.get_run(run_id)
+        return True
+    except Exception:  # MlflowException: RESOURCE_DOES_NOT_EXIST
+        return False

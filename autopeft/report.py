@@ -1,0 +1,87 @@
+"""The interactive Pareto report: one self-contained HTML file per search.
+
+Left: metric vs trainable parameters (log), peak training memory as colour, dominated trials
+faded, the front joined by a step line; hovering a point shows its configuration. Right: the
+hypervolume of the trials so far (objectives scaled to [0, 1]; trainable parameters on a log
+scale), which flattens when the search stops finding better trade-offs.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from autopeft.pareto import hypervolume_history
+
+REPORT_HTML = "pareto/pareto_report.html"  # artifact path on the search's parent run
+
+
+def report_data(trials: Sequence[dict[str, Any]], objectives: dict[str, str]) -> dict[str, Any]:
+    """What the report draws: completed trials in trial order, and the hypervolume after each."""
+    done = sorted((t for t in trials if t.get("metric") is not None and t.get("trainable_params")),
+                  key=lambda t: t["trial"])
+    points = [[math.log10(t[k]) if k == "trainable_params" else float(t[k] if t[k] is not None else math.nan)
+               for k in objectives] for t in done]
+    return {"trials": done, "hypervolume": hypervolume_history(points, list(objectives.values()))}
+
+
+def write_report(trials: Sequence[dict[str, Any]], objectives: dict[str, str], metric_name: str,
+                 path: str | Path, title: str = "") -> Path:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    data = report_data(trials, objectives)
+    done = data["trials"]
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.08,
+                        subplot_titles=(f"{metric_name} vs trainable parameters (colour: peak memory MB)",
+                                        "hypervolume over trials"))
+    mems = [t.get("peak_memory_mb") or 0.0 for t in done]
+    cmin, cmax = (min(mems), max(mems)) if mems else (0.0, 1.0)
+    for on_front, name in ((False, "dominated"), (True, "Pareto-optimal")):
+        group = [t for t in done if bool(t.get("pareto")) == on_front]
+        fig.add_trace(go.Scatter(
+            x=[t["trainable_params"] for t in group], y=[t["metric"] for t in group], mode="markers", name=name,
+            opacity=1.0 if on_front else 0.3, text=[_hover(t, metric_name) for t in group], hoverinfo="text",
+            customdata=[t["trial"] for t in group],
+            marker=dict(size=13 if on_front else 9, color=[t.get("peak_memory_mb") or 0.0 for t in group],
+                        colorscale="Viridis", cmin=cmin, cmax=cmax, showscale=on_front,
+                        colorbar=dict(title="peak MB", x=1.02) if on_front else None,
+                        line=dict(width=1.5 if on_front else 0, color="black"))), row=1, col=1)
+    front = sorted((t for t in done if t.get("pareto")), key=lambda t: t["trainable_params"])
+    if front:
+        fig.add_trace(go.Scatter(x=[t["trainable_params"] for t in front], y=[t["metric"] for t in front],
+                                 mode="lines", line=dict(shape="hv", color="black", width=1), hoverinfo="skip",
+                                 name="front", showlegend=False), row=1, col=1)
+    fig.add_trace(go.Scatter(x=[t["trial"] for t in done], y=data["hypervolume"], mode="lines+markers",
+                             name="hypervolume", hovertemplate="trial %{x}: %{y:.4f}<extra></extra>"), row=1, col=2)
+    fig.update_xaxes(type="log", title_text="trainable parameters (log)", row=1, col=1)
+    fig.update_yaxes(title_text=metric_name, row=1, col=1)
+    fig.update_xaxes(title_text="trial", tickformat="d", row=1, col=2)
+    fig.update_yaxes(title_text="hypervolume (scaled objectives)", row=1, col=2)
+    fig.update_layout(title=title or "Pareto report", template="plotly_white", height=560, width=1250,
+                      legend=dict(orientation="h", y=-0.15))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(str(path), include_plotlyjs=True, full_html=True)  # self-contained: opens offline
+    return path
+
+
+def _hover(t: dict[str, Any], metric_name: str) -> str:
+    pct = f" ({t['trainable_percent']:.3f}%)" if t.get("trainable_percent") is not None else ""
+    mem = f"<br>peak memory {t['peak_memory_mb']:.0f} MB" if t.get("peak_memory_mb") is not None else ""
+    config = "<br>   + ".join(str(t.get("peft", "")).split(" + "))
+    return (f"<b>trial {t['trial']}</b><br>{metric_name} {t['metric']:.4f}<br>"
+            f"{t['trainable_params']:,} trainable params{pct}{mem}<br>{config}")
+
+
+def log_report(tracking_uri: str, parent_run_id: str, trials: Sequence[dict[str, Any]], objectives: dict[str, str],
+               metric_name: str, title: str) -> None:
+    """Write the report and attach it to the search's parent run."""
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        html = write_report(trials, objectives, metric_name, Path(tmp) / Path(REPORT_HTML).name, title)
+        MlflowClient(tracking_uri).log_artifact(parent_run_id, str(html), str(Path(REPORT_HTML).parent))
