@@ -36,7 +36,7 @@ def search(tiny_bert, tiny_task, tmp_path_factory):
     root = tmp_path_factory.mktemp("after-search")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     settings = SearchSettings(
-        name="tiny-after", model=tiny_bert, task=tiny_task, space="hybrid", num_samples=3, max_concurrent_trials=2,
+        name="tiny-after", model=tiny_bert, task=tiny_task, space="hybrid", num_samples=2, max_concurrent_trials=2,
         budget=TrainBudget(train_examples=32, eval_examples=32, batch_size=16), workdir=str(root / "runs"),
         tracking_uri=uri)
     result = run_search(settings, show_progress=False)
@@ -260,7 +260,7 @@ def test_dashboard_lists_trial_runs_in_chromium(search, tmp_path):
         _wait_for(driver, lambda: "tiny-after" in body())
         # Trial runs are nested under the search's run: expand it.
         driver.find_element("css selector", "button[data-component-id*='runnamecellrenderer']").click()
-        trials = [f"tiny-after-t{i:03d}" for i in range(3)]
+        trials = [f"tiny-after-t{i:03d}" for i in range(2)]
         _wait_for(driver, lambda: all(t in body() for t in trials))
         shot = tmp_path / "mlflow_ui.png"
         driver.save_screenshot(str(shot))
