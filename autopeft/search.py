@@ -381,7 +381,7 @@ class _ProgressCallback(Callback):
         if self.enabled:
             self.progress.stop()
 
-    def _update(self, advance: int = 0, running: int | None = None) -> None:
+    def _update(self, advance: int = 0) -> None:
         if not self.enabled:
             return
         best = f"best {self.metric_name} {self.best:.4f}" if self.best is not None else "no result yet"
