@@ -84,17 +84,30 @@ def _cli(*args: str, **kw) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+def _states(study_name: str, storage: str) -> list[str]:
+    """Trial states read through a read-only connection: a poller must never create the database
+    (opening it through Optuna would create tables while the driver does the same)."""
+    import sqlite3
+
+    path = storage[len("sqlite:///"):]
+    if not Path(path).exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            rows = db.execute("SELECT t.state FROM trials t JOIN studies s ON s.study_id = t.study_id "
+                              "WHERE s.study_name = ?", (study_name,)).fetchall()
+    except sqlite3.OperationalError:  # tables not created yet
+        return []
+    return [r[0] for r in rows]
+
+
 def _wait_for(study_name: str, storage: str, predicate, timeout: float = 240) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        try:
-            trials = optuna.load_study(study_name=study_name, storage=storage).trials
-            if predicate(trials):
-                return
-        except Exception:  # not created yet (no database file, no study)
-            pass
+        if predicate(_states(study_name, storage)):
+            return
         time.sleep(0.5)
-    raise AssertionError(f"study {study_name} never reached the awaited state")
+    raise AssertionError(f"study {study_name} never reached the awaited state: {_states(study_name, storage)}")
 
 
 def _wait_for_running_run(uri: str, name: str, timeout: float = 120) -> None:
@@ -119,8 +132,7 @@ def _search_args(tiny_bert, tiny_task, root: Path, name: str, samples: int = 4) 
 def test_kill_9_then_resume(tiny_bert, tiny_task, tmp_path):
     storage = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
     proc = _cli(*_search_args(tiny_bert, tiny_task, tmp_path, "killed"))
-    _wait_for("killed", storage, lambda ts: any(t.state == TrialState.COMPLETE for t in ts)
-              and any(t.state == TrialState.RUNNING for t in ts))
+    _wait_for("killed", storage, lambda states: "COMPLETE" in states and "RUNNING" in states)
     _wait_for_running_run(f"sqlite:///{tmp_path / 'mlflow.db'}", "killed")
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
     proc.wait()
@@ -154,7 +166,7 @@ def test_kill_9_then_resume(tiny_bert, tiny_task, tmp_path):
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tiny_bert, tiny_task, tmp_path):
     storage = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
     proc = _cli(*_search_args(tiny_bert, tiny_task, tmp_path, "stopped"))
-    _wait_for("stopped", storage, lambda ts: any(t.state == TrialState.RUNNING for t in ts))
+    _wait_for("stopped", storage, lambda states: "RUNNING" in states)
     _wait_for_running_run(f"sqlite:///{tmp_path / 'mlflow.db'}", "stopped")
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends
     out, _ = proc.communicate(timeout=120)
