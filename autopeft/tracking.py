@@ -50,8 +50,6 @@ def _local_artifact_root(uri: str) -> str | None:
     # pin them beside the database. Servers (http) manage their own artifact root.
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-    if uri.startswith("file:"):
-        return None
     return None
 
 
