@@ -17,20 +17,30 @@ import torch
 from torch import nn
 
 from autopeft.config import PeftConfig
-from autopeft.errors import ModelError
+from autopeft.errors import ConfigError, ModelError
 from autopeft.methods import AdaptersConfig, get_method
+from autopeft.methods._base import BOTTLENECK_SLOTS
 from autopeft.models import ModelInfo, inspect_model
 
 ADAPTER_NAME = "autopeft"
+_POSITION_OF = {"bottleneck_output": "ffn", "bottleneck_attention": "attention"}
 _LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block)\.(\d+)\.")
 
 
 def plan_adapters(peft: PeftConfig, num_layers: int, hidden: int) -> list[list[AdaptersConfig]]:
     """Group a config's `adapters` configs into adapters: [union members, extra 1, extra 2, ...]."""
     groups: list[list[AdaptersConfig]] = []
+    taken: dict[str, str] = {}  # bottleneck slot -> the method in it
     for name, entries in peft.by_method().items():
         for cfg in get_method(name).to_adapters(entries, num_layers, hidden):
-            target = next((g for g in groups if all(c.slot != cfg.slot for c in g)), None)
+            for slot in BOTTLENECK_SLOTS.intersection(cfg.slots):
+                if slot in taken:
+                    raise ConfigError(
+                        f"{taken[slot]} and {name} both need the {_POSITION_OF[slot]} bottleneck position, and "
+                        "`adapters` trains only one adapter there; give one of them another position "
+                        "(seq_bn: ffn|attention|both, par_bn: attention|ffn)")
+                taken[slot] = name
+            target = next((g for g in groups if not any(set(c.slots) & set(cfg.slots) for c in g)), None)
             if target is None:
                 groups.append([cfg])
             else:

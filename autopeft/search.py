@@ -38,12 +38,15 @@ def _sampler(name: str):
     return register
 
 
+def _startup(num_samples: int) -> int:
+    # Few random start-up trials: searches here are tens of trials, not hundreds.
+    return max(2, min(10, num_samples // 4))
+
+
 @_sampler("tpe")
 def _tpe(seed: int, num_samples: int):
     import optuna
-    # Few random start-up trials: searches here are tens of trials, not hundreds.
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, num_samples // 4)),
-                                      constant_liar=True)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=_startup(num_samples), constant_liar=True)
 
 
 @_sampler("nsga2")
@@ -61,7 +64,7 @@ def _random(seed: int, num_samples: int):
 @_sampler("gp")
 def _gp(seed: int, num_samples: int):
     import optuna
-    return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=_startup(num_samples))
 
 
 @dataclass(frozen=True)

@@ -297,6 +297,14 @@ def _check_values(method: str, params: dict[str, Domain], where: str) -> None:
                 continue
             if isinstance(value, bool):
                 continue
+            field = spec.config_cls.__dataclass_fields__.get(pname)
+            if isinstance(value, str) or (field and isinstance(field.default, str)):
+                # a named choice (e.g. position): the config says what it takes
+                try:
+                    spec.config_cls(**{pname: value})
+                except (ConfigError, TypeError) as exc:
+                    raise ConfigError(f"{where}.{pname}: {exc}") from None
+                continue
             if not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
                 raise ConfigError(f"{where}.{pname}: expected a number, got {value!r}")
             if pname == spec.size_param:

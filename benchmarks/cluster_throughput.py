@@ -101,7 +101,7 @@ def main() -> None:
         mlflow.log_metric("ratio_2node_over_1node", ratio)
         mlflow.log_artifact(str(out))
 
-    print(f"\n| nodes (1 CPU each) | trials | wall s | trials/hour | train+eval s/trial | overhead s/trial |")
+    print("\n| nodes (1 CPU each) | trials | wall s | trials/hour | train+eval s/trial | overhead s/trial |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['nodes']} | {r['trials']} | {r['wall_s']} | {r['trials_per_hour']} | "

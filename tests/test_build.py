@@ -10,6 +10,7 @@ import torch
 
 from autopeft.build import build_model, count_trainable
 from autopeft.config import PeftConfig
+from autopeft.errors import ConfigError
 from autopeft.methods import available_methods
 from autopeft.methods.bitfit import BitFitConfig
 from autopeft.methods.ia3 import IA3Config
@@ -34,7 +35,7 @@ def expected(entry) -> int:
     n = len(entry.layers)
     m = entry.method
     if m in ("seq_bn", "par_bn"):
-        return n * bottleneck(entry.size)
+        return n * bottleneck(entry.size) * (2 if entry.position == "both" else 1)
     if m == "lora":
         return n * sum(entry.rank * (DIMS[t][0] + DIMS[t][1]) for t in entry.targets)
     if m == "ia3":
@@ -53,6 +54,10 @@ CASES = {
     "seq_bn": PeftConfig((SeqBnConfig((0, 1, 2), 8),)),
     "seq_bn per-layer sizes": PeftConfig((SeqBnConfig((0, 2), 8), SeqBnConfig((1,), 5))),
     "par_bn": PeftConfig((ParBnConfig((1, 2), 6),)),
+    "houlsby": PeftConfig((SeqBnConfig((0, 1, 2), 6, position="both"),)),
+    "seq_bn at attention, par_bn at ffn": PeftConfig((SeqBnConfig((0, 1), 4, position="attention"),
+                                                      ParBnConfig((1, 2), 6, position="ffn"))),
+    "mam": PeftConfig((PrefixConfig((0, 1, 2), 5, flat=True), ParBnConfig((0, 1, 2), 16, position="ffn"))),
     "prefix flat": PeftConfig((PrefixConfig((0, 2), 5, flat=True),)),
     "lora": PeftConfig((LoRAConfig((0, 1, 2), 4, 8, ("query", "value")),)),
     "lora ffn": PeftConfig((LoRAConfig((1,), 2, 4, ("intermediate", "output")),)),
@@ -118,6 +123,26 @@ def test_only_peft_and_head_train_and_all_get_gradients(tiny_bert, name):
     # LoRA's A matrices get zero gradient at step 0 (B starts at zero) but a gradient all the same.
     starved = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not starved, f"trainable parameters that get no gradient: {starved[:5]}"
+
+
+@pytest.mark.parametrize("entries", [
+    (SeqBnConfig((0,), 4), ParBnConfig((1,), 4, position="ffn")),
+    (SeqBnConfig((0,), 4, position="both"), ParBnConfig((1,), 4)),
+    (SeqBnConfig((0,), 4, position="attention"), ParBnConfig((1,), 4)),
+], ids=["ffn", "both vs attention", "attention"])
+def test_two_bottlenecks_at_one_position_are_refused(tiny_bert, entries):
+    # `adapters` would either refuse the union or stack them and starve one of gradient.
+    with pytest.raises(ConfigError, match="both need the .* bottleneck position"):
+        build_model(tiny_bert, PeftConfig(entries), LABELS)
+
+
+def test_position_round_trips_and_defaults():
+    config = PeftConfig((SeqBnConfig((0, 1), 4, position="both"), ParBnConfig((2,), 3, position="ffn")))
+    assert PeftConfig.from_json(config.to_json()) == config
+    old = PeftConfig.from_dict({"methods": [{"method": "seq_bn", "layers": [0], "size": 4}]})
+    assert old.methods[0].position == "ffn"  # files written before positions existed mean Pfeiffer
+    with pytest.raises(ConfigError, match="position must be one of"):
+        SeqBnConfig((0,), 4, position="middle")
 
 
 def test_same_seed_same_init(tiny_bert):

@@ -108,6 +108,17 @@ def test_target_choices_and_training_params():
     assert targets == {("query", "value"), ("key",)}
 
 
+def test_position_can_be_searched():
+    space = parse_space({"methods": {"seq_bn": {"size": 8, "position": {"choices": ["ffn", "both"]}},
+                                     "par_bn": {"size": 4, "position": "ffn"}}})
+    seen = set()
+    for params, config, _ in sample_many(space, 12):
+        seq, par = config.methods
+        seen.add(seq.position)
+        assert par.position == "ffn" and params["seq_bn/position"] == seq.position
+    assert seen == {"ffn", "both"}
+
+
 def test_same_seed_same_sequence():
     space = load_space("hybrid")
     a = [c for _, c, _ in sample_many(space, 10, seed=7)]
@@ -123,6 +134,8 @@ def test_same_seed_same_sequence():
     ("methods: {lora: {rank: []}}", "the list of choices is empty"),
     ("methods: {lora: {rank: [-4]}}", "-4 is out of range"),
     ("methods: {seq_bn: {size: [2.5]}}", "whole numbers"),
+    ("methods: {seq_bn: {position: [ffn, middle]}}", "position must be one of ['ffn', 'attention', 'both'], got 'middle'"),
+    ("methods: {par_bn: {position: 2}}", "position must be one of ['attention', 'ffn'], got 2"),
     ("methods: {lora: {targets: [query, dense]}}", "unknown target module(s) ['dense']"),
     ("methods: {seq_bn: {layers: odd}}", "expected one of ['all', 'mask', 'each']"),
     ("methods: {lora: {rank: {low: 8, high: 2}}}", "low <= high"),

@@ -70,13 +70,26 @@ def check_targets(method: str, targets: Sequence[str]) -> tuple[str, ...]:
 class AdaptersConfig:
     """One `adapters` config to create: its class name and keyword arguments.
 
-    ``slot`` is the architecture position it occupies: `adapters.ConfigUnion` takes one config per
-    slot, so the builder stacks further configs of a slot as separate adapters.
+    ``slots`` are the architecture positions it occupies: `adapters.ConfigUnion` takes one config
+    per slot, so the builder stacks further configs of a slot as separate adapters, except in
+    bottleneck slots, where a stacked adapter silently gets no gradient (``BOTTLENECK_SLOTS``).
     """
 
     cls: str
     kwargs: dict[str, Any]
-    slot: str
+    slots: tuple[str, ...]
+
+
+# Where serial and parallel bottleneck adapters go in a layer, as the space and config name them,
+# and the `adapters` slot each occupies.
+BOTTLENECK_POSITIONS = {"ffn": ("bottleneck_output",), "attention": ("bottleneck_attention",),
+                        "both": ("bottleneck_attention", "bottleneck_output")}
+BOTTLENECK_SLOTS = frozenset(s for slots in BOTTLENECK_POSITIONS.values() for s in slots)
+
+
+def check_choice(method: str, name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{method}: {name} must be one of {list(choices)}, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ class IA3Config(MethodConfig):
 
 def _to_adapters(entries: Sequence[IA3Config], num_layers: int, hidden: int) -> list[AdaptersConfig]:
     # (IA)3 is a LoRA-architecture adapter in `adapters`: it shares LoRA's slot and stacks.
-    return [AdaptersConfig("IA3Config", lora_kwargs(e.targets, e.layers, num_layers), "lora") for e in entries]
+    return [AdaptersConfig("IA3Config", lora_kwargs(e.targets, e.layers, num_layers), ("lora",)) for e in entries]
 
 
 SPEC = register_method(MethodSpec(

@@ -50,7 +50,7 @@ def _to_adapters(entries: Sequence[LoRAConfig], num_layers: int, hidden: int) ->
         AdaptersConfig(
             "LoRAConfig",
             {"r": e.rank, "alpha": e.alpha, **lora_kwargs(e.targets, e.layers, num_layers)},
-            "lora",
+            ("lora",),
         )
         for e in entries
     ]

@@ -1,8 +1,9 @@
-"""Parallel bottleneck adapter (He et al., 2022), placed beside the attention block.
+"""Parallel bottleneck adapter (He et al., 2022), beside the attention block by default.
 
-Beside attention rather than the FFN: `adapters` cannot put a serial and a parallel adapter at the
-same (output) position in one model — a ConfigUnion refuses it and a Stack silently leaves the
-serial adapter without gradient — and hybrids with `seq_bn` are the point of the search.
+Beside attention rather than the FFN (He et al.'s placement, ``position: ffn``): `adapters` cannot
+put a serial and a parallel adapter at the same position in one model — a ConfigUnion refuses it
+and a Stack silently leaves the serial adapter without gradient — and hybrids with ``seq_bn``
+(after the FFN) are the point of the search.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import ClassVar, Sequence
 from autopeft.errors import ConfigError
 from autopeft.methods import register_method
 from autopeft.methods._base import (
-    AdaptersConfig, MethodConfig, MethodSpec, check_positive, per_layer_sizes, reduction_factor,
+    BOTTLENECK_POSITIONS, AdaptersConfig, MethodConfig, MethodSpec, check_choice, check_positive, per_layer_sizes, reduction_factor,
 )
+
+POSITIONS = ("attention", "ffn")
 
 
 @dataclass(frozen=True)
@@ -22,37 +25,42 @@ class ParBnConfig(MethodConfig):
     method: ClassVar[str] = "par_bn"
     size: int = 16  # bottleneck units
     scaling: float = 4.0  # output scale, as in He et al.
+    position: str = "attention"  # attention | ffn
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(self.method, "size", self.size)
         check_positive(self.method, "scaling", self.scaling, allow_float=True)
+        check_choice(self.method, "position", self.position, POSITIONS)
 
     def describe(self) -> str:
-        return f"{super().describe()}x{self.size}"
+        where = "" if self.position == "attention" else f"@{self.position}"
+        return f"{super().describe()}x{self.size}{where}"
 
 
 def _to_adapters(entries: Sequence[ParBnConfig], num_layers: int, hidden: int) -> list[AdaptersConfig]:
-    if len({e.scaling for e in entries}) > 1:
-        raise ConfigError("par_bn: all par_bn entries of one config must share one scaling")
+    for attr in ("scaling", "position"):
+        if len({getattr(e, attr) for e in entries}) > 1:
+            raise ConfigError(f"par_bn: all par_bn entries of one config must share one {attr}")
+    position = entries[0].position
     sizes = per_layer_sizes(entries, "size")
     factors = {str(layer): reduction_factor(hidden, s) for layer, s in sizes.items()}
     factors["default"] = next(iter(factors.values()))
     kwargs = {
         "reduction_factor": factors,
         "leave_out": [i for i in range(num_layers) if i not in sizes],
-        "mh_adapter": True,
-        "output_adapter": False,
+        "mh_adapter": position == "attention",
+        "output_adapter": position == "ffn",
         "scaling": entries[0].scaling,
     }
-    return [AdaptersConfig("ParBnConfig", kwargs, "bottleneck_attention")]
+    return [AdaptersConfig("ParBnConfig", kwargs, BOTTLENECK_POSITIONS[position])]
 
 
 SPEC = register_method(MethodSpec(
     name="par_bn",
     config_cls=ParBnConfig,
-    summary="parallel bottleneck adapter beside each chosen layer's attention block",
-    params=("size", "scaling"),
+    summary="parallel bottleneck adapter beside each chosen layer's attention (or feed-forward) block",
+    params=("size", "scaling", "position"),
     size_param="size",
     per_layer=True,
     to_adapters=_to_adapters,

@@ -32,7 +32,7 @@ def _to_adapters(entries: Sequence[PrefixConfig], num_layers: int, hidden: int) 
         "flat": e.flat,
         "leave_out": [i for i in range(num_layers) if i not in e.layers],
     }
-    return [AdaptersConfig("PrefixTuningConfig", kwargs, "prefix")]
+    return [AdaptersConfig("PrefixTuningConfig", kwargs, ("prefix",))]
 
 
 SPEC = register_method(MethodSpec(

@@ -27,7 +27,7 @@ class PromptConfig(MethodConfig):
 
 def _to_adapters(entries: Sequence[PromptConfig], num_layers: int, hidden: int) -> list[AdaptersConfig]:
     (e,) = entries
-    return [AdaptersConfig("PromptTuningConfig", {"prompt_length": e.length}, "prompt")]
+    return [AdaptersConfig("PromptTuningConfig", {"prompt_length": e.length}, ("prompt",))]
 
 
 SPEC = register_method(MethodSpec(

@@ -1,13 +1,19 @@
-"""Serial bottleneck adapter (Houlsby et al., 2019; Pfeiffer placement: after the FFN)."""
+"""Serial bottleneck adapter (Houlsby et al., 2019).
+
+``position`` "ffn" is Pfeiffer et al.'s placement (after the feed-forward block, the default);
+"both" is Houlsby's (after attention and after the feed-forward block, two adapters per layer).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
+from autopeft.errors import ConfigError
 from autopeft.methods import register_method
 from autopeft.methods._base import (
-    AdaptersConfig, MethodConfig, MethodSpec, check_positive, per_layer_sizes, reduction_factor,
+    BOTTLENECK_POSITIONS, AdaptersConfig, MethodConfig, MethodSpec, check_choice, check_positive, per_layer_sizes,
+    reduction_factor,
 )
 
 
@@ -15,30 +21,40 @@ from autopeft.methods._base import (
 class SeqBnConfig(MethodConfig):
     method: ClassVar[str] = "seq_bn"
     size: int = 16  # bottleneck units
+    position: str = "ffn"  # ffn (Pfeiffer) | attention | both (Houlsby)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(self.method, "size", self.size)
+        check_choice(self.method, "position", self.position, tuple(BOTTLENECK_POSITIONS))
 
     def describe(self) -> str:
-        return f"{super().describe()}x{self.size}"
+        where = "" if self.position == "ffn" else f"@{self.position}"
+        return f"{super().describe()}x{self.size}{where}"
 
 
 def _to_adapters(entries: Sequence[SeqBnConfig], num_layers: int, hidden: int) -> list[AdaptersConfig]:
     # Several entries (different sizes on different layers) become one config with a per-layer
     # reduction factor, because a ConfigUnion refuses two SeqBn configs.
+    positions = {e.position for e in entries}
+    if len(positions) > 1:
+        raise ConfigError(f"seq_bn: all seq_bn entries of one config must share one position, got {sorted(positions)}")
+    (position,) = positions
     sizes = per_layer_sizes(entries, "size")
     factors = {str(layer): reduction_factor(hidden, s) for layer, s in sizes.items()}
     factors["default"] = next(iter(factors.values()))
-    leave_out = [i for i in range(num_layers) if i not in sizes]
-    return [AdaptersConfig("SeqBnConfig", {"reduction_factor": factors, "leave_out": leave_out}, "bottleneck_output")]
+    kwargs = {"reduction_factor": factors, "leave_out": [i for i in range(num_layers) if i not in sizes]}
+    if position == "both":
+        return [AdaptersConfig("DoubleSeqBnConfig", kwargs, BOTTLENECK_POSITIONS[position])]
+    kwargs.update(mh_adapter=position == "attention", output_adapter=position == "ffn")
+    return [AdaptersConfig("SeqBnConfig", kwargs, BOTTLENECK_POSITIONS[position])]
 
 
 SPEC = register_method(MethodSpec(
     name="seq_bn",
     config_cls=SeqBnConfig,
-    summary="serial bottleneck adapter after each chosen layer's feed-forward block",
-    params=("size",),
+    summary="serial bottleneck adapter after each chosen layer's feed-forward block (or attention, or both)",
+    params=("size", "position"),
     size_param="size",
     per_layer=True,
     to_adapters=_to_adapters,

@@ -1,0 +1,191 @@
+"""What the quality benchmarks share: the hand-picked baselines, one training run, a resumable
+job pool, and MLflow logging.
+
+A training run here is exactly a search trial (``autopeft.trial.run_config``) at the budget given,
+or, for full fine-tuning, the same loop with every weight trainable. Each run records the CPU
+seconds of its own process (one torch thread), so compute is compared as CPU time, not wall time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import multiprocessing
+import os
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # model and data are local; never wait on Hub retries
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+HERE = Path(__file__).resolve().parent
+RESULTS = Path(os.environ.get("AUTOPEFT_BENCH_RESULTS", HERE / "results"))  # elsewhere for smoke runs
+MODEL = "all-MiniLM-L6-v2"
+TASKS = ("sst2", "rte", "mrpc", "cola", "stsb")
+FULL_FT = "full_ft"
+PEFT_LR, FULL_FT_LR = 5e-3, 5e-5  # full fine-tuning diverges at PEFT's rate
+# Fresh worker processes: the parent may hold Ray's or torch's threads, which fork does not copy.
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def baselines(num_layers: int, hidden: int) -> dict[str, Any]:
+    """What an engineer picks by hand, with each paper's (or `adapters`') default sizes.
+
+    None stands for full fine-tuning. Reduction factor r means a bottleneck of hidden / r units.
+    """
+    from autopeft.config import PeftConfig
+    from autopeft.methods.bitfit import BitFitConfig
+    from autopeft.methods.ia3 import IA3Config
+    from autopeft.methods.lora import LoRAConfig
+    from autopeft.methods.par_bn import ParBnConfig
+    from autopeft.methods.prefix import PrefixConfig
+    from autopeft.methods.seq_bn import SeqBnConfig
+
+    every = tuple(range(num_layers))
+    prefix30 = PrefixConfig(every, 30)  # MLP-reparameterised, as Li & Liang train it
+    parallel = ParBnConfig(every, hidden // 2, 4.0, position="ffn")  # He et al.; `adapters`' ParBnConfig()
+    return {
+        FULL_FT: None,
+        "lora_r8": PeftConfig((LoRAConfig(every, 8, 16, ("query", "value")),)),
+        "pfeiffer": PeftConfig((SeqBnConfig(every, hidden // 16),)),
+        "houlsby": PeftConfig((SeqBnConfig(every, hidden // 16, position="both"),)),
+        "parallel": PeftConfig((parallel,)),
+        "prefix30": PeftConfig((prefix30,)),
+        "ia3": PeftConfig((IA3Config(every),)),
+        "bitfit": PeftConfig((BitFitConfig(every),)),
+        "mam": PeftConfig((prefix30, parallel)),
+    }
+
+
+def train_once(task: str, peft_json: str | None, budget_json: str, data_dir: str) -> dict[str, Any]:
+    """One run in this (worker) process; ``peft_json`` None = full fine-tuning."""
+    import torch
+
+    from autopeft.config import PeftConfig, TrainBudget
+    from autopeft.trial import TrialContext, run_config
+
+    torch.set_num_threads(1)
+    budget = TrainBudget.from_dict(json.loads(budget_json))
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    if peft_json is None:
+        report = _full_finetune(task, budget, data_dir)
+    else:
+        report = run_config(TrialContext(MODEL, task, budget, data_dir), PeftConfig.from_json(peft_json))
+    return {"metric": report["metric"], "trainable_params": report["trainable_params"],
+            "train_loss": report["train_loss"], "cpu_seconds": time.process_time() - cpu0,
+            "wall_seconds": time.perf_counter() - wall0}
+
+
+def _full_finetune(task_name: str, budget: Any, data_dir: str) -> dict[str, Any]:
+    import torch
+
+    from autopeft.build import count_all, load_base
+    from autopeft.tasks import load_split, load_task
+    from autopeft.train import train_and_evaluate
+
+    task = load_task(task_name)
+    torch.manual_seed(budget.seed)
+    model, tokenizer, _ = load_base(MODEL, task.num_labels)
+    model.requires_grad_(True)
+    result = train_and_evaluate(model, tokenizer, task, load_split(task, "train", data_dir),
+                                load_split(task, "dev", data_dir), budget)
+    return {"metric": result.metrics[task.primary_metric], "trainable_params": count_all(model),
+            "train_loss": result.train_loss}
+
+
+def _quiet_worker() -> None:
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("adapters").setLevel(logging.ERROR)  # "none are activated" at build time
+
+
+def run_jobs(jobs: list[dict[str, Any]], csv_path: Path, data_dir: str, workers: int = 2,
+             key: tuple[str, ...] = ("task", "name", "seed")) -> list[dict[str, Any]]:
+    """Run ``jobs`` (dicts with task, peft_json, budget_json and key fields), ``workers`` at a time.
+
+    Rows already in ``csv_path`` (same key) are not rerun, so a stopped benchmark resumes; each
+    finished run is appended at once.
+    """
+    done = read_csv(csv_path)
+    seen = {tuple(str(r[k]) for k in key) for r in done}
+    todo = [j for j in jobs if tuple(str(j[k]) for k in key) not in seen]
+    print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already in {csv_path.name}; running {len(todo)}", flush=True)
+    fields = [*key, "metric", "trainable_params", "train_loss", "cpu_seconds", "wall_seconds", "peft"]
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    new_file = not csv_path.exists()
+    with open(csv_path, "a", newline="") as f, ProcessPoolExecutor(workers, SPAWN, initializer=_quiet_worker) as pool:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        if new_file:
+            writer.writeheader()
+        futures = {pool.submit(train_once, j["task"], j["peft_json"], j["budget_json"], data_dir): j for j in todo}
+        for n, fut in enumerate(as_completed(futures), 1):
+            job = futures[fut]
+            try:
+                row = {**{k: job[k] for k in key}, **fut.result(), "peft": job["peft_json"] or FULL_FT}
+            except Exception as exc:  # a failed run is a result too (e.g. a diverged baseline)
+                row = {**{k: job[k] for k in key}, "metric": math.nan, "trainable_params": math.nan,
+                       "peft": job["peft_json"] or FULL_FT, "train_loss": f"{type(exc).__name__}: {exc}"[:200]}
+            writer.writerow(row)
+            f.flush()
+            done.append({k: str(v) for k, v in row.items()})
+            print(f"[{n}/{len(todo)}] {' '.join(str(job[k]) for k in key)}: "
+                  f"metric {float(row['metric']):.4f} params {row['trainable_params']} "
+                  f"cpu {float(row.get('cpu_seconds') or 0):.0f}s", flush=True)
+    return done
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    rows = list(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def summarise(rows: list[dict[str, str]], group: Callable[[dict[str, str]], tuple]) -> dict[tuple, dict[str, float]]:
+    """Group runs; per group: metric mean/std over seeds, params, total CPU seconds, runs."""
+    groups: dict[tuple, list[dict[str, str]]] = {}
+    for r in rows:
+        groups.setdefault(group(r), []).append(r)
+    out = {}
+    for g, rs in groups.items():
+        mean, std = mean_std(float(r["metric"]) for r in rs)
+        params = [float(r["trainable_params"]) for r in rs if r["trainable_params"] not in ("", "nan")]
+        out[g] = {"mean": mean, "std": std, "params": params[0] if params else math.nan,
+                  "cpu_seconds": sum(float(r["cpu_seconds"] or 0) for r in rs), "runs": len(rs)}
+    return out
+
+
+def log_mlflow(run_name: str, params: dict[str, Any], metrics: dict[str, float], artifacts: Iterable[Path]) -> None:
+    """One run in experiment autopeft-benchmarks (benchmarks/results/mlflow.db unless
+    MLFLOW_TRACKING_URI is set)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{RESULTS / 'mlflow.db'}"))
+    mlflow.set_experiment("autopeft-benchmarks")
+    with mlflow.start_run(run_name=run_name):
+        mlflow.log_params(params)
+        mlflow.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)})
+        for path in artifacts:
+            mlflow.log_artifact(str(path))

@@ -1,0 +1,180 @@
+"""Does a cheap search find configurations that beat the hand-picked baselines, and at what cost?
+
+Per task: a real ``autopeft search`` (Ray Tune + Optuna + MLflow, the space and sampler given) at
+low fidelity (fewer training and dev examples than the baselines get); then its Pareto front
+(metric vs trainable params), exported with ``autopeft.results.to_export``, is retrained at the
+baselines' budget and seeds, exactly as benchmarks/baselines.py trains the baselines. Needs that
+script's results (benchmarks/results/baselines.csv) for the same budget.
+
+For each task and baseline the table says whether a found configuration dominates it (mean metric
+>= and trainable params <=), and gives the hypervolume of the found front over the baselines'
+front over (metric, log10 params) with one reference point per task (the worst metric and the
+largest parameter count of either side, plus a margin). Compute is CPU-seconds: the machine's busy
+CPU time while the search ran (Ray workers, driver and all) plus the retraining runs' own CPU
+time, against the CPU time of the nine baselines' runs.
+
+    AUTOPEFT_DATA_DIR=../shared/data .venv/bin/python benchmarks/search_vs_baselines.py [--trials 12]
+
+Writes search_vs_baselines_runs_SPACE_SAMPLER_TRIALS.csv (every retraining run; a stopped run resumes, and so do the
+searches) and search_vs_baselines.csv (the table); logs one MLflow run (the searches log their own
+runs to experiment autopeft-benchmarks-search in the same store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402
+from baselines import add_budget_args, baseline_budget  # noqa: E402
+
+HEADLINE = ("lora_r8", "pfeiffer")
+
+
+def busy_cpu_seconds() -> float:
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
+
+
+def search_task(task: str, args: argparse.Namespace) -> tuple[list, float]:
+    """Run (or finish) the low-fidelity search of ``task``; its front as exports, and its CPU-seconds."""
+    from autopeft.config import TrainBudget
+    from autopeft.results import load_search, to_export
+    from autopeft.search import SearchSettings, run_search
+
+    name = f"svb-{args.space}-{args.sampler}-{task}-{args.trials}"
+    uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{common.RESULTS / 'mlflow.db'}")
+    settings = SearchSettings(
+        name=name, task=task, space=args.space, sampler=args.sampler, num_samples=args.trials,
+        budget=TrainBudget(train_examples=args.search_train_examples, eval_examples=args.search_eval_examples),
+        max_concurrent_trials=args.workers, data_dir=args.data_dir, workdir=str(common.RESULTS / "svb"),
+        tracking_uri=uri, experiment="autopeft-benchmarks-search")
+    cpu_file = common.RESULTS / "svb" / f"{name}.cpu"
+    cpu0 = busy_cpu_seconds()
+    run_search(settings, show_progress=False)
+    spent = busy_cpu_seconds() - cpu0
+    # A resumed search adds to what its earlier part spent.
+    total = spent + (float(cpu_file.read_text()) if cpu_file.exists() else 0.0)
+    cpu_file.write_text(str(total))
+    record = load_search(name, uri, experiment="autopeft-benchmarks-search")
+    unique: dict[str, tuple] = {}  # the warm start can be sampled again: retrain each config once
+    for t in record.front:
+        exp = to_export(record, t)
+        unique.setdefault(exp.peft.to_json() + str(exp.budget.learning_rate), (t, exp))
+    chosen = {id(t) for t in _spread([t for t, _ in unique.values()], args.max_front)}
+    return [(t["trial"], exp) for t, exp in unique.values() if id(t) in chosen], total
+
+
+def _spread(front: list[dict], k: int) -> list[dict]:
+    """At most ``k`` front points, spread over the parameter axis (the front is sorted by params)."""
+    front = sorted(front, key=lambda t: t["trainable_params"])
+    if len(front) <= k:
+        return front
+    return [front[round(i * (len(front) - 1) / (k - 1))] for i in range(k)]
+
+
+def hv(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
+    from autopeft.pareto import hypervolume
+
+    return hypervolume([(-m, math.log10(p)) for m, p in points], ref)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_budget_args(ap)
+    ap.add_argument("--trials", type=int, default=12, help="trials per task's search")
+    ap.add_argument("--space", default="autopeft")
+    ap.add_argument("--sampler", default="tpe")
+    ap.add_argument("--search-train-examples", type=int, default=384)
+    ap.add_argument("--search-eval-examples", type=int, default=300)
+    ap.add_argument("--max-front", type=int, default=3, help="front configs retrained per task")
+    ap.add_argument("--baselines", type=Path, default=common.RESULTS / "baselines.csv")
+    args = ap.parse_args()
+    if not args.data_dir:
+        sys.exit("give --data-dir or AUTOPEFT_DATA_DIR (a folder laid out like GLUE's, e.g. ../shared/data)")
+    args.data_dir = str(Path(args.data_dir).resolve())
+    base_rows = [r for r in common.read_csv(args.baselines) if int(r["seed"]) < args.seeds]
+    if not base_rows:
+        sys.exit(f"no baseline runs in {args.baselines}: run benchmarks/baselines.py with the same budget first")
+    tasks = args.tasks.split(",")
+    t0 = time.perf_counter()
+
+    jobs, search_cpu, labels = [], {}, {}
+    for task in tasks:
+        front, search_cpu[task] = search_task(task, args)
+        for trial, exp in front:
+            name = f"t{trial:03d}"
+            labels[(task, name)] = exp.peft.describe()
+            for seed in range(args.seeds):
+                budget = baseline_budget(args, seed, False).replace(learning_rate=exp.budget.learning_rate)
+                jobs.append({"task": task, "name": name, "seed": seed, "peft_json": exp.peft.to_json(),
+                             "budget_json": json.dumps(budget.to_dict())})
+    runs_csv = common.RESULTS / f"search_vs_baselines_runs_{args.space}_{args.sampler}_{args.trials}.csv"
+    rows = common.run_jobs(jobs, runs_csv, args.data_dir, args.workers)
+    wanted = {(j["task"], j["name"]) for j in jobs}
+    found = common.summarise([r for r in rows if (r["task"], r["name"]) in wanted and int(r["seed"]) < args.seeds],
+                             lambda r: (r["task"], r["name"]))
+    base = common.summarise(base_rows, lambda r: (r["task"], r["name"]))
+
+    table, wins = [], 0
+    print(f"\n{platform.node()}: {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; search: {args.space} space, "
+          f"{args.sampler}, {args.trials} trials of {args.search_train_examples} train / {args.search_eval_examples} "
+          f"dev examples; retraining and baselines: {args.train_examples} examples x {args.epochs:g} epoch, "
+          f"<= {args.eval_examples} dev examples, "
+          f"{args.seeds} seeds; {time.perf_counter() - t0:.0f} s wall")
+    for task in tasks:
+        mine = {n: s for (t, n), s in found.items() if t == task and not math.isnan(s["mean"])}
+        theirs = {n: s for (t, n), s in base.items() if t == task and not math.isnan(s["mean"])}
+        if not mine or not theirs:
+            print(f"{task}: missing runs (found {len(mine)}, baselines {len(theirs)})")
+            continue
+        every = list(mine.values()) + list(theirs.values())
+        ref = (-min(s["mean"] for s in every) + 0.01, math.log10(max(s["params"] for s in every)) + 0.1)
+        hv_found = hv([(s["mean"], s["params"]) for s in mine.values()], ref)
+        hv_base = hv([(s["mean"], s["params"]) for s in theirs.values()], ref)
+        retrain_cpu = sum(s["cpu_seconds"] for s in mine.values())
+        base_cpu = sum(s["cpu_seconds"] for s in theirs.values())
+        headline = []
+        print(f"\n{task}: hypervolume found / baselines = {hv_found / hv_base:.3f}; CPU-s search {search_cpu[task]:.0f} "
+              f"+ retrain {retrain_cpu:.0f} vs baselines {base_cpu:.0f}")
+        for bname, b in sorted(theirs.items(), key=lambda kv: kv[1]["params"]):
+            doms = [(n, s) for n, s in mine.items() if s["mean"] >= b["mean"] and s["params"] <= b["params"]]
+            best = max(doms, key=lambda d: d[1]["mean"], default=None)
+            if bname in HEADLINE:
+                headline.append(best is not None)
+            print(f"  {bname:9s} {b['mean']:.4f} +- {b['std']:.4f} {b['params']:>10.0f}  " + (
+                f"dominated by {best[0]} {best[1]['mean']:.4f} +- {best[1]['std']:.4f} {best[1]['params']:.0f} "
+                f"({labels[(task, best[0])]})" if best else "not dominated"))
+            table.append({"task": task, "baseline": bname, "baseline_metric": round(b["mean"], 4),
+                          "baseline_std": round(b["std"], 4), "baseline_params": int(b["params"]),
+                          "dominated": best is not None, "by": best[0] if best else "",
+                          "by_metric": round(best[1]["mean"], 4) if best else "",
+                          "by_std": round(best[1]["std"], 4) if best else "",
+                          "by_params": int(best[1]["params"]) if best else "",
+                          "by_config": labels[(task, best[0])] if best else "",
+                          "hv_found_over_baselines": round(hv_found / hv_base, 4),
+                          "search_cpu_seconds": round(search_cpu[task]), "retrain_cpu_seconds": round(retrain_cpu),
+                          "baselines_cpu_seconds": round(base_cpu)})
+        wins += all(headline) and len(headline) == len(HEADLINE)
+        for n, s in sorted(mine.items(), key=lambda kv: kv[1]["params"]):
+            print(f"  found {n}: {s['mean']:.4f} +- {s['std']:.4f} {s['params']:>10.0f}  {labels[(task, n)]}")
+    print(f"\nTasks where a found configuration dominates both LoRA r=8 and Pfeiffer: {wins} of {len(tasks)}")
+    table_csv = common.RESULTS / "search_vs_baselines.csv"
+    common.write_csv(table_csv, table)
+    common.log_mlflow("search_vs_baselines", {"trials": args.trials, "space": args.space, "sampler": args.sampler,
+                                              "search_train_examples": args.search_train_examples,
+                                              "train_examples": args.train_examples, "seeds": args.seeds},
+                      {"tasks_dominating_both": wins}, [runs_csv, table_csv])
+
+
+if __name__ == "__main__":
+    main()
