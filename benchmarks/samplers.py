@@ -13,7 +13,7 @@ point for every run: the worst metric and the largest parameter count seen in an
 margin. A run "reaches 90%" at the first trial whose hypervolume is at least 90% of the best final
 hypervolume of any run.
 
-    AUTOPEFT_DATA_DIR=../shared/data .venv/bin/python benchmarks/samplers.py [--trials 12 --seeds 3]
+    AUTOPEFT_DATA_DIR=../shared/data .venv/bin/python benchmarks/samplers.py [--trials 10 --seeds 3]
 
 Writes samplers_trials.csv (every trial) and samplers.csv (the table), logs one MLflow run and
 draws hypervolume against trials in samplers.png.
@@ -100,13 +100,13 @@ def hv_curves(rows: list[dict]) -> dict[tuple[str, int], list[float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trials", type=int, default=12)
+    ap.add_argument("--trials", type=int, default=10)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--samplers", default=",".join(SAMPLER_NAMES))
     ap.add_argument("--space", default="autopeft")
     ap.add_argument("--task", default="sst2")
     ap.add_argument("--train-examples", type=int, default=384)
-    ap.add_argument("--eval-examples", type=int, default=300, help="dev rows scored per trial (SST-2 has 872)")
+    ap.add_argument("--eval-examples", type=int, default=200, help="dev rows scored per trial (SST-2 has 872)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--data-dir", default=os.environ.get("AUTOPEFT_DATA_DIR"))
     args = ap.parse_args()

@@ -3,21 +3,22 @@
 Per task: a real ``autopeft search`` (Ray Tune + Optuna + MLflow, the space and sampler given) at
 low fidelity (fewer training and dev examples than the baselines get); then its Pareto front
 (metric vs trainable params), exported with ``autopeft.results.to_export``, is retrained at the
-baselines' budget and seeds, exactly as benchmarks/baselines.py trains the baselines. Needs that
-script's results (benchmarks/results/baselines.csv) for the same budget.
+baselines' budget and seeds (at most --max-front configs: the best within LoRA r=8's parameter
+count, the best within Pfeiffer's, the best overall), exactly as benchmarks/baselines.py trains
+the baselines. Needs that script's results (benchmarks/results/baselines.csv) for the same budget.
 
 For each task and baseline the table says whether a found configuration dominates it (mean metric
->= and trainable params <=), and gives the hypervolume of the found front over the baselines'
+>= and trainable params <=, one of them strictly), and gives the hypervolume of the found front over the baselines'
 front over (metric, log10 params) with one reference point per task (the worst metric and the
 largest parameter count of either side, plus a margin). Compute is CPU-seconds: the machine's busy
 CPU time while the search ran (Ray workers, driver and all) plus the retraining runs' own CPU
 time, against the CPU time of the nine baselines' runs.
 
-    AUTOPEFT_DATA_DIR=../shared/data .venv/bin/python benchmarks/search_vs_baselines.py [--trials 12]
+    AUTOPEFT_DATA_DIR=../shared/data .venv/bin/python benchmarks/search_vs_baselines.py [--trials 10]
 
-Writes search_vs_baselines_runs_SPACE_SAMPLER_TRIALS.csv (every retraining run; a stopped run resumes, and so do the
-searches) and search_vs_baselines.csv (the table); logs one MLflow run (the searches log their own
-runs to experiment autopeft-benchmarks-search in the same store).
+Writes search_vs_baselines_runs_SPACE_SAMPLER_TRIALS.csv (every retraining run; a stopped run
+resumes, and so do the searches) and search_vs_baselines.csv (the table); logs one MLflow run (the
+searches log their own runs to experiment autopeft-benchmarks-search in the same store).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def busy_cpu_seconds() -> float:
     return sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
 
 
-def search_task(task: str, args: argparse.Namespace) -> tuple[list, float]:
+def search_task(task: str, args: argparse.Namespace, budgets: list[float]) -> tuple[list, float]:
     """Run (or finish) the low-fidelity search of ``task``; its front as exports, and its CPU-seconds."""
     from autopeft.config import TrainBudget
     from autopeft.results import load_search, to_export
@@ -59,27 +60,53 @@ def search_task(task: str, args: argparse.Namespace) -> tuple[list, float]:
         max_concurrent_trials=args.workers, data_dir=args.data_dir, workdir=str(common.RESULTS / "svb"),
         tracking_uri=uri, experiment="autopeft-benchmarks-search")
     cpu_file = common.RESULTS / "svb" / f"{name}.cpu"
-    cpu0 = busy_cpu_seconds()
-    run_search(settings, show_progress=False)
-    spent = busy_cpu_seconds() - cpu0
-    # A resumed search adds to what its earlier part spent.
-    total = spent + (float(cpu_file.read_text()) if cpu_file.exists() else 0.0)
-    cpu_file.write_text(str(total))
+    total = float(cpu_file.read_text()) if cpu_file.exists() else 0.0  # a resumed search adds to it
+    if _trials_done(settings) < args.trials:
+        cpu0 = busy_cpu_seconds()
+        run_search(settings, show_progress=False)
+        total += busy_cpu_seconds() - cpu0
+        cpu_file.write_text(str(total))
     record = load_search(name, uri, experiment="autopeft-benchmarks-search")
-    unique: dict[str, tuple] = {}  # the warm start can be sampled again: retrain each config once
+    from autopeft.models import inspect_model
+
+    info = inspect_model(common.MODEL)
+    # A baseline's own config (the warm start is Pfeiffer's) retrains to the baseline's numbers
+    # and cannot dominate it; a config sampled twice is retrained once.
+    known = {p.to_json() for p in common.baselines(info.num_layers, info.hidden_size).values() if p is not None}
+    unique: dict[str, tuple] = {}
     for t in record.front:
         exp = to_export(record, t)
+        if exp.peft.to_json() in known and exp.budget.learning_rate == common.PEFT_LR:
+            continue
         unique.setdefault(exp.peft.to_json() + str(exp.budget.learning_rate), (t, exp))
-    chosen = {id(t) for t in _spread([t for t, _ in unique.values()], args.max_front)}
+    chosen = {id(t) for t in _choose([t for t, _ in unique.values()], budgets, args.max_front)}
     return [(t["trial"], exp) for t, exp in unique.values() if id(t) in chosen], total
 
 
-def _spread(front: list[dict], k: int) -> list[dict]:
-    """At most ``k`` front points, spread over the parameter axis (the front is sorted by params)."""
-    front = sorted(front, key=lambda t: t["trainable_params"])
-    if len(front) <= k:
-        return front
-    return [front[round(i * (len(front) - 1) / (k - 1))] for i in range(k)]
+def _trials_done(settings) -> int:
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=settings.name, storage=settings.storage_url())
+    except KeyError:  # no such study yet
+        return 0
+    from autopeft.study import counted
+
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+    return sum(t.state in finished for t in counted(study.trials))  # as the search counts its target
+
+
+def _choose(front: list[dict], budgets: list[float], k: int) -> list[dict]:
+    """At most ``k`` front points to retrain: the best one within each parameter budget (the
+    headline baselines' counts, as a user would filter with ``autopeft pareto --max-params``),
+    then the best overall, then the rest by metric."""
+    by_metric = sorted(front, key=lambda t: (-t["metric"], t["trainable_params"]))
+    picks = [next((t for t in by_metric if t["trainable_params"] <= b), None) for b in sorted(budgets)]
+    out: list[dict] = []
+    for t in [*picks, *by_metric]:
+        if t is not None and all(t is not o for o in out):
+            out.append(t)
+    return out[:k]
 
 
 def hv(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
@@ -91,12 +118,12 @@ def hv(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_budget_args(ap)
-    ap.add_argument("--trials", type=int, default=12, help="trials per task's search")
+    ap.add_argument("--trials", type=int, default=10, help="trials per task's search")
     ap.add_argument("--space", default="autopeft")
     ap.add_argument("--sampler", default="tpe")
-    ap.add_argument("--search-train-examples", type=int, default=384)
-    ap.add_argument("--search-eval-examples", type=int, default=300)
-    ap.add_argument("--max-front", type=int, default=3, help="front configs retrained per task")
+    ap.add_argument("--search-train-examples", type=int, default=512)
+    ap.add_argument("--search-eval-examples", type=int, default=200)
+    ap.add_argument("--max-front", type=int, default=2, help="front configs retrained per task")
     ap.add_argument("--baselines", type=Path, default=common.RESULTS / "baselines.csv")
     args = ap.parse_args()
     if not args.data_dir:
@@ -110,7 +137,8 @@ def main() -> None:
 
     jobs, search_cpu, labels = [], {}, {}
     for task in tasks:
-        front, search_cpu[task] = search_task(task, args)
+        budgets = [float(r["trainable_params"]) for r in base_rows if r["task"] == task and r["name"] in HEADLINE]
+        front, search_cpu[task] = search_task(task, args, budgets)
         for trial, exp in front:
             name = f"t{trial:03d}"
             labels[(task, name)] = exp.peft.describe()
@@ -134,9 +162,11 @@ def main() -> None:
     for task in tasks:
         mine = {n: s for (t, n), s in found.items() if t == task and not math.isnan(s["mean"])}
         theirs = {n: s for (t, n), s in base.items() if t == task and not math.isnan(s["mean"])}
-        if not mine or not theirs:
-            print(f"{task}: missing runs (found {len(mine)}, baselines {len(theirs)})")
+        if not theirs:
+            print(f"{task}: no baseline runs; run benchmarks/baselines.py --tasks {task} first")
             continue
+        if not mine:
+            print(f"{task}: the search's front held only baseline configurations; nothing new to retrain")
         every = list(mine.values()) + list(theirs.values())
         ref = (-min(s["mean"] for s in every) + 0.01, math.log10(max(s["params"] for s in every)) + 0.1)
         hv_found = hv([(s["mean"], s["params"]) for s in mine.values()], ref)
@@ -147,7 +177,9 @@ def main() -> None:
         print(f"\n{task}: hypervolume found / baselines = {hv_found / hv_base:.3f}; CPU-s search {search_cpu[task]:.0f} "
               f"+ retrain {retrain_cpu:.0f} vs baselines {base_cpu:.0f}")
         for bname, b in sorted(theirs.items(), key=lambda kv: kv[1]["params"]):
-            doms = [(n, s) for n, s in mine.items() if s["mean"] >= b["mean"] and s["params"] <= b["params"]]
+            # Pareto dominance: no worse on both, better on one (the warm start may be the baseline itself)
+            doms = [(n, s) for n, s in mine.items() if s["mean"] >= b["mean"] and s["params"] <= b["params"]
+                    and (s["mean"] > b["mean"] or s["params"] < b["params"])]
             best = max(doms, key=lambda d: d[1]["mean"], default=None)
             if bname in HEADLINE:
                 headline.append(best is not None)

@@ -1,0 +1,76 @@
+"""Print the results CSVs of the quality benchmarks as the markdown tables of benchmarks/README.md.
+
+    .venv/bin/python benchmarks/markdown_tables.py
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402
+
+METRIC_NAMES = {"sst2": "SST-2 acc", "rte": "RTE acc", "mrpc": "MRPC F1", "cola": "CoLA MCC", "stsb": "STS-B Pearson"}
+
+
+def baselines() -> None:
+    rows = common.read_csv(common.RESULTS / "baselines_table.csv")
+    if not rows:
+        return
+    tasks = [t for t in common.TASKS if any(r["task"] == t for r in rows)]
+    names = list(dict.fromkeys(r["baseline"] for r in rows))
+    cell = {(r["task"], r["baseline"]): r for r in rows}
+    print("| baseline | trainable params | " + " | ".join(METRIC_NAMES[t] for t in tasks) + " |")
+    print("|---|---:|" + "---:|" * len(tasks))
+    for n in names:
+        params = next(cell[(t, n)]["trainable_params"] for t in tasks if (t, n) in cell)
+        print(f"| {n} | {int(params):,} | " + " | ".join(
+            f"{float(cell[(t, n)]['metric_mean']):.3f} ± {float(cell[(t, n)]['metric_std']):.3f}" if (t, n) in cell
+            else "" for t in tasks) + " |")
+    print()
+
+
+def search_vs_baselines() -> None:
+    rows = common.read_csv(common.RESULTS / "search_vs_baselines.csv")
+    if not rows:
+        return
+    print("| task | baseline | baseline metric | params | dominated? | by (metric, params) | found config |")
+    print("|---|---|---:|---:|---|---|---|")
+    for r in rows:
+        by = (f"{float(r['by_metric']):.3f} ± {float(r['by_std']):.3f}, {int(r['by_params']):,}"
+              if r["dominated"] == "True" else "")
+        print(f"| {r['task']} | {r['baseline']} | {float(r['baseline_metric']):.3f} ± {float(r['baseline_std']):.3f} "
+              f"| {int(r['baseline_params']):,} | {'yes' if r['dominated'] == 'True' else 'no'} | {by} | "
+              f"{r['by_config']} |")
+    print()
+    print("| task | hypervolume found / baselines | CPU-s search + retrain | CPU-s baselines |")
+    print("|---|---:|---:|---:|")
+    seen = set()
+    for r in rows:
+        if r["task"] in seen:
+            continue
+        seen.add(r["task"])
+        print(f"| {r['task']} | {float(r['hv_found_over_baselines']):.3f} | {r['search_cpu_seconds']} + "
+              f"{r['retrain_cpu_seconds']} | {r['baselines_cpu_seconds']} |")
+    print()
+
+
+def samplers() -> None:
+    rows = common.read_csv(common.RESULTS / "samplers.csv")
+    if not rows:
+        return
+    print("| sampler | trials to 90% of best HV (seeds 0, 1, 2) | median | final HV / best (mean ± std) | "
+          "best metric (mean of seeds) |")
+    print("|---|---|---:|---|---:|")
+    for r in sorted(rows, key=lambda r: (float(r["median_trials_to_90pct"]), -float(r["final_hv_over_best_mean"]))):
+        print(f"| {r['sampler']} | {r['trials_to_90pct']} | {r['median_trials_to_90pct']} | "
+              f"{float(r['final_hv_over_best_mean']):.3f} ± {float(r['final_hv_over_best_std']):.3f} | "
+              f"{float(r['best_metric_mean']):.4f} |")
+    print()
+
+
+if __name__ == "__main__":
+    baselines()
+    samplers()
+    search_vs_baselines()
