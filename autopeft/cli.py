@@ -50,7 +50,8 @@ def search(
     max_concurrent_trials: int = typer.Option(2, help="Trials run at once."),
     cpus_per_trial: float = typer.Option(1.0, help="CPUs reserved per trial (its torch thread count)."),
     gpus_per_trial: float = typer.Option(0.0, help="GPUs reserved per trial."),
-    sampler: str = typer.Option("tpe", help="Optuna sampler: tpe (MO-TPE), nsga2, random, gp."),
+    sampler: str = typer.Option("gp", help="Optuna sampler: gp (Gaussian-process Bayesian optimisation), "
+                                           "tpe (MO-TPE), nsga2, random."),
     memory_objective: bool = typer.Option(False, "--memory-objective/--no-memory-objective",
                                           help="Also minimise peak training memory."),
     seed: int = typer.Option(0, help="Seed of the sampler and of every trial's training."),

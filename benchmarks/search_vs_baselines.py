@@ -120,7 +120,7 @@ def main() -> None:
     add_budget_args(ap)
     ap.add_argument("--trials", type=int, default=10, help="trials per task's search")
     ap.add_argument("--space", default="autopeft")
-    ap.add_argument("--sampler", default="tpe")
+    ap.add_argument("--sampler", default="gp")
     ap.add_argument("--search-train-examples", type=int, default=512)
     ap.add_argument("--search-eval-examples", type=int, default=200)
     ap.add_argument("--max-front", type=int, default=2, help="front configs retrained per task")
