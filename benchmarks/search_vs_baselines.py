@@ -60,6 +60,7 @@ def search_task(task: str, args: argparse.Namespace, budgets: list[float]) -> tu
         max_concurrent_trials=args.workers, data_dir=args.data_dir, workdir=str(common.RESULTS / "svb"),
         tracking_uri=uri, experiment="autopeft-benchmarks-search")
     cpu_file = common.RESULTS / "svb" / f"{name}.cpu"
+    cpu_file.parent.mkdir(parents=True, exist_ok=True)
     total = float(cpu_file.read_text()) if cpu_file.exists() else 0.0  # a resumed search adds to it
     if _trials_done(settings) < args.trials:
         cpu0 = busy_cpu_seconds()
