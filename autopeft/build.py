@@ -19,11 +19,11 @@ from torch import nn
 from autopeft.config import PeftConfig
 from autopeft.errors import ConfigError, ModelError
 from autopeft.methods import AdaptersConfig, get_method
-from autopeft.methods._base import BOTTLENECK_SLOTS
+from autopeft.methods._base import BOTTLENECK_POSITIONS, BOTTLENECK_SLOTS
 from autopeft.models import ModelInfo, inspect_model
 
 ADAPTER_NAME = "autopeft"
-_POSITION_OF = {"bottleneck_output": "ffn", "bottleneck_attention": "attention"}
+_POSITION_OF = {slots[0]: pos for pos, slots in BOTTLENECK_POSITIONS.items() if len(slots) == 1}
 _LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block)\.(\d+)\.")
 
 
@@ -128,6 +128,15 @@ def build_model(model_name: str, peft: PeftConfig, num_labels: int, seed: int = 
     _mark_head_and_base_trainable(model, peft)
     trainable = count_trainable(model)
     return BuiltModel(model, tokenizer, info, names, base_params, trainable)
+
+
+def build_full_model(model_name: str, num_labels: int, seed: int = 0, info: ModelInfo | None = None) -> BuiltModel:
+    """The reference PEFT is compared against: the base model with a fresh head, every weight trainable."""
+    torch.manual_seed(seed)
+    model, tokenizer, info = load_base(model_name, num_labels, info)
+    model.requires_grad_(True)
+    every = count_all(model)
+    return BuiltModel(model, tokenizer, info, [], every, every)
 
 
 def _mark_head_and_base_trainable(model: nn.Module, peft: PeftConfig) -> None:

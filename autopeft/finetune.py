@@ -67,22 +67,18 @@ def train_exported(exp: ExportedConfig, budget: TrainBudget, output_dir: str | P
                    on_step: Callable[[int, int, float], None] | None = None,
                    on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainedModel:
     """Train ``exp`` under ``budget``, keep the best epoch, save it to ``output_dir``."""
-    from autopeft.build import build_model, count_all, load_base
+    from autopeft.build import build_full_model, build_model
     from autopeft.tasks import load_split, load_task
     from autopeft.train import evaluate, tokenize, subsample, train_and_evaluate
 
     task = load_task(exp.task)
     train, dev = load_split(task, "train", data_dir), load_split(task, "dev", data_dir)
-    if full_finetune:  # the reference point PEFT is compared against: every weight trains
-        torch.manual_seed(budget.seed)
-        model, tokenizer, _ = load_base(exp.model, task.num_labels)
-        model.requires_grad_(True)
-        trainable = base = count_all(model)
-        names: list[str] = []
+    if full_finetune:
+        built = build_full_model(exp.model, task.num_labels, seed=budget.seed)
     else:
         built = build_model(exp.model, exp.peft, task.num_labels, seed=budget.seed)
-        model, tokenizer, names = built.model, built.tokenizer, built.adapter_names
-        trainable, base = built.trainable_params, built.base_params
+    model, tokenizer, names = built.model, built.tokenizer, built.adapter_names
+    trainable, base = built.trainable_params, built.base_params
 
     best: dict[str, Any] = {"metric": float("-inf"), "epoch": 0, "state": None}
 

@@ -45,16 +45,23 @@ def pick_device(gpus: float = 0) -> str:
 
 
 def run_config(ctx: TrialContext, peft: PeftConfig, budget: TrainBudget | None = None,
-               device: str = "cpu") -> dict[str, Any]:
-    """Build, train and evaluate ``peft`` on ``ctx``; return the report of one trial."""
-    from autopeft.build import build_model
+               device: str = "cpu", full_finetune: bool = False) -> dict[str, Any]:
+    """Build, train and evaluate ``peft`` on ``ctx``; return the report of one trial.
+
+    ``full_finetune`` trains every weight instead (``peft`` is then ignored): the reference the
+    benchmarks compare PEFT against, trained by the same loop.
+    """
+    from autopeft.build import build_full_model, build_model
     from autopeft.tasks import load_split, load_task
     from autopeft.train import train_and_evaluate
 
     budget = budget or ctx.budget
     task = load_task(ctx.task)
     train, dev = load_split(task, "train", ctx.data_dir), load_split(task, "dev", ctx.data_dir)
-    built = build_model(ctx.model, peft, task.num_labels, seed=budget.seed)
+    if full_finetune:
+        built = build_full_model(ctx.model, task.num_labels, seed=budget.seed)
+    else:
+        built = build_model(ctx.model, peft, task.num_labels, seed=budget.seed)
     result = train_and_evaluate(built.model, built.tokenizer, task, train, dev, budget, device=device,
                                 memory_limit_mb=ctx.memory_limit_mb)
     return {

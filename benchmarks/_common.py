@@ -2,7 +2,7 @@
 job pool, and MLflow logging.
 
 A training run here is exactly a search trial (``autopeft.trial.run_config``) at the budget given,
-or, for full fine-tuning, the same loop with every weight trainable. Each run records the CPU
+full fine-tuning included (``full_finetune=True``: the same loop with every weight trainable). Each run records the CPU
 seconds of its own process (one torch thread), so compute is compared as CPU time, not wall time.
 """
 
@@ -70,31 +70,13 @@ def train_once(task: str, peft_json: str | None, budget_json: str, data_dir: str
 
     torch.set_num_threads(1)
     budget = TrainBudget.from_dict(json.loads(budget_json))
+    full = peft_json is None
+    peft = PeftConfig(()) if full else PeftConfig.from_json(peft_json)
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    if peft_json is None:
-        report = _full_finetune(task, budget, data_dir)
-    else:
-        report = run_config(TrialContext(MODEL, task, budget, data_dir), PeftConfig.from_json(peft_json))
+    report = run_config(TrialContext(MODEL, task, budget, data_dir), peft, full_finetune=full)
     return {"metric": report["metric"], "trainable_params": report["trainable_params"],
             "train_loss": report["train_loss"], "cpu_seconds": time.process_time() - cpu0,
             "wall_seconds": time.perf_counter() - wall0}
-
-
-def _full_finetune(task_name: str, budget: Any, data_dir: str) -> dict[str, Any]:
-    import torch
-
-    from autopeft.build import count_all, load_base
-    from autopeft.tasks import load_split, load_task
-    from autopeft.train import train_and_evaluate
-
-    task = load_task(task_name)
-    torch.manual_seed(budget.seed)
-    model, tokenizer, _ = load_base(MODEL, task.num_labels)
-    model.requires_grad_(True)
-    result = train_and_evaluate(model, tokenizer, task, load_split(task, "train", data_dir),
-                                load_split(task, "dev", data_dir), budget)
-    return {"metric": result.metrics[task.primary_metric], "trainable_params": count_all(model),
-            "train_loss": result.train_loss}
 
 
 def _quiet_worker() -> None:

@@ -46,7 +46,7 @@ def busy_cpu_seconds() -> float:
     return sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
 
 
-def search_task(task: str, args: argparse.Namespace, budgets: list[float]) -> tuple[list, float]:
+def search_task(task: str, args: argparse.Namespace, budgets: list[float], known: set[str]) -> tuple[list, float]:
     """Run (or finish) the low-fidelity search of ``task``; its front as exports, and its CPU-seconds."""
     from autopeft.config import TrainBudget
     from autopeft.results import load_search, to_export
@@ -68,12 +68,8 @@ def search_task(task: str, args: argparse.Namespace, budgets: list[float]) -> tu
         total += busy_cpu_seconds() - cpu0
         cpu_file.write_text(str(total))
     record = load_search(name, uri, experiment="autopeft-benchmarks-search")
-    from autopeft.models import inspect_model
-
-    info = inspect_model(common.MODEL)
     # A baseline's own config (the warm start is Pfeiffer's) retrains to the baseline's numbers
     # and cannot dominate it; a config sampled twice is retrained once.
-    known = {p.to_json() for p in common.baselines(info.num_layers, info.hidden_size).values() if p is not None}
     unique: dict[str, tuple] = {}
     for t in record.front:
         exp = to_export(record, t)
@@ -136,10 +132,14 @@ def main() -> None:
     tasks = args.tasks.split(",")
     t0 = time.perf_counter()
 
+    from autopeft.models import inspect_model
+
+    info = inspect_model(common.MODEL)
+    known = {p.to_json() for p in common.baselines(info.num_layers, info.hidden_size).values() if p is not None}
     jobs, search_cpu, labels = [], {}, {}
     for task in tasks:
         budgets = [float(r["trainable_params"]) for r in base_rows if r["task"] == task and r["name"] in HEADLINE]
-        front, search_cpu[task] = search_task(task, args, budgets)
+        front, search_cpu[task] = search_task(task, args, budgets, known)
         for trial, exp in front:
             name = f"t{trial:03d}"
             labels[(task, name)] = exp.peft.describe()

@@ -130,3 +130,22 @@ def reduction_factor(hidden: int, size: int) -> float:
 def per_layer_sizes(entries: Sequence[MethodConfig], attr: str) -> dict[int, int]:
     """Layer -> size over several entries of one method (entries are on disjoint layers)."""
     return {layer: getattr(e, attr) for e in entries for layer in e.layers}
+
+
+def shared_value(entries: Sequence[MethodConfig], attr: str) -> Any:
+    """The one value of ``attr`` that entries merged into one `adapters` config must share."""
+    values = {getattr(e, attr) for e in entries}
+    if len(values) > 1:
+        method = entries[0].method
+        raise ConfigError(f"{method}: all {method} entries of one config must share one {attr}, "
+                          f"got {sorted(map(str, values))}")
+    return values.pop()
+
+
+def bottleneck_kwargs(entries: Sequence[MethodConfig], num_layers: int, hidden: int) -> dict[str, Any]:
+    """Several bottleneck entries (different sizes on different layers) as one `adapters` config:
+    a per-layer reduction factor, because a ConfigUnion refuses two configs of one kind."""
+    sizes = per_layer_sizes(entries, "size")
+    factors = {str(layer): reduction_factor(hidden, s) for layer, s in sizes.items()}
+    factors["default"] = next(iter(factors.values()))
+    return {"reduction_factor": factors, "leave_out": [i for i in range(num_layers) if i not in sizes]}

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
-from autopeft.errors import ConfigError
 from autopeft.methods import register_method
 from autopeft.methods._base import (
-    BOTTLENECK_POSITIONS, AdaptersConfig, MethodConfig, MethodSpec, check_choice, check_positive, per_layer_sizes, reduction_factor,
+    BOTTLENECK_POSITIONS, AdaptersConfig, MethodConfig, MethodSpec, bottleneck_kwargs, check_choice, check_positive,
+    shared_value,
 )
 
 POSITIONS = ("attention", "ffn")
@@ -39,22 +39,14 @@ class ParBnConfig(MethodConfig):
 
 
 def _to_adapters(entries: Sequence[ParBnConfig], num_layers: int, hidden: int) -> list[AdaptersConfig]:
-    for attr in ("scaling", "position"):
-        if len({getattr(e, attr) for e in entries}) > 1:
-            raise ConfigError(f"par_bn: all par_bn entries of one config must share one {attr}")
-    position = entries[0].position
-    sizes = per_layer_sizes(entries, "size")
-    factors = {str(layer): reduction_factor(hidden, s) for layer, s in sizes.items()}
-    factors["default"] = next(iter(factors.values()))
+    position = shared_value(entries, "position")
     kwargs = {
-        "reduction_factor": factors,
-        "leave_out": [i for i in range(num_layers) if i not in sizes],
+        **bottleneck_kwargs(entries, num_layers, hidden),
         "mh_adapter": position == "attention",
         "output_adapter": position == "ffn",
-        "scaling": entries[0].scaling,
+        "scaling": shared_value(entries, "scaling"),
     }
     return [AdaptersConfig("ParBnConfig", kwargs, BOTTLENECK_POSITIONS[position])]
-
 
 SPEC = register_method(MethodSpec(
     name="par_bn",

@@ -9,11 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
-from autopeft.errors import ConfigError
 from autopeft.methods import register_method
 from autopeft.methods._base import (
-    BOTTLENECK_POSITIONS, AdaptersConfig, MethodConfig, MethodSpec, check_choice, check_positive, per_layer_sizes,
-    reduction_factor,
+    BOTTLENECK_POSITIONS, AdaptersConfig, MethodConfig, MethodSpec, bottleneck_kwargs, check_choice, check_positive,
+    shared_value,
 )
 
 
@@ -34,21 +33,12 @@ class SeqBnConfig(MethodConfig):
 
 
 def _to_adapters(entries: Sequence[SeqBnConfig], num_layers: int, hidden: int) -> list[AdaptersConfig]:
-    # Several entries (different sizes on different layers) become one config with a per-layer
-    # reduction factor, because a ConfigUnion refuses two SeqBn configs.
-    positions = {e.position for e in entries}
-    if len(positions) > 1:
-        raise ConfigError(f"seq_bn: all seq_bn entries of one config must share one position, got {sorted(positions)}")
-    (position,) = positions
-    sizes = per_layer_sizes(entries, "size")
-    factors = {str(layer): reduction_factor(hidden, s) for layer, s in sizes.items()}
-    factors["default"] = next(iter(factors.values()))
-    kwargs = {"reduction_factor": factors, "leave_out": [i for i in range(num_layers) if i not in sizes]}
+    position = shared_value(entries, "position")
+    kwargs = bottleneck_kwargs(entries, num_layers, hidden)
     if position == "both":
         return [AdaptersConfig("DoubleSeqBnConfig", kwargs, BOTTLENECK_POSITIONS[position])]
     kwargs.update(mh_adapter=position == "attention", output_adapter=position == "ffn")
     return [AdaptersConfig("SeqBnConfig", kwargs, BOTTLENECK_POSITIONS[position])]
-
 
 SPEC = register_method(MethodSpec(
     name="seq_bn",
