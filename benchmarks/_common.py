@@ -79,6 +79,27 @@ def train_once(task: str, peft_json: str | None, budget_json: str, data_dir: str
             "wall_seconds": time.perf_counter() - wall0}
 
 
+def majority_metric(task_name: str, data_dir: str, train_examples: int | None, eval_examples: int | None,
+                    seeds: int) -> float:
+    """The metric of a model that learned nothing: it predicts the majority label of its training
+    subsample on its dev subsample (for regression, a constant: correlation 0); mean over seeds.
+    A run at this value has not learned, and beating another one there is a tie, not a win."""
+    from autopeft.tasks import compute_metrics, load_split, load_task
+    from autopeft.train import subsample
+
+    task = load_task(task_name)
+    if task.is_regression:
+        return 0.0
+    train, dev = load_split(task, "train", data_dir), load_split(task, "dev", data_dir)
+    scores = []
+    for seed in range(seeds):
+        labels = subsample(train, train_examples, seed).labels
+        guess = max(set(labels), key=labels.count)
+        refs = subsample(dev, eval_examples, seed).labels
+        scores.append(compute_metrics(task, [guess] * len(refs), refs)[task.primary_metric])
+    return sum(scores) / len(scores)
+
+
 def _quiet_worker() -> None:
     import logging
     import warnings
@@ -101,6 +122,9 @@ def run_jobs(jobs: list[dict[str, Any]], csv_path: Path, data_dir: str, workers:
     fields = [*key, "metric", "trainable_params", "train_loss", "cpu_seconds", "wall_seconds", "peft"]
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     new_file = not csv_path.exists()
+    if done and list(done[0]) != fields:  # appending other columns would misalign every later row
+        raise SystemExit(f"{csv_path} has columns {list(done[0])}, this run writes {fields}: "
+                         "move the file aside (or add the missing columns) and run again")
     with open(csv_path, "a", newline="") as f, ProcessPoolExecutor(workers, SPAWN, initializer=_quiet_worker) as pool:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new_file:

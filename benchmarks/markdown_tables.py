@@ -32,9 +32,13 @@ def baselines() -> None:
 
 
 def search_vs_baselines() -> None:
-    rows = common.read_csv(common.RESULTS / "search_vs_baselines.csv")
-    if not rows:
-        return
+    for path in sorted(common.RESULTS.glob("search_vs_baselines_*_*_*.csv")):
+        if not path.stem.startswith("search_vs_baselines_runs_"):
+            print(f"{path.name}:\n")
+            search_vs_baselines_table(common.read_csv(path))
+
+
+def search_vs_baselines_table(rows: list[dict]) -> None:
     print("| task | baseline | baseline metric | params | dominated? | by (metric, params) | found config |")
     print("|---|---|---:|---:|---|---|---|")
     for r in rows:
@@ -44,14 +48,14 @@ def search_vs_baselines() -> None:
               f"| {int(r['baseline_params']):,} | {'yes' if r['dominated'] == 'True' else 'no'} | {by} | "
               f"{r['by_config']} |")
     print()
-    print("| task | hypervolume found / baselines | CPU-s search + retrain | CPU-s baselines |")
-    print("|---|---:|---:|---:|")
+    print("| task | majority-class score | hypervolume found / baselines | CPU-s search + retrain | CPU-s baselines |")
+    print("|---|---:|---:|---:|---:|")
     seen = set()
     for r in rows:
         if r["task"] in seen:
             continue
         seen.add(r["task"])
-        print(f"| {r['task']} | {float(r['hv_found_over_baselines']):.3f} | {r['search_cpu_seconds']} + "
+        print(f"| {r['task']} | {float(r['majority_metric']):.3f} | {float(r['hv_found_over_baselines']):.3f} | {r['search_cpu_seconds']} + "
               f"{r['retrain_cpu_seconds']} | {r['baselines_cpu_seconds']} |")
     print()
 

@@ -27,7 +27,7 @@ def sample_many(space, n=30, seed=0, sampler=None):
 
 
 def test_shipped_spaces_exist():
-    assert {"autopeft", "lora", "hybrid"} <= set(available_spaces())
+    assert {"autopeft", "lora", "hybrid", "small"} <= set(available_spaces())
 
 
 @pytest.mark.parametrize("name", sorted(available_spaces()))
@@ -51,6 +51,32 @@ def test_warm_start_points_are_sampled_first(name):
         space.sample(trial, LAYERS)
         assert {k: trial.params[k] for k in point if k in trial.params} == {k: v for k, v in point.items() if k in trial.params}
         study.tell(trial, [0.5, 1.0])
+
+
+def test_small_space_starts_from_the_hand_picked_baselines(tiny_bert):
+    # Searched per module, "LoRA r=8 on query+value" is two entries; it must build the same model
+    # as the one entry an engineer writes, or the search would not start where they stop.
+    from autopeft.build import build_model
+    from autopeft.methods.bitfit import BitFitConfig
+    from autopeft.methods.lora import LoRAConfig
+    from tests.conftest import TINY_LAYERS
+
+    space = load_space("small")
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for point in space.warm_start_points(TINY_LAYERS):
+        study.enqueue_trial(point)
+    lora, lora_training = space.sample(study.ask(), TINY_LAYERS)
+    bitfit, bitfit_training = space.sample(study.ask(), TINY_LAYERS)
+    every = tuple(range(TINY_LAYERS))
+    by_hand = PeftConfig((LoRAConfig(layers=every, targets=("query", "value"), rank=8, alpha=16),))
+    assert [(e.method, e.targets, e.rank) for e in lora.methods] == [("lora", ("query",), 8), ("lora", ("value",), 8)]
+    built, hand = build_model(tiny_bert, lora, 2), build_model(tiny_bert, by_hand, 2)
+    assert built.trainable_params == hand.trainable_params
+    def shapes(m):  # adapter names differ (one adapter per module), the weights must not
+        return sorted(tuple(p.shape) for p in m.model.parameters() if p.requires_grad)
+    assert shapes(built) == shapes(hand)
+    assert bitfit == PeftConfig((BitFitConfig(layers=every),))
+    assert lora_training == bitfit_training == {"learning_rate": 5e-3}
 
 
 def test_size_zero_switches_method_off_and_skips_its_parameters():
