@@ -111,6 +111,16 @@ class PeftConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
+    def canonical(self) -> str:
+        """One text per model this config builds, however its entries are split or ordered: a
+        space searching LoRA per module writes "r=8 on query+value" as two entries, a person as one."""
+        parts = set()
+        for entry in self.methods:
+            d = method_to_dict(entry)
+            for target in d.pop("targets", None) or [None]:
+                parts.add(json.dumps({**d, "targets": target}, sort_keys=True))
+        return json.dumps(sorted(parts))
+
     @classmethod
     def from_json(cls, text: str) -> "PeftConfig":
         return cls.from_dict(json.loads(text))

@@ -69,9 +69,10 @@ def main() -> None:
     print(f"{'task':6s} {'train':>6s} {'lr':>7s} {'majority':>9s} " + " ".join(f"{n:>16s}" for n in names) + "  CPU-s per run")
     metrics = {}
     for task in tasks:
+        floors = {n: common.majority_metric(task, args.data_dir, None if n == "all" else int(n), args.eval_examples,
+                                            args.seeds) for n in sizes}
         for n, lr in [(n, lr) for n in sizes for lr in lrs]:
-            floor = common.majority_metric(task, args.data_dir, None if n == "all" else int(n), args.eval_examples,
-                                           args.seeds)
+            floor = floors[n]
             cells = [stats.get((task, name, n, lr)) for name in names]
             print(f"{task:6s} {n:>6s} {lr:>7.0e} {floor:>9.3f} " + " ".join(
                 f"{c['mean']:>8.3f} ± {c['std']:.3f}" if c else f"{'':>16s}" for c in cells) +

@@ -73,24 +73,12 @@ def search_task(task: str, args: argparse.Namespace, budgets: list[float], known
     unique: dict[str, tuple] = {}
     for t in record.front:
         exp = to_export(record, t)
-        if canonical(exp.peft) in known and exp.budget.learning_rate == common.PEFT_LR:
+        form = exp.peft.canonical()
+        if form in known and exp.budget.learning_rate == common.PEFT_LR:
             continue
-        unique.setdefault(canonical(exp.peft) + str(exp.budget.learning_rate), (t, exp))
+        unique.setdefault(form + str(exp.budget.learning_rate), (t, exp))
     chosen = {id(t) for t in _choose([t for t, _ in unique.values()], budgets, args.max_front)}
     return [(t["trial"], exp) for t, exp in unique.values() if id(t) in chosen], total
-
-
-def canonical(peft) -> str:
-    """One text per configuration however its entries are split: a space that searches LoRA per
-    module writes "r=8 on query+value" as two entries, the baseline as one."""
-    from autopeft.config import method_to_dict
-
-    parts = set()
-    for entry in peft.methods:
-        d = method_to_dict(entry)
-        for target in d.pop("targets", None) or [None]:
-            parts.add(json.dumps({**d, "targets": target}, sort_keys=True))
-    return json.dumps(sorted(parts))
 
 
 def _trials_done(settings) -> int:
@@ -148,7 +136,7 @@ def main() -> None:
     from autopeft.models import inspect_model
 
     info = inspect_model(common.MODEL)
-    known = {canonical(p) for p in common.baselines(info.num_layers, info.hidden_size).values() if p is not None}
+    known = {p.canonical() for p in common.baselines(info.num_layers, info.hidden_size).values() if p is not None}
     jobs, search_cpu, labels = [], {}, {}
     for task in tasks:
         budgets = [float(r["trainable_params"]) for r in base_rows if r["task"] == task and r["name"] in HEADLINE]

@@ -70,6 +70,16 @@ def test_layers_checked_against_model():
         PeftConfig((SeqBnConfig((0, 7), 8),)).check_model(6)
 
 
+def test_canonical_form_ignores_how_entries_are_split_and_ordered():
+    every = (0, 1, 2)
+    one = PeftConfig((LoRAConfig(every, 8, 16, ("query", "value")), BitFitConfig(every)))
+    split = PeftConfig((BitFitConfig(every), LoRAConfig(every, 8, 16, ("value",)), LoRAConfig(every, 8, 16, ("query",))))
+    assert one != split and one.canonical() == split.canonical()
+    assert PeftConfig((LoRAConfig(every, 4, 16, ("query", "value")),)).canonical() != one.canonical()
+    assert PeftConfig((LoRAConfig(every, 8, 16, ("query",)),)).canonical() != \
+        PeftConfig((LoRAConfig(every, 8, 16, ("query", "value")),)).canonical()
+
+
 def test_budget_round_trip_and_validation():
     b = TrainBudget(train_examples=None, epochs=2.5, learning_rate=1e-3)
     assert TrainBudget.from_dict(json.loads(json.dumps(b.to_dict()))) == b
