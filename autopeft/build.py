@@ -152,3 +152,23 @@ def _mark_head_and_base_trainable(model: nn.Module, peft: PeftConfig) -> None:
         layer = int(match.group(1)) if match else None
         if any(hook(entries, name, layer) for hook, entries in hooks):
             param.requires_grad_(True)
+
+
+def merge_for_inference(model: nn.Module) -> int:
+    """Fold LoRA and (IA)3 weights into the base weights they adapt, as a deployed model would.
+
+    `adapters` keeps one merged module per layer and skips every other adapter of that layer once
+    one is merged, so a layer that holds several (stacked LoRA adapters on one module) stays
+    unmerged: its output would change otherwise. Returns the number of layers merged.
+    """
+    from adapters.methods.lora import LoRALayer
+
+    merged = 0
+    for module in model.modules():
+        if isinstance(module, LoRALayer) and len(module.loras) == 1 and not module.merged:
+            (name, lora), = module.loras.items()
+            if getattr(lora, "use_gating", False):  # gated LoRA depends on the input: cannot fold
+                continue
+            module.merge_adapter(name)
+            merged += 1
+    return merged

@@ -39,61 +39,94 @@ def main() -> None:
     """autopeft: multi-objective PEFT configuration search (Ray Tune + Optuna + MLflow)."""
 
 
+# Defaults and help texts come from what they describe (settings dataclasses, the registries), so
+# the CLI never restates them.
+from autopeft.config import TrainBudget  # noqa: E402
+from autopeft.objectives import available_objectives  # noqa: E402
+from autopeft.samplers import describe_samplers  # noqa: E402
+from autopeft.search import SearchSettings  # noqa: E402
+
+_S, _B = SearchSettings, TrainBudget
+
+
+def _default(cls: type, name: str):
+    return cls.__dataclass_fields__[name].default
+
+
+def _help(cls: type, name: str) -> str:
+    text = cls.__dataclass_fields__[name].metadata.get("help", "")
+    return text[:1].upper() + text[1:] + "." if text else ""
+
+
+def _shipped(kind: str) -> str:
+    from autopeft._resources import registry_entries
+
+    return ", ".join(registry_entries(kind))
+
+
 @app.command()
 @friendly_errors
 def search(
-    name: Optional[str] = typer.Option(None, help="Search name: Optuna study, Ray experiment and MLflow parent run. Generated when omitted."),
-    model: str = typer.Option("all-MiniLM-L6-v2", help="Base model: the embedded default, a local folder or a Hub id."),
-    task: str = typer.Option("sst2", help="A shipped task (sst2, rte, mrpc, cola, stsb, cb) or a task YAML path."),
-    space: str = typer.Option("autopeft", help="A shipped search space (autopeft, lora, hybrid) or a YAML path."),
-    num_samples: int = typer.Option(8, help="Number of trials."),
-    max_concurrent_trials: int = typer.Option(2, help="Trials run at once."),
-    cpus_per_trial: float = typer.Option(1.0, help="CPUs reserved per trial (its torch thread count)."),
-    gpus_per_trial: float = typer.Option(0.0, help="GPUs reserved per trial."),
-    sampler: str = typer.Option("gp", help="Optuna sampler: gp (Gaussian-process Bayesian optimisation), "
-                                           "tpe (MO-TPE), nsga2, random."),
+    name: Optional[str] = typer.Option(None, help=_help(_S, "name") + " Generated when omitted."),
+    model: str = typer.Option(_default(_S, "model"), help=_help(_S, "model")),
+    task: str = typer.Option(_default(_S, "task"), help=f"A shipped task ({_shipped('tasks')}) or a task YAML path."),
+    space: str = typer.Option(_default(_S, "space"),
+                              help=f"A shipped search space ({_shipped('search_spaces')}) or a YAML path."),
+    num_samples: int = typer.Option(_default(_S, "num_samples"), help=_help(_S, "num_samples")),
+    max_concurrent_trials: int = typer.Option(_default(_S, "max_concurrent_trials"), help=_help(_S, "max_concurrent_trials")),
+    cpus_per_trial: float = typer.Option(_default(_S, "cpus_per_trial"), help=_help(_S, "cpus_per_trial")),
+    gpus_per_trial: float = typer.Option(_default(_S, "gpus_per_trial"), help=_help(_S, "gpus_per_trial")),
+    sampler: str = typer.Option(_default(_S, "sampler"), help=f"Optuna sampler: {describe_samplers()}."),
+    objectives: str = typer.Option(
+        ",".join(_default(_S, "objectives")),
+        help="Objectives to optimise, comma-separated, the task metric first; known: "
+             + ", ".join(f"{k} ({o.direction})" for k, o in available_objectives().items()) + "."),
     memory_objective: bool = typer.Option(False, "--memory-objective/--no-memory-objective",
-                                          help="Also minimise peak training memory."),
-    seed: int = typer.Option(0, help="Seed of the sampler and of every trial's training."),
-    train_examples: Optional[int] = typer.Option(2048, help="Training examples per trial (0 = all)."),
-    eval_examples: Optional[int] = typer.Option(0, help="Dev examples per trial (0 = the whole dev split)."),
-    epochs: float = typer.Option(1.0, help="Epochs per trial."),
-    max_steps: Optional[int] = typer.Option(None, help="Cap on training steps per trial."),
-    batch_size: int = typer.Option(16),
-    max_seq_length: int = typer.Option(64),
-    learning_rate: float = typer.Option(5e-3),
+                                          help="Also minimise peak training memory (adds peak_memory_mb to --objectives)."),
+    seed: int = typer.Option(_default(_S, "seed"), help=_help(_S, "seed")),
+    train_examples: Optional[int] = typer.Option(_default(_B, "train_examples"), help=_help(_B, "train_examples").replace("None", "0")),
+    eval_examples: Optional[int] = typer.Option(0, help=_help(_B, "eval_examples").replace("None", "0")),
+    epochs: float = typer.Option(_default(_B, "epochs"), help=_help(_B, "epochs")),
+    max_steps: Optional[int] = typer.Option(_default(_B, "max_steps"), help=_help(_B, "max_steps")),
+    batch_size: int = typer.Option(_default(_B, "batch_size"), help=_help(_B, "batch_size")),
+    max_seq_length: int = typer.Option(_default(_B, "max_seq_length"), help=_help(_B, "max_seq_length")),
+    learning_rate: float = typer.Option(_default(_B, "learning_rate"), help=_help(_B, "learning_rate")),
     data_dir: Optional[str] = typer.Option(None, help="Folder laid out like GLUE's (env AUTOPEFT_DATA_DIR). Unset: the Hugging Face Hub."),
-    workdir: str = typer.Option("autopeft_runs", help="Where the Optuna study (SQLite) and Ray results go."),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default sqlite:///<workdir>/optuna.db)."),
+    workdir: str = typer.Option(_default(_S, "workdir"), help=_help(_S, "workdir")),
+    storage: Optional[str] = typer.Option(None, help=_help(_S, "storage")),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
-    experiment: str = typer.Option("autopeft", help="MLflow experiment."),
+    experiment: str = typer.Option(_default(_S, "experiment"), help=_help(_S, "experiment")),
     ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help="Join an existing Ray cluster (default: start a local one)."),
-    trial_memory_limit_mb: Optional[float] = typer.Option(None, help="Fail a trial whose peak training memory passes this many MB."),
+    trial_memory_limit_mb: Optional[float] = typer.Option(None, help=_help(_S, "trial_memory_limit_mb")),
     resume: Optional[str] = typer.Option(None, help="Continue the search of this name with the settings it was started with (from --storage / --workdir)."),
 ) -> None:
     """Run a multi-objective search and print its Pareto front.
 
     Running the same --name again continues that search; so does --resume NAME.
     """
-    from autopeft.config import TrainBudget
-    from autopeft.search import SearchSettings, default_name
+    from autopeft.search import default_name
+    from autopeft.stores import check_database_url
     from autopeft.study import stored_settings
 
     if resume:
         url = storage or SearchSettings(name=resume, workdir=workdir).storage_url()
+        check_database_url(url, "--storage")
         settings = SearchSettings.from_dict(stored_settings(resume, url))
         if ray_address:
             settings = settings.replace(ray_address=ray_address)
         _run_and_report(settings)
         return
 
+    keys = tuple(k.strip() for k in objectives.split(",") if k.strip())
+    if memory_objective and "peak_memory_mb" not in keys:
+        keys += ("peak_memory_mb",)
     budget = TrainBudget(train_examples=train_examples or None, eval_examples=eval_examples or None, epochs=epochs,
                          max_steps=max_steps, batch_size=batch_size, max_seq_length=max_seq_length,
                          learning_rate=learning_rate, seed=seed)
     settings = SearchSettings(
         name=name or default_name(task, space), model=model, task=task, space=space, budget=budget,
         num_samples=num_samples, max_concurrent_trials=max_concurrent_trials, cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial, sampler=sampler, memory_objective=memory_objective, seed=seed,
+        gpus_per_trial=gpus_per_trial, sampler=sampler, objectives=keys, seed=seed,
         data_dir=data_dir, workdir=str(Path(workdir).resolve()), storage=storage, tracking_uri=tracking_uri,
         experiment=experiment, ray_address=ray_address, trial_memory_limit_mb=trial_memory_limit_mb)
     _run_and_report(settings)
@@ -113,27 +146,34 @@ def _run_and_report(settings) -> None:
         console.print(f"stopped. Finished trials are saved; continue with: autopeft search --resume {settings.name}"
                       + ("" if settings.storage else f" --workdir {settings.workdir}"), soft_wrap=True)
         raise typer.Exit(130)
-    if any(r["pareto"] for r in result.records):
-        print_front(result.records, result.metric_name, title=f"Pareto front of {result.name}")
+    if result.front:
+        print_front(result.front, result.metric_name, result.objectives, title=f"Pareto front of {result.name}")
     else:
         console.print("no trial completed, so there is no Pareto front")
-    failed = [r for r in result.records if r["status"] == "FAILED"]
-    done = sum(r["status"] == "COMPLETE" for r in result.records)
+    failed = [r for r in result.trials if r.status == "FAILED"]
+    done = sum(r.status == "COMPLETE" for r in result.trials)
     console.print(f"{done} trials completed, {len(failed)} failed. MLflow: {result.tracking_uri} "
                   f"(parent run {result.parent_run_id})")
     for r in failed:
         console.print(f"  trial {r['trial']} failed ({r['failure']}): {_escape(str(r['error']))[:300]}")
 
 
-def print_front(records: list[dict], metric_name: str, title: str, picked: int | None = None) -> None:
+def print_front(front: list, metric_name: str, objectives: dict, title: str, picked: int | None = None) -> None:
+    """The front as a table: every objective the search optimised, then memory and latency if measured."""
+    from autopeft.objectives import LATENCY_MS, PEAK_MEMORY_MB, get_objective
+
+    shown = [o for k, o in objectives.items() if k not in ("metric", "trainable_params")]
+    shown += [get_objective(k) for k in (PEAK_MEMORY_MB, LATENCY_MS)
+              if k not in objectives and any(r.get(k) is not None for r in front)]
     table = Table(title=title)
-    for col in ("trial", metric_name, "params", "% base", "mem MB", "configuration"):
+    columns = ["trial", metric_name, "params", "% base", *(o.key for o in shown), "configuration"]
+    for col in columns:
         table.add_column(col, justify="left" if col == "configuration" else "right",
                          overflow="fold", min_width=20 if col == "configuration" else None)
-    front = sorted((r for r in records if r["pareto"]), key=lambda r: -r["metric"])
-    for r in front:
-        table.add_row(f"* {r['trial']}" if r["trial"] == picked else str(r["trial"]), f"{r['metric']:.4f}", f"{int(r['trainable_params']):,}",
-                      f"{r['trainable_percent']:.3f}", f"{r['peak_memory_mb']:.0f}", r["peft"])
+    for r in sorted(front, key=lambda r: -r["metric"]):
+        table.add_row(f"* {r['trial']}" if r["trial"] == picked else str(r["trial"]), f"{r['metric']:.4f}",
+                      f"{int(r['trainable_params']):,}", f"{r['trainable_percent']:.3f}",
+                      *(o.format(r.get(o.key)) for o in shown), r["peft"])
     Console().print(table)
 
 
@@ -200,6 +240,22 @@ def _parse_pick(value: str | None) -> tuple[bool, int | None]:
         raise ConfigError(f"--pick takes 'best' or a trial number, got {value!r}") from None
 
 
+def _limits(pairs: list[str] | None, **named: float | None) -> dict[str, float | None]:
+    """The constraint flags plus ``--limit NAME=VALUE`` pairs, as ``results.pick`` takes them."""
+    from autopeft.errors import ConfigError
+
+    out = dict(named)
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        try:
+            out[key.strip().replace("-", "_")] = float(value)
+        except ValueError:
+            raise ConfigError(f"--limit takes NAME=VALUE with a number, e.g. max_latency=2.5; got {pair!r}") from None
+        if not sep:
+            raise ConfigError(f"--limit takes NAME=VALUE, e.g. max_latency=2.5; got {pair!r}")
+    return out
+
+
 def _load(search: str | None, tracking_uri: str | None, experiment: str):
     from autopeft.results import load_search
 
@@ -213,7 +269,11 @@ def pareto(
     search: Optional[str] = typer.Argument(None, help="Search name or MLflow parent run id (default: the latest search)."),
     max_params: Optional[int] = typer.Option(None, help="Keep trials with at most this many trainable parameters."),
     max_memory: Optional[float] = typer.Option(None, help="Keep trials with at most this peak training memory (MB)."),
+    max_latency: Optional[float] = typer.Option(None, help="Keep trials with at most this inference latency (ms per example)."),
     min_metric: Optional[float] = typer.Option(None, help="Keep trials with at least this metric."),
+    limit: Optional[list[str]] = typer.Option(None, help="Any objective's constraint as NAME=VALUE, e.g. max_latency=2 "
+                                                          "(names: min_metric, max_params, max_memory, max_latency, "
+                                                          "and those of plugin objectives); repeatable."),
     pick: Optional[str] = _pick_option(),
     report: Optional[str] = typer.Option(None, help="Also write the interactive HTML Pareto report here (and log it to the search's run)."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
@@ -224,17 +284,18 @@ def pareto(
 
     record = _load(search, tracking_uri, experiment)
     picking, trial = _parse_pick(pick)
-    rows = choose(record.front, max_params, max_memory, min_metric, trial)
+    rows = choose(record.front, trial, **_limits(limit, max_params=max_params, max_memory=max_memory,
+                                                 max_latency=max_latency, min_metric=min_metric))
     chosen = rows[0]["trial"] if picking else None
     done = sum(t["status"] == "COMPLETE" for t in record.trials)
-    print_front(rows, record.metric_name, title=f"Pareto front of {record.name} ({record.task}, {record.model}): "
-                f"{len(rows)} of {len(record.front)} optimal trials, {done} completed", picked=chosen)
+    print_front(rows, record.metric_name, record.objectives, picked=chosen,
+                title=f"Pareto front of {record.name} ({record.task}, {record.model}): "
+                      f"{len(rows)} of {len(record.front)} optimal trials, {done} completed")
     if report:
         from autopeft.report import log_report, write_report
 
         path = write_report(record.trials, record.objectives, record.metric_name, report, f"Pareto report: {record.name}")
-        log_report(record.tracking_uri, record.parent_run_id, record.trials, record.objectives, record.metric_name,
-                   f"Pareto report: {record.name}")
+        log_report(record, f"Pareto report: {record.name}")
         console.print(f"report: {path}")
     if chosen is not None:
         console.print(f"picked trial {chosen}: export it with "
@@ -247,9 +308,13 @@ def export(
     search: Optional[str] = typer.Argument(None, help="Search name or MLflow parent run id (default: the latest search)."),
     output: str = typer.Option("autopeft_best.json", "--output", "-o", help="The export file to write."),
     pick: Optional[str] = typer.Option("best", help="'best' (highest metric within the constraints) or a trial number."),
-    max_params: Optional[int] = typer.Option(None),
-    max_memory: Optional[float] = typer.Option(None),
-    min_metric: Optional[float] = typer.Option(None),
+    max_params: Optional[int] = typer.Option(None, help="Keep trials with at most this many trainable parameters."),
+    max_memory: Optional[float] = typer.Option(None, help="Keep trials with at most this peak training memory (MB)."),
+    max_latency: Optional[float] = typer.Option(None, help="Keep trials with at most this inference latency (ms per example)."),
+    min_metric: Optional[float] = typer.Option(None, help="Keep trials with at least this metric."),
+    limit: Optional[list[str]] = typer.Option(None, help="Any objective's constraint as NAME=VALUE, e.g. max_latency=2 "
+                                                          "(names: min_metric, max_params, max_memory, max_latency, "
+                                                          "and those of plugin objectives); repeatable."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
     experiment: str = typer.Option("autopeft", help="MLflow experiment."),
 ) -> None:
@@ -259,7 +324,8 @@ def export(
 
     record = _load(search, tracking_uri, experiment)
     _, trial = _parse_pick(pick or "best")
-    chosen = choose(record.front, max_params, max_memory, min_metric, trial)[0]
+    chosen = choose(record.front, trial, **_limits(limit, max_params=max_params, max_memory=max_memory,
+                                                   max_latency=max_latency, min_metric=min_metric))[0]
     path = save_export(to_export(record, chosen), output)
     console.print(f"exported trial {chosen['trial']} of {record.name} ({_escape(chosen['peft'])}; "
                   f"{record.metric_name} {chosen['metric']:.4f}, {chosen['trainable_params']:,} params) to {path}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, TypeVar
 
 from autopeft.errors import ConfigError
@@ -132,16 +132,20 @@ class TrainBudget:
 
     # Defaults: the smallest budget measured to separate configs on SST-2 with all-MiniLM-L6-v2
     # (serial adapter 24: 0.77 dev accuracy; 256 examples give ~0.55, which is noise).
-    train_examples: int | None = 2048  # first N of a seeded shuffle of the train split; None = all
-    eval_examples: int | None = None  # None = the whole dev split (the metric users compare)
-    epochs: float = 1.0
-    max_steps: int | None = None  # caps epochs when set
-    batch_size: int = 16
-    max_seq_length: int = 64  # GLUE single sentences rarely exceed it; pairs get truncated
-    learning_rate: float = 5e-3  # PEFT modules want ~10x full fine-tuning's rate; 1e-2 diverged
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.06
-    seed: int = 0
+    train_examples: int | None = field(default=2048, metadata={
+        "help": "training examples per trial: the first N of a seeded shuffle of the train split (None = all)"})
+    eval_examples: int | None = field(default=None, metadata={
+        "help": "scored examples per trial (None = the whole split, the figure users compare)"})
+    epochs: float = field(default=1.0, metadata={"help": "epochs per trial"})
+    max_steps: int | None = field(default=None, metadata={"help": "cap on training steps per trial (caps epochs)"})
+    batch_size: int = field(default=16, metadata={"help": "training batch size"})
+    # GLUE single sentences rarely exceed 64 tokens; pairs get truncated.
+    max_seq_length: int = field(default=64, metadata={"help": "tokens per example; longer texts are truncated"})
+    # PEFT modules want ~10x full fine-tuning's rate; 1e-2 diverged.
+    learning_rate: float = field(default=5e-3, metadata={"help": "peak learning rate (linear warm-up and decay)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    warmup_ratio: float = field(default=0.06, metadata={"help": "fraction of steps spent warming up"})
+    seed: int = field(default=0, metadata={"help": "seed of the data order, dropout and new weights"})
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_seq_length"):

@@ -24,8 +24,6 @@ from autopeft.export import ExportedConfig
 TRAIN_CONFIG = "train_config.json"  # the export plus the budget it was trained with
 BASE_PARAMS_FILE = "trained_base_params.safetensors"  # task head (+ BitFit biases)
 FULL_MODEL_DIR = "model"  # full fine-tuning: a plain save_pretrained folder
-TRAIN_KIND = "train"
-SOURCE_RUN_TAG = "autopeft.source_run_id"  # the trial run the config was exported from
 
 
 def full_budget(found_with: TrainBudget, train_examples: int | None = None, epochs: float = 3.0,
@@ -167,15 +165,16 @@ def log_training(result: TrainedModel, exp: ExportedConfig, budget: TrainBudget,
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
-    from autopeft.tracking import KIND_TAG, SEARCH_TAG, _local_artifact_root, resolve_tracking_uri
+    from autopeft.schema import KIND_TAG, KIND_TRAIN, MODEL_TAG, PEFT_TAG, SEARCH_TAG, SOURCE_RUN_TAG, TASK_TAG
+    from autopeft.tracking import local_artifact_root, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri or exp.source.get("tracking_uri"))
     client = MlflowClient(uri)
     exp_obj = client.get_experiment_by_name(experiment)
     experiment_id = exp_obj.experiment_id if exp_obj else client.create_experiment(
-        experiment, artifact_location=_local_artifact_root(uri))
-    tags = {KIND_TAG: TRAIN_KIND, "autopeft.peft": "full fine-tuning" if full_finetune else exp.peft.describe(),
-            "autopeft.model": exp.model, "autopeft.task": exp.task}
+        experiment, artifact_location=local_artifact_root(uri))
+    tags = {KIND_TAG: KIND_TRAIN, PEFT_TAG: "full fine-tuning" if full_finetune else exp.peft.describe(),
+            MODEL_TAG: exp.model, TASK_TAG: exp.task}
     if exp.source.get("search"):
         tags[SEARCH_TAG] = exp.source["search"]
     parent = exp.source.get("parent_run_id")

@@ -64,13 +64,13 @@ def hypervolume_history(points: Sequence[Sequence[float]], directions: Sequence[
     return [hypervolume(scaled[:i + 1], ref) for i in range(len(scaled))]
 
 
-def mark_front(rows: list[dict], objectives: dict[str, str]) -> list[dict]:
-    """Set ``row["pareto"]`` on trial records: True for completed, non-dominated ones."""
-    done = [r for r in rows if r["status"] == "COMPLETE"]
-    points = [[float(r[k]) if r.get(k) is not None else math.nan for k in objectives] for r in done]
-    front = set(pareto_front(points, list(objectives.values())))
-    for r in rows:
-        r["pareto"] = False
+def mark_front(records: list, directions: dict[str, str]) -> list:
+    """Set ``record.pareto`` on trial records: True for completed, non-dominated ones."""
+    done = [r for r in records if r.status == "COMPLETE"]
+    points = [[float(r[k]) if r.get(k) is not None else math.nan for k in directions] for r in done]
+    front = set(pareto_front(points, list(directions.values())))
+    for r in records:
+        r.pareto = False
     for i, r in enumerate(done):
-        r["pareto"] = i in front
-    return rows
+        r.pareto = i in front
+    return records

@@ -1,4 +1,5 @@
-"""Pareto plot: metric vs trainable parameters, memory as colour, dominated trials faded."""
+"""Pareto plot: metric vs trainable parameters, the third objective (else memory) as colour,
+dominated trials faded."""
 
 from __future__ import annotations
 
@@ -6,9 +7,15 @@ from pathlib import Path
 from typing import Sequence
 
 
-def plot_pareto(records: Sequence[dict], metric_name: str, path: str | Path, title: str = "") -> Path:
-    """Write a PNG of ``records`` (dicts with metric, trainable_params, peak_memory_mb, pareto)."""
+def plot_pareto(records: Sequence, metric_name: str, path: str | Path, objectives: Sequence[str] = (),
+                title: str = "") -> Path:
+    """Write a PNG of trial records (metric, trainable_params, the colour objective, pareto)."""
     import matplotlib
+
+    from autopeft.objectives import resolve_objectives
+    from autopeft.report import colour_objective
+
+    colour = colour_objective(resolve_objectives(list(objectives) or ["metric", "trainable_params"]))
 
     matplotlib.use("Agg")  # headless: searches run on servers
     import matplotlib.pyplot as plt
@@ -16,15 +23,15 @@ def plot_pareto(records: Sequence[dict], metric_name: str, path: str | Path, tit
     path = Path(path)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     done = [r for r in records if r.get("metric") is not None]
-    mem = [r.get("peak_memory_mb") or 0.0 for r in done]
+    mem = [r.get(colour.key) or 0.0 for r in done]
     vmin, vmax = (min(mem), max(mem)) if mem else (0, 1)
     dominated = [r for r in done if not r["pareto"]]
     front = sorted((r for r in done if r["pareto"]), key=lambda r: r["trainable_params"])
     ax.scatter([r["trainable_params"] for r in dominated], [r["metric"] for r in dominated],
-               c=[r.get("peak_memory_mb") or 0.0 for r in dominated], cmap="viridis", vmin=vmin, vmax=vmax,
+               c=[r.get(colour.key) or 0.0 for r in dominated], cmap="viridis", vmin=vmin, vmax=vmax,
                alpha=0.35, s=30, label="dominated")
     sc = ax.scatter([r["trainable_params"] for r in front], [r["metric"] for r in front],
-                    c=[r.get("peak_memory_mb") or 0.0 for r in front], cmap="viridis", vmin=vmin, vmax=vmax,
+                    c=[r.get(colour.key) or 0.0 for r in front], cmap="viridis", vmin=vmin, vmax=vmax,
                     edgecolors="black", s=70, label="Pareto-optimal")
     if front:
         ax.step([r["trainable_params"] for r in front], [r["metric"] for r in front], where="post",
@@ -40,7 +47,7 @@ def plot_pareto(records: Sequence[dict], metric_name: str, path: str | Path, tit
     ax.set_ylabel(metric_name)
     ax.set_title(title or f"{metric_name} vs trainable parameters")
     ax.grid(alpha=0.3)
-    fig.colorbar(sc, ax=ax, label="peak training memory (MB)")
+    fig.colorbar(sc, ax=ax, label=colour.title)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)

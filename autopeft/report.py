@@ -1,9 +1,10 @@
 """The interactive Pareto report: one self-contained HTML file per search.
 
-Left: metric vs trainable parameters (log), peak training memory as colour, dominated trials
-faded, the front joined by a step line; hovering a point shows its configuration. Right: the
-hypervolume of the trials so far (objectives scaled to [0, 1]; trainable parameters on a log
-scale), which flattens when the search stops finding better trade-offs.
+Left: metric vs trainable parameters (log), the search's third objective as colour (peak training
+memory when it has none), dominated trials faded, the front joined by a step line; hovering a
+point shows its configuration and every objective. Right: the hypervolume of the trials so far
+(objectives scaled to [0, 1], log-scale objectives in log10), which flattens when the search stops
+finding better trade-offs. Axis titles, units and scales come from the objective registry.
 """
 
 from __future__ import annotations
@@ -12,41 +13,47 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from autopeft.objectives import PEAK_MEMORY_MB, Objective, get_objective
 from autopeft.pareto import hypervolume_history
+from autopeft.schema import REPORT_HTML
 
-REPORT_HTML = "pareto/pareto_report.html"  # artifact path on the search's parent run
+
+def colour_objective(objectives: dict[str, Objective]) -> Objective:
+    """What the points are coloured by: the first objective beyond metric and parameters, else memory."""
+    extra = [o for k, o in objectives.items() if k not in ("metric", "trainable_params")]
+    return extra[0] if extra else get_objective(PEAK_MEMORY_MB)
 
 
-def report_data(trials: Sequence[dict[str, Any]], objectives: dict[str, str]) -> dict[str, Any]:
+def report_data(trials: Sequence[Any], objectives: dict[str, Objective]) -> dict[str, Any]:
     """What the report draws: completed trials in trial order, and the hypervolume after each."""
     done = sorted((t for t in trials if t.get("metric") is not None and t.get("trainable_params")),
                   key=lambda t: t["trial"])
-    points = [[math.log10(t[k]) if k == "trainable_params" else float(t[k] if t[k] is not None else math.nan)
-               for k in objectives] for t in done]
-    return {"trials": done, "hypervolume": hypervolume_history(points, list(objectives.values()))}
+    points = [[o.scaled(t[k]) if t.get(k) is not None else math.nan for k, o in objectives.items()] for t in done]
+    return {"trials": done, "hypervolume": hypervolume_history(points, [o.direction for o in objectives.values()])}
 
 
-def write_report(trials: Sequence[dict[str, Any]], objectives: dict[str, str], metric_name: str,
+def write_report(trials: Sequence[Any], objectives: dict[str, Objective], metric_name: str,
                  path: str | Path, title: str = "") -> Path:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     data = report_data(trials, objectives)
     done = data["trials"]
+    colour = colour_objective(objectives)
     fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.08,
-                        subplot_titles=(f"{metric_name} vs trainable parameters (colour: peak memory MB)",
+                        subplot_titles=(f"{metric_name} vs trainable parameters (colour: {colour.title})",
                                         "hypervolume over trials"))
-    mems = [t.get("peak_memory_mb") or 0.0 for t in done]
-    cmin, cmax = (min(mems), max(mems)) if mems else (0.0, 1.0)
+    values = [t.get(colour.key) or 0.0 for t in done]
+    cmin, cmax = (min(values), max(values)) if values else (0.0, 1.0)
     for on_front, name in ((False, "dominated"), (True, "Pareto-optimal")):
         group = [t for t in done if bool(t.get("pareto")) == on_front]
         fig.add_trace(go.Scatter(
             x=[t["trainable_params"] for t in group], y=[t["metric"] for t in group], mode="markers", name=name,
-            opacity=1.0 if on_front else 0.3, text=[_hover(t, metric_name) for t in group], hoverinfo="text",
-            customdata=[t["trial"] for t in group],
-            marker=dict(size=13 if on_front else 9, color=[t.get("peak_memory_mb") or 0.0 for t in group],
+            opacity=1.0 if on_front else 0.3, text=[_hover(t, metric_name, objectives) for t in group],
+            hoverinfo="text", customdata=[t["trial"] for t in group],
+            marker=dict(size=13 if on_front else 9, color=[t.get(colour.key) or 0.0 for t in group],
                         colorscale="Viridis", cmin=cmin, cmax=cmax, showscale=on_front,
-                        colorbar=dict(title="peak MB", x=1.02) if on_front else None,
+                        colorbar=dict(title=colour.unit or colour.label, x=1.02) if on_front else None,
                         line=dict(width=1.5 if on_front else 0, color="black"))), row=1, col=1)
     front = sorted((t for t in done if t.get("pareto")), key=lambda t: t["trainable_params"])
     if front:
@@ -67,21 +74,25 @@ def write_report(trials: Sequence[dict[str, Any]], objectives: dict[str, str], m
     return path
 
 
-def _hover(t: dict[str, Any], metric_name: str) -> str:
+def _hover(t: Any, metric_name: str, objectives: dict[str, Objective]) -> str:
     pct = f" ({t['trainable_percent']:.3f}%)" if t.get("trainable_percent") is not None else ""
-    mem = f"<br>peak memory {t['peak_memory_mb']:.0f} MB" if t.get("peak_memory_mb") is not None else ""
+    lines = [f"{metric_name} {t['metric']:.4f}", f"{t['trainable_params']:,} trainable params{pct}"]
+    shown = {"metric", "trainable_params"}
+    extra = [o for k, o in objectives.items() if k not in shown]
+    if PEAK_MEMORY_MB not in objectives:
+        extra.append(get_objective(PEAK_MEMORY_MB))
+    lines += [f"{o.label} {o.format(t.get(o.key))} {o.unit}".rstrip() for o in extra if t.get(o.key) is not None]
     config = "<br>   + ".join(str(t.get("peft", "")).split(" + "))
-    return (f"<b>trial {t['trial']}</b><br>{metric_name} {t['metric']:.4f}<br>"
-            f"{t['trainable_params']:,} trainable params{pct}{mem}<br>{config}")
+    return f"<b>trial {t['trial']}</b><br>" + "<br>".join(lines) + f"<br>{config}"
 
 
-def log_report(tracking_uri: str, parent_run_id: str, trials: Sequence[dict[str, Any]], objectives: dict[str, str],
-               metric_name: str, title: str) -> None:
-    """Write the report and attach it to the search's parent run."""
+def log_report(record: Any, title: str) -> None:
+    """Write the report of a search (``results.SearchRecord``) and attach it to its parent run."""
     import tempfile
 
     from mlflow.tracking import MlflowClient
 
     with tempfile.TemporaryDirectory() as tmp:
-        html = write_report(trials, objectives, metric_name, Path(tmp) / Path(REPORT_HTML).name, title)
-        MlflowClient(tracking_uri).log_artifact(parent_run_id, str(html), str(Path(REPORT_HTML).parent))
+        html = write_report(record.trials, record.objectives, record.metric_name,
+                            Path(tmp) / Path(REPORT_HTML).name, title)
+        MlflowClient(record.tracking_uri).log_artifact(record.parent_run_id, str(html), str(Path(REPORT_HTML).parent))

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
-from autopeft.errors import AutopeftError
+from autopeft import schema
+from autopeft.errors import AutopeftError, ConfigError
+from autopeft.objectives import METRIC, TRAINABLE_PARAMS, Objective, available_objectives, get_objective
 from autopeft.pareto import mark_front
-from autopeft.trial import METRIC, OBJECTIVES, PEAK_MEMORY_MB, TRAINABLE_PARAMS
+from autopeft.schema import TrialRecord
 
 
 class SearchNotFound(AutopeftError):
@@ -25,10 +26,10 @@ class NothingToPick(AutopeftError):
     """The front is empty, or no trial meets the constraints."""
 
 
-
-
 @dataclass
 class SearchRecord:
+    """A search as its tracking store holds it: what ``run_search`` returns and ``load_search`` reads."""
+
     name: str
     parent_run_id: str
     tracking_uri: str
@@ -36,13 +37,32 @@ class SearchRecord:
     model: str
     task: str
     metric_name: str
-    objectives: dict[str, str]  # objective key -> "max" | "min", as the search optimised them
+    objectives: dict[str, Objective]  # as the search optimised them, in study order
     budget: dict[str, Any]
-    trials: list[dict[str, Any]]  # one dict per trial run, with "pareto" set over completed trials
+    trials: list[TrialRecord]  # every trial run, by trial number, ``pareto`` set over completed trials
+
+    def __post_init__(self) -> None:
+        self.trials = mark_front(sorted(self.trials, key=lambda t: t.trial), self.directions)
 
     @property
-    def front(self) -> list[dict[str, Any]]:
-        return sorted((t for t in self.trials if t["pareto"]), key=lambda t: (-t[METRIC], t[TRAINABLE_PARAMS]))
+    def front(self) -> list[TrialRecord]:
+        return sorted((t for t in self.trials if t.pareto), key=lambda t: (-t[METRIC], t[TRAINABLE_PARAMS]))
+
+    @property
+    def directions(self) -> dict[str, str]:
+        return {k: o.direction for k, o in self.objectives.items()}
+
+
+def search_objectives(keys: str) -> dict[str, Objective]:
+    """The objectives a parent run's ``objectives`` param names; a plugin's must be loaded to read them."""
+    out = {}
+    for key in filter(None, keys.split(",")):
+        try:
+            out[key] = get_objective(key)
+        except ConfigError:
+            raise ConfigError(f"the search optimised objective {key!r}, which is not registered here; set "
+                              f"AUTOPEFT_PLUGINS to the module that registers it") from None
+    return out
 
 
 def load_search(search: str | None = None, tracking_uri: str | None = None,
@@ -50,10 +70,12 @@ def load_search(search: str | None = None, tracking_uri: str | None = None,
     """The search named ``search`` (or with that parent run id); the latest one when None."""
     from mlflow.tracking import MlflowClient
 
-    from autopeft.tracking import KIND_TAG, SEARCH_TAG, _parse_param, resolve_tracking_uri, trial_record
+    from autopeft.stores import sqlite_path
+    from autopeft.tracking import resolve_tracking_uri, trial_runs
 
     uri = resolve_tracking_uri(tracking_uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
         # MLflow would silently create an empty store there
         raise SearchNotFound(f"no tracking store at {uri}: point --tracking-uri (or MLFLOW_TRACKING_URI) at the "
                              f"store the search used")
@@ -62,11 +84,12 @@ def load_search(search: str | None = None, tracking_uri: str | None = None,
     if exp is None:
         raise SearchNotFound(f"no MLflow experiment {experiment!r} in {uri}: run `autopeft search` first, "
                              f"or point --tracking-uri at the store the search used")
-    where = f"tags.`{KIND_TAG}` = 'search'"
+    where = f"tags.`{schema.KIND_TAG}` = '{schema.KIND_SEARCH}'"
     if search:
-        runs = client.search_runs([exp.experiment_id], f"{where} and tags.`{SEARCH_TAG}` = '{_quote(search)}'")
+        runs = client.search_runs([exp.experiment_id], f"{where} and tags.`{schema.SEARCH_TAG}` = '{_quote(search)}'")
         if not runs:
-            runs = [r for r in [_get_run(client, search)] if r and r.data.tags.get(KIND_TAG) == "search"]
+            runs = [r for r in [_get_run(client, search)]
+                    if r and r.data.tags.get(schema.KIND_TAG) == schema.KIND_SEARCH]
     else:
         runs = client.search_runs([exp.experiment_id], where, order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
@@ -74,18 +97,15 @@ def load_search(search: str | None = None, tracking_uri: str | None = None,
         raise SearchNotFound(f"no {what} in experiment {experiment!r} of {uri} (a search name or its MLflow "
                              f"parent run id); list them in `autopeft dashboard`")
     parent = runs[0]
-    params = parent.data.params
-    keys = params.get("objectives", f"{METRIC},{TRAINABLE_PARAMS}").split(",")
-    objectives = {k: OBJECTIVES[k] for k in keys if k in OBJECTIVES}
-    budget = {k.split("/", 1)[1]: _parse_param(v) for k, v in params.items() if k.startswith("budget/")}
-    trial_runs = client.search_runs([exp.experiment_id],
-                                    f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`{KIND_TAG}` = 'trial'",
-                                    order_by=["attributes.start_time ASC"], max_results=10000)
-    trials = mark_front([trial_record(r) for r in trial_runs], objectives)
-    return SearchRecord(parent.data.tags.get(SEARCH_TAG, parent.info.run_name), parent.info.run_id, uri,
-                        exp.experiment_id, params.get("model", parent.data.tags.get("autopeft.model", "")),
-                        parent.data.tags.get("autopeft.task", params.get("task", "")),
-                        parent.data.tags.get("autopeft.metric_name", METRIC), objectives, budget, trials)
+    params, tags = parent.data.params, parent.data.tags
+    objectives = search_objectives(params.get(schema.OBJECTIVES_PARAM, f"{METRIC},{TRAINABLE_PARAMS}"))
+    budget = {k[len(schema.BUDGET_PREFIX):]: schema.parse_param(v) for k, v in params.items()
+              if k.startswith(schema.BUDGET_PREFIX)}
+    trials = [schema.trial_record(r) for r in trial_runs(client, exp.experiment_id, parent.info.run_id)]
+    return SearchRecord(tags.get(schema.SEARCH_TAG, parent.info.run_name), parent.info.run_id, uri,
+                        exp.experiment_id, params.get("model", tags.get(schema.MODEL_TAG, "")),
+                        tags.get(schema.TASK_TAG, params.get("task", "")),
+                        tags.get(schema.METRIC_NAME_TAG, METRIC), objectives, budget, trials)
 
 
 def _quote(text: str) -> str:
@@ -99,27 +119,37 @@ def _get_run(client: Any, run_id: str) -> Any:
         return None
 
 
-def pick(front: Sequence[dict[str, Any]], max_params: int | None = None, max_memory: float | None = None,
-         min_metric: float | None = None, trial: int | None = None) -> list[dict[str, Any]]:
-    """The front trials meeting the constraints, best metric first; one trial when ``trial`` is given."""
+def limit_names() -> dict[str, Objective]:
+    """Constraint name (``max_params``, ``max_latency``, ...) -> its objective."""
+    return {o.limit: o for o in available_objectives().values() if o.limit}
+
+
+def pick(front: Sequence[TrialRecord], trial: int | None = None, **limits: float | None) -> list[TrialRecord]:
+    """The front trials meeting the constraints, best metric first; one trial when ``trial`` is given.
+
+    ``limits`` are objectives' constraint names (``max_params=50_000``, ``max_latency=2.0``,
+    ``min_metric=0.8``); None means unconstrained.
+    """
+    known = limit_names()
+    unknown = sorted(set(limits) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown constraint(s) {unknown}; known: {', '.join(sorted(known))}")
+    limits = {k: v for k, v in limits.items() if v is not None}
     if not front:
         raise NothingToPick("the search has no completed trial, so its Pareto front is empty")
-    ok = [t for t in front
-          if (max_params is None or t[TRAINABLE_PARAMS] <= max_params)
-          and (max_memory is None or (t[PEAK_MEMORY_MB] or 0.0) <= max_memory)
-          and (min_metric is None or t[METRIC] >= min_metric)]
+    ok = [t for t in front if all(known[k].allows(t.get(known[k].key), v) for k, v in limits.items())]
     if not ok:
-        limits = ", ".join(f"{k} {v}" for k, v in (("max params", max_params), ("max memory MB", max_memory),
-                                                   ("min metric", min_metric)) if v is not None)
-        raise NothingToPick(f"no Pareto-optimal trial meets the constraints ({limits}); the front spans "
-                            f"metric {min(t[METRIC] for t in front):.4f}..{max(t[METRIC] for t in front):.4f}, "
-                            f"{min(t[TRAINABLE_PARAMS] for t in front):,}..{max(t[TRAINABLE_PARAMS] for t in front):,} params")
+        spans = ", ".join(f"{o.key} {o.format(min(vals))}..{o.format(max(vals))}"
+                          for o in {known[k].key: known[k] for k in limits or ("min_metric", "max_params")}.values()
+                          if (vals := [t[o.key] for t in front if t.get(o.key) is not None]))
+        wanted = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in limits.items())
+        raise NothingToPick(f"no Pareto-optimal trial meets the constraints ({wanted}); the front spans {spans}")
     ok = sorted(ok, key=lambda t: (-t[METRIC], t[TRAINABLE_PARAMS]))
     if trial is not None:
-        chosen = [t for t in ok if t["trial"] == trial]
+        chosen = [t for t in ok if t.trial == trial]
         if not chosen:
             raise NothingToPick(f"trial {trial} is not on the Pareto front within the constraints; "
-                                f"candidates: {[t['trial'] for t in ok]}")
+                                f"candidates: {[t.trial for t in ok]}")
         return chosen
     return ok
 
@@ -131,7 +161,7 @@ def trial_peft_config(record: SearchRecord, trial: dict[str, Any]) -> dict[str, 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file: no bar
     client = MlflowClient(record.tracking_uri)
     try:
-        with open(client.download_artifacts(trial["run_id"], "peft_config.json")) as f:
+        with open(client.download_artifacts(trial["run_id"], schema.PEFT_CONFIG_ARTIFACT)) as f:
             return json.load(f)
     except Exception as exc:
         raise AutopeftError(f"cannot read the configuration of trial {trial['trial']} (run {trial['run_id']}): {exc}") from None
@@ -145,8 +175,7 @@ def to_export(record: SearchRecord, trial: dict[str, Any]):
     peft = PeftConfig.from_dict(trial_peft_config(record, trial))
     known = set(TrainBudget.__dataclass_fields__)
     budget = TrainBudget.from_dict({k: v for k, v in {**record.budget, **trial["training"]}.items() if k in known})
-    objectives = {k: trial[k] for k in (METRIC, TRAINABLE_PARAMS, "trainable_percent", PEAK_MEMORY_MB)
-                  if trial.get(k) is not None}
+    objectives = {k: trial[k] for k in (*available_objectives(), "trainable_percent") if trial.get(k) is not None}
     source = {"search": record.name, "parent_run_id": record.parent_run_id, "run_id": trial["run_id"],
               "trial": trial["trial"], "tracking_uri": record.tracking_uri}
     return ExportedConfig(record.model, _task_ref(record), peft, budget, objectives, record.metric_name, source)
@@ -158,4 +187,4 @@ def _task_ref(record: SearchRecord) -> str:
     from mlflow.tracking import MlflowClient
 
     params = MlflowClient(record.tracking_uri).get_run(record.parent_run_id).data.params
-    return params.get("task_ref", record.task)
+    return params.get(schema.TASK_REF_PARAM, record.task)

@@ -1,111 +1,81 @@
-"""A search: Ray Tune schedules trials, Optuna samples them (multi-objective), MLflow records them.
+"""A search, in four phases: ``prepare`` (validate every input, before anything starts) →
+``open_stores`` (the MLflow parent run and the Optuna study) → ``run_trials`` (Ray Tune) →
+``finalize`` (release, the Pareto front, the report). ``run_search`` chains them.
 
-The only module that imports ``ray.tune``. Everything is validated before Ray starts.
+Ray is imported only inside ``run_trials`` (through ``ray_glue``), so reading settings or
+validating inputs does not start or configure Ray.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local clusters need no token
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow is our logger
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress bar replaces Ray's tables
-os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C reaches us: we mark and save
-from ray.tune import Callback  # noqa: E402
-from ray.tune.search import Searcher  # noqa: E402
-from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+from typing import Any
 
 from autopeft.cluster import check_ray_address, check_resources, connect, on_cluster, trial_data_dir
 from autopeft.config import TrainBudget
 from autopeft.errors import ConfigError, DataError
-from autopeft.pareto import mark_front
-from autopeft.trial import METRIC, OBJECTIVES, PEAK_MEMORY_MB, TRAINABLE_PARAMS, TrialContext
-
-# Multi-objective Optuna samplers by name; each takes the search seed.
-SAMPLERS: dict[str, Callable[[int, int], Any]] = {}
-
-
-def _sampler(name: str):
-    def register(fn):
-        SAMPLERS[name] = fn
-        return fn
-    return register
+from autopeft.objectives import DEFAULT_OBJECTIVES, PEAK_MEMORY_MB, Objective, resolve_objectives
+from autopeft.results import SearchRecord
+from autopeft.samplers import DEFAULT_SAMPLER, SAMPLERS
+from autopeft.stores import check_database_url, sqlite_url
+from autopeft.trial import TrialContext
 
 
-def _startup(num_samples: int) -> int:
-    # Few random start-up trials: searches here are tens of trials, not hundreds.
-    return max(2, min(10, num_samples // 4))
-
-
-@_sampler("tpe")
-def _tpe(seed: int, num_samples: int):
-    import optuna
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=_startup(num_samples), constant_liar=True)
-
-
-@_sampler("nsga2")
-def _nsga2(seed: int, num_samples: int):
-    import optuna
-    return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, num_samples // 3)))
-
-
-@_sampler("random")
-def _random(seed: int, num_samples: int):
-    import optuna
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
-@_sampler("gp")
-def _gp(seed: int, num_samples: int):
-    import optuna
-    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=_startup(num_samples))
+def _field_help(text: str) -> dict[str, Any]:
+    return {"help": text}
 
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """Everything a search needs; the CLI fills it from flags."""
+    """Everything a search needs; the CLI fills it from flags (and takes its defaults from here)."""
 
-    name: str
-    model: str = "all-MiniLM-L6-v2"
-    task: str = "sst2"
-    space: str = "autopeft"
+    name: str = field(metadata=_field_help("search name: Optuna study, Ray experiment and MLflow parent run"))
+    model: str = field(default="all-MiniLM-L6-v2", metadata=_field_help(
+        "base model: the embedded default, a local folder or a Hub id"))
+    task: str = field(default="sst2", metadata=_field_help("a shipped task or a task YAML path"))
+    space: str = field(default="autopeft", metadata=_field_help("a shipped search space or a YAML path"))
     budget: TrainBudget = field(default_factory=TrainBudget)
-    num_samples: int = 8
-    max_concurrent_trials: int = 2
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    sampler: str = "gp"  # won the sampler benchmark (benchmarks/README.md)
-    memory_objective: bool = False  # add peak training memory as a third objective
-    seed: int = 0
+    num_samples: int = field(default=8, metadata=_field_help("number of trials"))
+    max_concurrent_trials: int = field(default=2, metadata=_field_help("trials run at once"))
+    cpus_per_trial: float = field(default=1.0, metadata=_field_help("CPUs reserved per trial (its torch thread count)"))
+    gpus_per_trial: float = field(default=0.0, metadata=_field_help("GPUs reserved per trial"))
+    sampler: str = field(default=DEFAULT_SAMPLER, metadata=_field_help("Optuna sampler"))
+    objectives: tuple[str, ...] = field(default=DEFAULT_OBJECTIVES, metadata=_field_help(
+        "objective keys the search optimises, the task metric first"))
+    seed: int = field(default=0, metadata=_field_help("seed of the sampler and of every trial's training"))
     data_dir: str | None = None
-    workdir: str = "autopeft_runs"  # Optuna SQLite study and Ray results, unless told otherwise
-    storage: str | None = None  # Optuna RDB URL; default sqlite:///<workdir>/optuna.db
+    workdir: str = field(default="autopeft_runs", metadata=_field_help(
+        "where the Optuna study (SQLite) and Ray results go"))
+    storage: str | None = field(default=None, metadata=_field_help(
+        "Optuna storage URL (default sqlite:///<workdir>/optuna.db)"))
     tracking_uri: str | None = None
-    experiment: str = "autopeft"
+    experiment: str = field(default="autopeft", metadata=_field_help("MLflow experiment"))
     ray_address: str | None = None
-    trial_memory_limit_mb: float | None = None  # a trial whose peak memory passes this fails
+    trial_memory_limit_mb: float | None = field(default=None, metadata=_field_help(
+        "fail a trial whose peak training memory passes this many MB"))
 
-    @property
-    def objectives(self) -> dict[str, str]:
-        keys = [METRIC, TRAINABLE_PARAMS] + ([PEAK_MEMORY_MB] if self.memory_objective else [])
-        return {k: OBJECTIVES[k] for k in keys}
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "objectives", tuple(self.objectives))
+
+    def objective_entries(self) -> dict[str, Objective]:
+        return resolve_objectives(self.objectives)
 
     def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{(Path(self.workdir) / 'optuna.db').resolve()}"
+        return self.storage or sqlite_url(Path(self.workdir) / "optuna.db")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "budget": self.budget.to_dict()}
+        return {**dataclasses.asdict(self), "budget": self.budget.to_dict(), "objectives": list(self.objectives)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SearchSettings":
         from autopeft.config import dataclass_from_dict
 
+        data = dict(data)
+        if "memory_objective" in data:  # settings stored by searches before objectives were a list
+            data["objectives"] = DEFAULT_OBJECTIVES + ((PEAK_MEMORY_MB,) if data.pop("memory_objective") else ())
         return dataclass_from_dict(cls, {**data, "budget": TrainBudget.from_dict(data["budget"])}, "search settings")
 
     def replace(self, **changes: Any) -> "SearchSettings":
@@ -116,17 +86,7 @@ def default_name(task: str, space: str) -> str:
     return f"{Path(task).stem}-{Path(space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-@dataclass
-class SearchResult:
-    name: str
-    parent_run_id: str
-    tracking_uri: str
-    metric_name: str
-    records: list[dict[str, Any]]
-
-    @property
-    def front(self) -> list[dict[str, Any]]:
-        return [r for r in self.records if r["pareto"]]
+# ---------------------------------------------------------------------------- phase 1: prepare
 
 
 @dataclass
@@ -137,6 +97,7 @@ class Prepared:
     task: Any
     space: Any
     model: Any
+    objectives: dict[str, Objective]
     context: TrialContext
     notes: list[str] = field(default_factory=list)  # what the user should know before trials start
 
@@ -146,15 +107,17 @@ def prepare(settings: SearchSettings) -> Prepared:
     from autopeft.models import inspect_model
     from autopeft.spaces import load_space
     from autopeft.tasks import load_split, load_task, resolve_data_dir
+    from autopeft.tracking import check_reachable, resolve_tracking_uri
 
     check_ray_address(settings.ray_address)
     if settings.sampler not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {settings.sampler!r}; choose one of {sorted(SAMPLERS)}")
+        raise ConfigError(f"unknown sampler {settings.sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if settings.num_samples < 1 or settings.max_concurrent_trials < 1:
         raise ConfigError("--num-samples and --max-concurrent-trials must be at least 1")
     if settings.trial_memory_limit_mb is not None and settings.trial_memory_limit_mb <= 0:
         raise ConfigError("--trial-memory-limit-mb must be positive")
-    from autopeft.tracking import check_reachable, resolve_tracking_uri
+    objectives = settings.objective_entries()
+    check_database_url(settings.storage_url(), "--storage")
     check_reachable(resolve_tracking_uri(settings.tracking_uri))
     task = load_task(settings.task)
     space = load_space(settings.space)
@@ -174,7 +137,7 @@ def prepare(settings: SearchSettings) -> Prepared:
     ctx = TrialContext(_model_ref(settings.model), _task_ref(task, settings.task), settings.budget,
                        trial_data_dir(settings.data_dir, data_dir, settings.ray_address),
                        settings.trial_memory_limit_mb)
-    return Prepared(settings, task, space, model, ctx, notes)
+    return Prepared(settings, task, space, model, objectives, ctx, notes)
 
 
 def _model_ref(given: str) -> str:
@@ -196,74 +159,147 @@ def _task_ref(task: Any, given: str) -> str:
     return shipped.get(task.source_path, str(task.source_path))
 
 
-def run_search(settings: SearchSettings, show_progress: bool = True,
-               prepared: Prepared | None = None) -> SearchResult:
-    """Run (or continue) the search ``settings.name`` until its study holds ``num_samples`` trials.
+# ---------------------------------------------------------------------------- phase 2: open stores
 
-    Re-running with the same name continues it: finished trials stay, trials a dead driver left
-    running are marked interrupted and asked again, the MLflow parent run is reused. Another
-    process running the same name on the same storage cooperates on the same study.
+
+@dataclass
+class Stores:
+    """The two records a search writes: the MLflow parent run (tracker) and the Optuna study."""
+
+    tracker: Any  # tracking.SearchTracker
+    storage: Any  # optuna.storages.RDBStorage
+    study: Any  # optuna.Study
+    sampler: Any
+    owner: str  # this driver process, as stamped on the trials it asks
+
+
+def open_stores(prep: Prepared) -> Stores:
+    """Create or reopen the search's parent run and study; mark what a dead driver left running.
+
+    A study seen for the first time records its settings (so ``--resume NAME`` needs nothing else)
+    and enqueues the space's warm-start points.
     """
     import optuna
-    import ray
-    from ray import tune
 
+    from autopeft import schema
     from autopeft import study as studies
     from autopeft.tracking import SearchTracker
-    from autopeft.trial import ray_trainable
 
-    prep = prepared or prepare(settings)
-    objectives = settings.objectives
+    settings = prep.settings
     tracker = SearchTracker(settings.tracking_uri, settings.experiment, settings.name, {
         "model": settings.model, "task": prep.task.name, "space": settings.space, "sampler": settings.sampler,
-        "num_samples": settings.num_samples, "objectives": ",".join(objectives), "seed": settings.seed,
-        **{f"budget/{k}": v for k, v in settings.budget.to_dict().items()},
-        "task_ref": prep.context.task,  # what `autopeft export` writes: a shipped name or an absolute path
-    }, tags={"autopeft.task": prep.task.name, "autopeft.model": settings.model,
-             "autopeft.metric_name": prep.task.primary_metric})
+        "num_samples": settings.num_samples, schema.OBJECTIVES_PARAM: ",".join(prep.objectives),
+        "seed": settings.seed, **{f"{schema.BUDGET_PREFIX}{k}": v for k, v in settings.budget.to_dict().items()},
+        schema.TASK_REF_PARAM: prep.context.task,
+    }, tags={schema.TASK_TAG: prep.task.name, schema.MODEL_TAG: settings.model,
+             schema.METRIC_NAME_TAG: prep.task.primary_metric})
 
     Path(settings.workdir).mkdir(parents=True, exist_ok=True)
     storage = studies.open_storage(settings.storage_url())
     sampler = SAMPLERS[settings.sampler](settings.seed, settings.num_samples)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=storage, study_name=settings.name, sampler=sampler, load_if_exists=True,
-                                directions=["maximize" if m == "max" else "minimize" for m in objectives.values()])
+                                directions=["maximize" if o.direction == "max" else "minimize"
+                                            for o in prep.objectives.values()])
     if studies.SETTINGS_ATTR not in study.user_attrs:  # new: record how to resume it, warm-start it
         study.set_user_attr(studies.SETTINGS_ATTR, settings.to_dict())
         for point in prep.space.warm_start_points(prep.model.num_layers):
             study.enqueue_trial(point, skip_if_exists=True)
     tracker.mark_interrupted([t.number for t in studies.reconcile(study)])
+    return Stores(tracker, storage, study, sampler, studies.this_process())
 
-    owner = studies.this_process()
-    remaining = settings.num_samples - len(studies.counted(study.trials))
-    callbacks = [_TrackingCallback(tracker), _ProgressCallback(settings.num_samples, prep.task.primary_metric,
-                                                                show_progress, len(studies.counted(study.trials)))]
-    status = "FINISHED"
+
+# ---------------------------------------------------------------------------- phase 3: run trials
+
+
+def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> None:
+    """Ask, run and record trials under Ray Tune until the study holds ``num_samples`` of them."""
+    import ray
+    from ray import tune
+
+    from autopeft import ray_glue
+    from autopeft.study import counted
+    from autopeft.trial import ray_trainable
+
+    settings = prep.settings
+    done = len(counted(stores.study.trials))
+    remaining = settings.num_samples - done
+    if remaining <= 0:
+        return
     started_ray = False
+    progress = ray_glue.ProgressCallback(settings.num_samples, prep.task.primary_metric, show_progress, done)
     try:
-        if remaining > 0:
-            if not ray.is_initialized():
-                connect(settings.ray_address)
-                started_ray = True
-            searcher = _StudySearcher(
-                space=prep.space.define_by_run(prep.model.num_layers), metric=list(objectives),
-                mode=list(objectives.values()), sampler=sampler, storage=storage, study_name=settings.name,
-                seed=settings.seed, target=settings.num_samples, owner=owner)
-            trainable = tune.with_resources(
-                tune.with_parameters(ray_trainable, context=prep.context.to_dict()),
-                {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
-                                            max_concurrent_trials=settings.max_concurrent_trials,
-                                            trial_dirname_creator=_trial_dirname),
-                run_config=tune.RunConfig(
-                    name=settings.name, storage_path=str((Path(settings.workdir) / "ray").resolve()),
-                    callbacks=callbacks, verbose=0, failure_config=tune.FailureConfig(max_failures=0)),
-            )
-            check_resources(settings.cpus_per_trial, settings.gpus_per_trial)
-            with callbacks[1]:
-                tuner.fit()
+        if not ray.is_initialized():
+            connect(settings.ray_address)
+            started_ray = True
+        searcher = ray_glue.StudySearcher(
+            space=prep.space.define_by_run(prep.model.num_layers), metric=list(prep.objectives),
+            mode=[o.direction for o in prep.objectives.values()], sampler=stores.sampler, storage=stores.storage,
+            study_name=settings.name, seed=settings.seed, target=settings.num_samples, owner=stores.owner)
+        trainable = tune.with_resources(
+            tune.with_parameters(ray_trainable, context=prep.context.to_dict()),
+            {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
+                                        max_concurrent_trials=settings.max_concurrent_trials,
+                                        trial_dirname_creator=ray_glue.trial_dirname),
+            run_config=tune.RunConfig(
+                name=settings.name, storage_path=str((Path(settings.workdir) / "ray").resolve()),
+                callbacks=[ray_glue.TrackingCallback(stores.tracker), progress], verbose=0,
+                failure_config=tune.FailureConfig(max_failures=0)),
+        )
+        check_resources(settings.cpus_per_trial, settings.gpus_per_trial)
+        with progress:
+            tuner.fit()
+    finally:
+        if started_ray:
+            ray.shutdown()  # stops this driver's trials before finalize marks them
+
+
+# ---------------------------------------------------------------------------- phase 4: finalize
+
+
+def finalize(prep: Prepared, stores: Stores, status: str) -> SearchRecord:
+    """Release this driver's unfinished trials, log the front and report, close the parent run."""
+    from autopeft import study as studies
+
+    tracker = stores.tracker
+    tracker.mark_interrupted([t.number for t in studies.reconcile(stores.study, owners_to_release={stores.owner})])
+    record = SearchRecord(prep.settings.name, tracker.parent_id, tracker.uri, tracker.experiment_id,
+                          prep.settings.model, prep.task.name, prep.task.primary_metric, prep.objectives,
+                          prep.settings.budget.to_dict(), tracker.trial_records())
+    if record.trials:
+        tracker.log_front(record.trials, record.metric_name, list(record.objectives))
+        _log_report(tracker, record)
+    tracker.finish(status=status)
+    return record
+
+
+def _log_report(tracker: Any, record: SearchRecord) -> None:
+    """The interactive Pareto report on the parent run; a plotting failure must not lose the search."""
+    from autopeft.report import log_report
+
+    try:
+        log_report(record, f"Pareto report: {tracker.search_name}")
+    except Exception as exc:  # noqa: BLE001 - the CSV/PNG front is already logged
+        import warnings
+        warnings.warn(f"could not write the Pareto HTML report: {exc}")
+
+
+def run_search(settings: SearchSettings, show_progress: bool = True,
+               prepared: Prepared | None = None) -> SearchRecord:
+    """Run (or continue) the search ``settings.name`` until its study holds ``num_samples`` trials.
+
+    Re-running with the same name continues it: finished trials stay, trials a dead driver left
+    running are marked interrupted and asked again, the MLflow parent run is reused. Another
+    process running the same name on the same storage cooperates on the same study.
+    """
+    prep = prepared or prepare(settings)
+    stores = open_stores(prep)
+    status = "FINISHED"
+    try:
+        run_trials(prep, stores, show_progress)
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -271,134 +307,5 @@ def run_search(settings: SearchSettings, show_progress: bool = True,
         status = "FAILED"
         raise
     finally:
-        if started_ray:
-            ray.shutdown()  # stops this driver's trials before they are marked
-        tracker.mark_interrupted([t.number for t in studies.reconcile(study, owners_to_release={owner})])
-        rows = mark_front(tracker.trial_records(), objectives)
-        if rows:
-            tracker.log_front(rows, prep.task.primary_metric)
-            _log_report(tracker, rows, objectives, prep.task.primary_metric)
-        tracker.finish(status=status)
-    return SearchResult(settings.name, tracker.parent_id, tracker.uri, prep.task.primary_metric, rows)
-
-
-def _log_report(tracker: Any, rows: list[dict[str, Any]], objectives: dict[str, str], metric_name: str) -> None:
-    """The interactive Pareto report on the parent run; a plotting failure must not lose the search."""
-    from autopeft.report import log_report
-
-    try:
-        log_report(tracker.uri, tracker.parent_id, rows, objectives, metric_name, f"Pareto report: {tracker.search_name}")
-    except Exception as exc:  # noqa: BLE001 - the CSV/PNG front is already logged
-        import warnings
-        warnings.warn(f"could not write the Pareto HTML report: {exc}")
-
-
-def _trial_dirname(trial: Any) -> str:
-    return f"trial_{trial.trial_id}"  # Ray's default spells out the whole config
-
-
-# ---------------------------------------------------------------------------- Ray callbacks
-
-
-class _StudySearcher(OptunaSearch):
-    """Ray's OptunaSearch, plus two facts the study must keep: which driver asked each trial (so a
-    resumed search can tell its dead trials from a live cooperating process's), and the trial
-    target of the whole study (so several drivers stop together)."""
-
-    def __init__(self, *args: Any, target: int, owner: str, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._target, self._owner = target, owner
-
-    def suggest(self, trial_id: str):
-        from autopeft.study import OWNER_ATTR, counted
-
-        if trial_id not in self._ot_trials:
-            if len(counted(self._ot_study.trials)) >= self._target:
-                return Searcher.FINISHED
-            # Stamp the owner before sampling (many writes): a driver killed mid-sampling must
-            # still leave a trial that the next run recognises as its own dead one.
-            ot_trial = self._ot_study.ask()
-            ot_trial.set_user_attr(OWNER_ATTR, self._owner)
-            self._ot_trials[trial_id] = ot_trial
-        config = super().suggest(trial_id)
-        return {**config, "trial_number": self._ot_trials[trial_id].number}
-
-
-# What Ray adds to every reported result; the rest is the trial's own report.
-_RAY_RESULT_KEYS = ("config", "time_", "timestamp", "pid", "date", "hostname", "iterations", "done",
-                    "training_iteration", "trial_id", "experiment_tag", "checkpoint_dir_name", "should_checkpoint")
-
-
-class _TrackingCallback(Callback):
-    """Mirror Ray trial events into MLflow runs."""
-
-    def __init__(self, tracker: Any) -> None:
-        self.tracker = tracker
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        from autopeft.tracking import flatten
-
-        config = dict(trial.config)
-        peft = config.pop("peft_config")
-        number = config.pop("trial_number")
-        params = flatten({k: v for k, v in config.items() if k != "training"})
-        params.update({f"train/{k}": v for k, v in config.get("training", {}).items()})
-        self.tracker.trial_started(trial.trial_id, number, params, peft)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        keep = {k: v for k, v in result.items() if not k.startswith(_RAY_RESULT_KEYS)}
-        self.tracker.trial_result(trial.trial_id, keep)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self.tracker.trial_finished(trial.trial_id)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self.tracker.trial_finished(trial.trial_id, error=_read_error(trial))
-
-
-def _read_error(trial: Any) -> str:
-    path = getattr(trial, "error_file", None)
-    text = Path(path).read_text() if path and os.path.exists(path) else ""
-    text = text or str(getattr(trial, "error_msg", "") or "trial failed (no error file)")
-    return re.sub(r"\x1b\[[0-9;]*m", "", text)  # Ray colours its tracebacks
-
-
-class _ProgressCallback(Callback):
-    """A progress bar over trials with the best metric so far."""
-
-    def __init__(self, total: int, metric_name: str, enabled: bool, done: int = 0) -> None:
-        self.total, self.metric_name, self.enabled, self.done = total, metric_name, enabled, done
-        self.best: float | None = None
-        self.failed = 0
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-            self.progress = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
-                                     TimeElapsedColumn(), TextColumn("{task.description}"))
-            self.progress.start()
-            self.task = self.progress.add_task("starting", total=self.total, completed=self.done)
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.progress.stop()
-
-    def _update(self, advance: int = 0) -> None:
-        if not self.enabled:
-            return
-        best = f"best {self.metric_name} {self.best:.4f}" if self.best is not None else "no result yet"
-        extra = f", {self.failed} failed" if self.failed else ""
-        self.progress.update(self.task, advance=advance, description=f"{best}{extra}")
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        value = result.get(METRIC)
-        if value is not None and (self.best is None or value > self.best):
-            self.best = value
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._update(advance=1)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self.failed += 1
-        self._update(advance=1)
+        record = finalize(prep, stores, status)
+    return record

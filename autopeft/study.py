@@ -12,16 +12,14 @@ from __future__ import annotations
 import datetime
 import os
 import socket
-import time
-from pathlib import Path
 from typing import Any, Iterable
 
 import optuna
 import psutil
 from optuna.trial import FrozenTrial, TrialState
 
-from autopeft._locks import sqlite_init_lock
 from autopeft.errors import ConfigError
+from autopeft.stores import open_with_retry, sqlite_path
 
 SETTINGS_ATTR = "autopeft_settings"
 OWNER_ATTR = "autopeft_owner"
@@ -74,26 +72,20 @@ def reconcile(study: optuna.Study, owners_to_release: set[str] | None = None) ->
     return marked
 
 
-def open_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+def open_storage(url: str) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage, retried: two processes creating one new SQLite file race on its tables."""
     import sqlalchemy.exc
 
-    for attempt in range(attempts):
-        try:
-            with sqlite_init_lock(url):
-                return optuna.storages.RDBStorage(url)
-        except sqlalchemy.exc.OperationalError:  # e.g. a reader that opened the new file first
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.5 * (attempt + 1))
-    raise AssertionError("unreachable")
+    # e.g. a reader that opened the new file first
+    return open_with_retry(url, lambda: optuna.storages.RDBStorage(url), retry_on=(sqlalchemy.exc.OperationalError,))
 
 
 def stored_settings(name: str, storage_url: str) -> dict[str, Any]:
     """The settings a search was started with, for ``--resume NAME``."""
-    if storage_url.startswith("sqlite:///") and not Path(storage_url[len("sqlite:///"):]).is_file():
+    db = sqlite_path(storage_url)
+    if db is not None and not db.is_file():
         raise ConfigError(
-            f"no search named {name!r}: there is no study storage at {storage_url[len('sqlite:///'):]}. "
+            f"no search named {name!r}: there is no study storage at {db}. "
             f"Pass the --workdir (or --storage) the search was started with."
         )
     try:

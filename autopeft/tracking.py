@@ -16,41 +16,39 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from autopeft._locks import sqlite_init_lock
+from autopeft import schema
 from autopeft.errors import ConfigError
+from autopeft.schema import (ERROR_TAG, FAILURE_TAG, KIND_SEARCH, KIND_TAG, KIND_TRIAL, PARENT_TAG, PEFT_TAG,
+                             RESULT_TAGS, SEARCH_TAG, TRIAL_NUMBER_TAG, TRIAL_TAG, TrialRecord)
+from autopeft.stores import absolute, open_with_retry, sqlite_path
 
-SEARCH_TAG = "autopeft.search"  # parent run: the search name
-TRIAL_TAG = "autopeft.trial"  # trial run: Ray's trial id
-TRIAL_NUMBER_TAG = "autopeft.trial_number"  # trial run: the Optuna trial number (unique per search)
-FAILURE_TAG = "autopeft.failure"  # failed trial run: diverged | out_of_memory | exception | interrupted
-ERROR_TAG = "autopeft.error"  # failed trial run: the reason, one line
-KIND_TAG = "autopeft.kind"  # "search" | "trial"
-# Text fields of a trial's result kept as tags ``autopeft.<key>``: where and how it ran.
-RESULT_TAGS = ("node_id", "hostname", "device", "memory_measure")
-PARETO_CSV = "pareto/pareto_front.csv"
-PARETO_PNG = "pareto/pareto_front.png"
-FRONT_COLUMNS = ("trial", "pareto", "metric", "trainable_params", "trainable_percent", "peak_memory_mb",
-                 "train_seconds", "eval_seconds", "status", "peft", "run_id")
+# Front CSV columns before and after the objectives (which come from the search's objective keys).
+_FRONT_LEAD = ("trial", "pareto")
+_FRONT_TAIL = ("trainable_percent", "train_seconds", "eval_seconds", "status", "peft", "run_id")
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """``uri``, else MLFLOW_TRACKING_URI, else MLflow's default; local SQLite paths made absolute."""
     import mlflow
 
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    elif "://" not in uri:  # a bare folder: MLflow's (deprecated) file store
+    uri = absolute(uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri())
+    if "://" not in uri:  # a bare folder: MLflow's (deprecated) file store
         uri = Path(uri).resolve().as_uri()
     return uri
 
 
-def _local_artifact_root(uri: str) -> str | None:
+def local_artifact_root(uri: str) -> str | None:
     # A local store would put artifacts in ./mlruns of whatever directory created the experiment;
     # pin them beside the database. Servers (http) manage their own artifact root.
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-    return None
+    db = sqlite_path(uri)
+    return (db.parent / "mlartifacts").resolve().as_uri() if db is not None else None
+
+
+def trial_runs(client: Any, experiment_id: str, parent_run_id: str) -> list:
+    """Every trial run of one search, oldest first: the one query writer and readers share."""
+    runs = client.search_runs([experiment_id], filter_string=schema.trial_runs_filter(parent_run_id),
+                              order_by=["attributes.start_time ASC"], max_results=50000)
+    return list(runs)
 
 
 class SearchTracker:
@@ -64,12 +62,12 @@ class SearchTracker:
         self.uri = resolve_tracking_uri(tracking_uri)
         exp = self._connect(experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-            experiment, artifact_location=_local_artifact_root(self.uri))
+            experiment, artifact_location=local_artifact_root(self.uri))
         self.search_name = search_name
         parents = self._parents()
         if not parents:
             run = self.client.create_run(self.experiment_id, run_name=search_name, tags={
-                SEARCH_TAG: search_name, KIND_TAG: "search", **(tags or {})})
+                SEARCH_TAG: search_name, KIND_TAG: KIND_SEARCH, **(tags or {})})
             self._log_params(run.info.run_id, params)
             # Two drivers starting one search at once may both create a parent: the earliest wins
             # and the other deletes its own, so every trial nests under one run.
@@ -80,26 +78,24 @@ class SearchTracker:
         self.client.update_run(self.parent_id, status="RUNNING")
         self._trial_runs: dict[str, str] = {}
 
-    def _connect(self, experiment: str, attempts: int = 5):
+    def _connect(self, experiment: str):
         from mlflow.tracking import MlflowClient
 
         # Two drivers creating one new SQLite store race on its schema migration (the client
-        # migrates on creation); the loser succeeds once the winner has finished, so retry
-        # before calling the store unusable.
-        for attempt in range(attempts):
-            try:
-                with sqlite_init_lock(self.uri):
-                    self.client = MlflowClient(self.uri)
-                    return self.client.get_experiment_by_name(experiment)
-            except Exception as exc:
-                if attempt == attempts - 1:
-                    raise ConfigError(f"cannot use the MLflow tracking store {self.uri!r}: {exc}") from None
-                time.sleep(1.0 * (attempt + 1))
+        # migrates on creation); the loser succeeds once the winner has finished.
+        def connect():
+            self.client = MlflowClient(self.uri)
+            return self.client.get_experiment_by_name(experiment)
+
+        try:
+            return open_with_retry(self.uri, connect, retry_on=(Exception,), backoff_s=1.0)
+        except Exception as exc:
+            raise ConfigError(f"cannot use the MLflow tracking store {self.uri!r}: {exc}") from None
 
     def _parents(self) -> list:
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`{SEARCH_TAG}` = '{self.search_name}' and tags.`{KIND_TAG}` = 'search'",
+            filter_string=f"tags.`{SEARCH_TAG}` = '{self.search_name}' and tags.`{KIND_TAG}` = '{KIND_SEARCH}'",
             order_by=["attributes.start_time ASC"])
         return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
@@ -113,11 +109,11 @@ class SearchTracker:
     # ------------------------------------------------------------------ trials
     def trial_started(self, trial_id: str, number: int, params: dict[str, Any], peft_json: dict) -> str:
         run = self.client.create_run(self.experiment_id, run_name=f"{self.search_name}-t{number:03d}", tags={
-            "mlflow.parentRunId": self.parent_id, SEARCH_TAG: self.search_name, KIND_TAG: "trial",
-            TRIAL_TAG: trial_id, TRIAL_NUMBER_TAG: str(number), "autopeft.peft": _describe(peft_json)})
+            PARENT_TAG: self.parent_id, SEARCH_TAG: self.search_name, KIND_TAG: KIND_TRIAL,
+            TRIAL_TAG: trial_id, TRIAL_NUMBER_TAG: str(number), PEFT_TAG: _describe(peft_json)})
         self._trial_runs[trial_id] = run.info.run_id
         self._log_params(run.info.run_id, params)
-        self.client.log_dict(run.info.run_id, peft_json, "peft_config.json")
+        self.client.log_dict(run.info.run_id, peft_json, schema.PEFT_CONFIG_ARTIFACT)
         return run.info.run_id
 
     def trial_result(self, trial_id: str, result: dict[str, Any], step: int = 0) -> None:
@@ -139,7 +135,7 @@ class SearchTracker:
             category, reason = classify_failure(error)
             self.client.set_tag(run_id, FAILURE_TAG, category)
             self.client.set_tag(run_id, ERROR_TAG, reason[:5000])
-            self.client.log_text(run_id, error, "traceback.txt")
+            self.client.log_text(run_id, error, schema.TRACEBACK_ARTIFACT)
         self.client.set_terminated(run_id, "FAILED" if error is not None else "FINISHED")
 
     def mark_interrupted(self, numbers: Sequence[int]) -> None:
@@ -152,66 +148,42 @@ class SearchTracker:
                 self.client.set_terminated(run.info.run_id, "KILLED")
 
     def trial_runs(self) -> list:
-        return self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}'",
-            max_results=50000)
+        return trial_runs(self.client, self.experiment_id, self.parent_id)
 
-    def trial_records(self) -> list[dict[str, Any]]:
+    def trial_records(self) -> list[TrialRecord]:
         """Every trial of this search as the tracking store has it, whichever process ran it."""
-        return sorted((trial_record(r) for r in self.trial_runs()), key=lambda r: r["trial"])
+        return sorted((schema.trial_record(r) for r in self.trial_runs()), key=lambda r: r.trial)
 
     # ------------------------------------------------------------------ search
-    def log_front(self, records: Sequence[dict[str, Any]], metric_name: str) -> None:
-        from autopeft.plots import plot_pareto
-
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(FRONT_COLUMNS) + [metric_name] * (metric_name not in FRONT_COLUMNS),
-                                extrasaction="ignore")
-        writer.writeheader()
-        for r in sorted(records, key=lambda r: (not r["pareto"], -(r.get("metric") or float("-inf")))):
-            writer.writerow({**r, metric_name: r.get("metric")})
-        self.client.log_text(self.parent_id, buf.getvalue(), PARETO_CSV)
-        with tempfile.TemporaryDirectory() as tmp:
-            png = plot_pareto(records, metric_name, Path(tmp) / Path(PARETO_PNG).name, title=self.search_name)
-            self.client.log_artifact(self.parent_id, str(png), str(Path(PARETO_PNG).parent))
-        done = [r for r in records if r["status"] == "COMPLETE"]
+    def log_front(self, records: Sequence[TrialRecord], metric_name: str, objectives: Sequence[str]) -> None:
+        """The front as CSV and PNG on the parent run, and the search's summary metrics."""
         from mlflow.entities import Metric
 
+        from autopeft.plots import plot_pareto
+
+        columns = [*_FRONT_LEAD, *objectives, *(c for c in _FRONT_TAIL if c not in objectives)]
+        columns += [metric_name] * (metric_name not in columns)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for r in sorted(records, key=lambda r: (not r.pareto, -(r.get("metric") or float("-inf")))):
+            writer.writerow({c: r.get(c) for c in columns} | {metric_name: r.get("metric")})
+        self.client.log_text(self.parent_id, buf.getvalue(), schema.PARETO_CSV)
+        with tempfile.TemporaryDirectory() as tmp:
+            png = plot_pareto(records, metric_name, Path(tmp) / Path(schema.PARETO_PNG).name, objectives,
+                              title=self.search_name)
+            self.client.log_artifact(self.parent_id, str(png), str(Path(schema.PARETO_PNG).parent))
+        done = [r for r in records if r.status == "COMPLETE"]
         now = int(time.time() * 1000)
-        summary = {"trials_completed": len(done), "trials_failed": sum(r["status"] == "FAILED" for r in records),
-                   "trials_interrupted": sum(r["status"] == "INTERRUPTED" for r in records),
-                   "pareto_size": sum(bool(r["pareto"]) for r in records)}
+        summary = {"trials_completed": len(done), "trials_failed": sum(r.status == "FAILED" for r in records),
+                   "trials_interrupted": sum(r.status == "INTERRUPTED" for r in records),
+                   "pareto_size": sum(r.pareto for r in records)}
         if done:
             summary[f"best_{metric_name}"] = max(r["metric"] for r in done)
         self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_id, status)
-
-
-_STATUS = {"FINISHED": "COMPLETE", "FAILED": "FAILED", "KILLED": "INTERRUPTED", "RUNNING": "RUNNING"}
-
-
-def trial_record(run: Any) -> dict[str, Any]:
-    """One trial run as a plain record: its metrics, status, configuration summary and failure."""
-    tags, metrics = run.data.tags, run.data.metrics
-    status = _STATUS.get(run.info.status, run.info.status)
-    if status == "COMPLETE" and "metric" not in metrics:
-        status = "FAILED"  # finished without a report: nothing to put on a front
-    record = {**metrics, "trial": int(tags.get(TRIAL_NUMBER_TAG, -1)), "run_id": run.info.run_id, "status": status,
-              "peft": tags.get("autopeft.peft", ""), "failure": tags.get(FAILURE_TAG), "error": tags.get(ERROR_TAG),
-              "training": {k.split("/", 1)[1]: _parse_param(v) for k, v in run.data.params.items()
-                           if k.startswith("train/")}}
-    if "trainable_params" in record:
-        record["trainable_params"] = int(record["trainable_params"])
-    return record
-
-
-def _parse_param(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except (json.JSONDecodeError, TypeError):
-        return None if value == "None" else value
 
 
 _FAILURES = {"TrainingDiverged": "diverged", "TrialOutOfMemory": "out_of_memory",

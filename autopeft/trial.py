@@ -11,12 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from autopeft.config import PeftConfig, TrainBudget
-
-# Objective and report keys: one name per concept in code, Ray results, Optuna and MLflow.
-METRIC = "metric"  # the task's primary metric (its real name is reported too)
-TRAINABLE_PARAMS = "trainable_params"
-PEAK_MEMORY_MB = "peak_memory_mb"
-OBJECTIVES = {METRIC: "max", TRAINABLE_PARAMS: "min", PEAK_MEMORY_MB: "min"}
+from autopeft.objectives import METRIC, PEAK_MEMORY_MB, TRAINABLE_PARAMS, measure_all
 
 
 @dataclass(frozen=True)
@@ -36,6 +31,17 @@ class TrialContext:
     def from_dict(cls, d: dict[str, Any]) -> "TrialContext":
         return cls(d["model"], d["task"], TrainBudget.from_dict(d["budget"]), d.get("data_dir"),
                    d.get("memory_limit_mb"))
+
+
+@dataclass
+class TrainedTrial:
+    """A trained trial, as objective measurements see it (``Objective.measure`` takes one)."""
+
+    built: Any  # build.BuiltModel: model, tokenizer, counts
+    task: Any  # tasks.TaskSpec
+    budget: TrainBudget
+    device: str
+    result: Any  # train.TrainResult
 
 
 def pick_device(gpus: float = 0) -> str:
@@ -64,6 +70,7 @@ def run_config(ctx: TrialContext, peft: PeftConfig, budget: TrainBudget | None =
         built = build_model(ctx.model, peft, task.num_labels, seed=budget.seed)
     result = train_and_evaluate(built.model, built.tokenizer, task, train, dev, budget, device=device,
                                 memory_limit_mb=ctx.memory_limit_mb)
+    measured = measure_all(TrainedTrial(built, task, budget, device, result))
     return {
         METRIC: result.metrics[task.primary_metric],
         **result.metrics,
@@ -77,6 +84,7 @@ def run_config(ctx: TrialContext, peft: PeftConfig, budget: TrainBudget | None =
         "eval_seconds": result.eval_seconds,
         "train_loss": result.train_loss,
         "steps": result.steps,
+        **measured,
     }
 
 

@@ -49,7 +49,7 @@ def run_once(nodes: int, args: argparse.Namespace, work: Path) -> dict:
         wall = time.perf_counter() - t0
     finally:
         services.stop_all(started)
-    done = [r for r in result.records if r["status"] == "COMPLETE"]
+    done = [r for r in result.trials if r["status"] == "COMPLETE"]
     work_s = [r["train_seconds"] + r["eval_seconds"] for r in done]
     return {"nodes": nodes, "cpus": nodes, "trials": len(done), "wall_s": round(wall, 1),
             "trials_per_hour": round(len(done) / wall * 3600, 1),

@@ -54,12 +54,12 @@ def search(root: Path, name: str, data_dir: str, budget: TrainBudget, trials: in
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(result.tracking_uri)
-    runs = [client.get_run(r["run_id"]) for r in result.records]
+    runs = [client.get_run(r["run_id"]) for r in result.trials]
     trial_walls = [(r.info.end_time - r.info.start_time) / 1000 for r in runs]
     return {"wall_seconds": wall, "trial_wall_seconds": sum(trial_walls) / len(trial_walls),
-            "train_seconds": sum(r["train_seconds"] for r in result.records) / len(runs),
-            "eval_seconds": sum(r["eval_seconds"] for r in result.records) / len(runs),
-            "accuracy": sum(r["metric"] for r in result.records) / len(runs), "trials": len(runs)}
+            "train_seconds": sum(r["train_seconds"] for r in result.trials) / len(runs),
+            "eval_seconds": sum(r["eval_seconds"] for r in result.trials) / len(runs),
+            "accuracy": sum(r["metric"] for r in result.trials) / len(runs), "trials": len(runs)}
 
 
 def main() -> None:

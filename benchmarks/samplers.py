@@ -44,7 +44,7 @@ def run_sampler(sampler: str, seed: int, args: argparse.Namespace) -> list[dict]
 
     from autopeft.config import PeftConfig, TrainBudget
     from autopeft.models import inspect_model
-    from autopeft.search import SAMPLERS
+    from autopeft.samplers import SAMPLERS
     from autopeft.spaces import load_space
     from autopeft.trial import TrialContext, run_config
 

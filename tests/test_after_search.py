@@ -20,11 +20,11 @@ from typer.testing import CliRunner
 from autopeft.cli import app
 from autopeft.config import TrainBudget
 from autopeft.export import ExportError, load_export, save_export
-from autopeft.finetune import SOURCE_RUN_TAG, full_budget, load_trained, log_training, train_exported
+from autopeft.finetune import full_budget, load_trained, log_training, train_exported
 from autopeft.report import REPORT_HTML
 from autopeft.results import NothingToPick, SearchNotFound, load_search, pick, to_export
 from autopeft.search import SearchSettings, run_search
-from autopeft.tracking import KIND_TAG, SEARCH_TAG
+from autopeft.schema import KIND_TAG, SEARCH_TAG, SOURCE_RUN_TAG
 
 pytestmark = pytest.mark.integration
 README = Path(__file__).resolve().parents[1] / "README.md"

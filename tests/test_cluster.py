@@ -99,7 +99,7 @@ def test_driver_without_data_defers_to_workers(finished):
 def test_trials_ran_on_both_nodes_and_are_tracked(cluster, finished):
     from mlflow.tracking import MlflowClient
 
-    from autopeft.tracking import KIND_TAG, PARETO_CSV, PARETO_PNG, SEARCH_TAG
+    from autopeft.schema import KIND_TAG, PARETO_CSV, PARETO_PNG, SEARCH_TAG
 
     client = MlflowClient(cluster["tracking_uri"])
     exp = client.get_experiment_by_name("autopeft")
@@ -129,7 +129,7 @@ def test_every_trial_is_in_the_postgres_study(cluster, finished):
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from autopeft.tracking import KIND_TAG, SEARCH_TAG
+    from autopeft.schema import KIND_TAG, SEARCH_TAG
 
     study = optuna.load_study(study_name=NAME, storage=cluster["storage"])
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -10,7 +10,8 @@ import torch
 
 from autopeft.config import PeftConfig, TrainBudget
 from autopeft.methods.seq_bn import SeqBnConfig
-from autopeft.trial import PEAK_MEMORY_MB, TrialContext, pick_device, run_config
+from autopeft.objectives import PEAK_MEMORY_MB
+from autopeft.trial import TrialContext, pick_device, run_config
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -51,6 +52,6 @@ def test_search_trials_take_gpu_resources(tiny_bert, tiny_task, tmp_path):
                               max_concurrent_trials=1, gpus_per_trial=1, budget=BUDGET,
                               workdir=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     result = run_search(settings, show_progress=False)
-    assert [r["status"] for r in result.records] == ["COMPLETE", "COMPLETE"]
-    assert {r["device"] for r in result.records} == {"cuda"}
-    assert {r["memory_measure"] for r in result.records} == {"cuda_max_allocated"}
+    assert [r["status"] for r in result.trials] == ["COMPLETE", "COMPLETE"]
+    assert {r["device"] for r in result.trials} == {"cuda"}
+    assert {r["memory_measure"] for r in result.trials} == {"cuda_max_allocated"}

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from autopeft.config import TrainBudget
 from autopeft.search import SearchSettings, run_search
 from autopeft.study import INTERRUPTED_ATTR, counted
-from autopeft.tracking import FAILURE_TAG, KIND_TAG, SEARCH_TAG
+from autopeft.schema import FAILURE_TAG, KIND_TAG, SEARCH_TAG
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
@@ -59,8 +59,8 @@ def test_failed_trials_are_recorded_and_the_search_goes_on(tiny_bert, data_dir, 
         trial_memory_limit_mb=150)
     result = run_search(settings, show_progress=False)
 
-    by_failure = {r["failure"]: r for r in result.records}
-    assert [r["status"] for r in result.records].count("COMPLETE") == 1
+    by_failure = {r["failure"]: r for r in result.trials}
+    assert [r["status"] for r in result.trials].count("COMPLETE") == 1
     assert set(by_failure) == {None, "diverged", "exception", "out_of_memory"}
     assert "training diverged" in by_failure["diverged"]["error"]
     assert "injected failure" in by_failure["exception"]["error"]
@@ -203,6 +203,6 @@ def test_same_seed_same_configurations_and_metrics(tiny_bert, tiny_task, tmp_pat
             name=name, model=tiny_bert, task=tiny_task, space="hybrid", num_samples=3, max_concurrent_trials=1,
             budget=TrainBudget(train_examples=48, eval_examples=32), seed=5, workdir=str(tmp_path / name),
             tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-        return [(r["peft"], r["metric"], r["train_loss"]) for r in run_search(settings, show_progress=False).records]
+        return [(r["peft"], r["metric"], r["train_loss"]) for r in run_search(settings, show_progress=False).trials]
 
     assert run("seeded-a") == run("seeded-b")

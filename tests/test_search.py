@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from autopeft.config import PeftConfig, TrainBudget
 from autopeft.pareto import pareto_front
 from autopeft.search import SearchSettings, run_search
-from autopeft.tracking import KIND_TAG, PARETO_CSV, PARETO_PNG, SEARCH_TAG
+from autopeft.schema import KIND_TAG, PARETO_CSV, PARETO_PNG, SEARCH_TAG
 
 pytestmark = pytest.mark.integration
 
@@ -24,19 +24,19 @@ def finished_search(tiny_bert, tiny_task, tmp_path_factory):
     settings = SearchSettings(
         name="tiny-search", model=tiny_bert, task=tiny_task, space="hybrid", num_samples=3,
         max_concurrent_trials=2, budget=TrainBudget(train_examples=32, eval_examples=32, batch_size=16),
-        workdir=str(root / "runs"), tracking_uri=f"sqlite:///{root / 'mlflow.db'}", memory_objective=True)
+        workdir=str(root / "runs"), tracking_uri=f"sqlite:///{root / 'mlflow.db'}", objectives=("metric", "trainable_params", "peak_memory_mb"))
     result = run_search(settings, show_progress=False)
     return settings, result
 
 
 def test_search_result(finished_search):
     settings, result = finished_search
-    assert len(result.records) == 3
-    assert all(r["status"] == "COMPLETE" for r in result.records)
+    assert len(result.trials) == 3
+    assert all(r["status"] == "COMPLETE" for r in result.trials)
     assert result.front, "a finished search has a non-empty Pareto front"
-    points = [[r["metric"], r["trainable_params"], r["peak_memory_mb"]] for r in result.records]
+    points = [[r["metric"], r["trainable_params"], r["peak_memory_mb"]] for r in result.trials]
     expected = {i for i in pareto_front(points, ["max", "min", "min"])}
-    assert {i for i, r in enumerate(result.records) if r["pareto"]} == expected
+    assert {i for i, r in enumerate(result.trials) if r["pareto"]} == expected
 
 
 def test_mlflow_store_holds_parent_trials_and_front(finished_search):
@@ -81,4 +81,4 @@ def test_optuna_study_is_persistent(finished_search):
     # The warm start ran first: the hybrid space's serial-adapter baseline.
     assert complete[0].params["seq_bn/use"] is True and complete[0].params["prompt/use"] is False
     by_metric = sorted(t.values[0] for t in complete)
-    assert by_metric == sorted(r["metric"] for r in result.records)
+    assert by_metric == sorted(r["metric"] for r in result.trials)

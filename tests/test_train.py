@@ -9,7 +9,8 @@ import torch
 
 from autopeft.config import PeftConfig, TrainBudget
 from autopeft.methods.seq_bn import SeqBnConfig
-from autopeft.trial import METRIC, PEAK_MEMORY_MB, TRAINABLE_PARAMS, TrialContext, run_config
+from autopeft.objectives import METRIC, PEAK_MEMORY_MB, TRAINABLE_PARAMS
+from autopeft.trial import TrialContext, run_config
 from autopeft.train import TrainingDiverged
 
 CONFIG = PeftConfig((SeqBnConfig((0, 1, 2), 8),))

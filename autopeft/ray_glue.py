@@ -1,0 +1,132 @@
+"""The Ray Tune side of a search: the searcher that asks Optuna, and the callbacks that mirror trial
+events into MLflow and the progress bar. Thin glue: the study, tracker and trainable are made
+elsewhere (``search.py``); this module only adapts them to Ray Tune's hooks.
+
+Importing it sets Ray's environment switches before Ray is imported, so only modules that run a
+search pay for (and are affected by) importing Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local clusters need no token
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow is our logger
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress bar replaces Ray's tables
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C reaches us: we mark and save
+from ray.tune import Callback  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
+from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+
+from autopeft.objectives import METRIC  # noqa: E402
+
+
+def trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"  # Ray's default spells out the whole config
+
+
+class StudySearcher(OptunaSearch):
+    """Ray's OptunaSearch, plus two facts the study must keep: which driver asked each trial (so a
+    resumed search can tell its dead trials from a live cooperating process's), and the trial
+    target of the whole study (so several drivers stop together)."""
+
+    def __init__(self, *args: Any, target: int, owner: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._target, self._owner = target, owner
+
+    def suggest(self, trial_id: str):
+        from autopeft.study import OWNER_ATTR, counted
+
+        if trial_id not in self._ot_trials:
+            if len(counted(self._ot_study.trials)) >= self._target:
+                return Searcher.FINISHED
+            # Stamp the owner before sampling (many writes): a driver killed mid-sampling must
+            # still leave a trial that the next run recognises as its own dead one.
+            ot_trial = self._ot_study.ask()
+            ot_trial.set_user_attr(OWNER_ATTR, self._owner)
+            self._ot_trials[trial_id] = ot_trial
+        config = super().suggest(trial_id)
+        return {**config, "trial_number": self._ot_trials[trial_id].number}
+
+
+# What Ray adds to every reported result; the rest is the trial's own report.
+_RAY_RESULT_KEYS = ("config", "time_", "timestamp", "pid", "date", "hostname", "iterations", "done",
+                    "training_iteration", "trial_id", "experiment_tag", "checkpoint_dir_name", "should_checkpoint")
+
+
+class TrackingCallback(Callback):
+    """Mirror Ray trial events into MLflow runs."""
+
+    def __init__(self, tracker: Any) -> None:
+        self.tracker = tracker
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        from autopeft.tracking import flatten
+
+        config = dict(trial.config)
+        peft = config.pop("peft_config")
+        number = config.pop("trial_number")
+        params = flatten({k: v for k, v in config.items() if k != "training"})
+        params.update({f"train/{k}": v for k, v in config.get("training", {}).items()})
+        self.tracker.trial_started(trial.trial_id, number, params, peft)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        keep = {k: v for k, v in result.items() if not k.startswith(_RAY_RESULT_KEYS)}
+        self.tracker.trial_result(trial.trial_id, keep)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.tracker.trial_finished(trial.trial_id)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.tracker.trial_finished(trial.trial_id, error=_read_error(trial))
+
+
+def _read_error(trial: Any) -> str:
+    path = getattr(trial, "error_file", None)
+    text = Path(path).read_text() if path and os.path.exists(path) else ""
+    text = text or str(getattr(trial, "error_msg", "") or "trial failed (no error file)")
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)  # Ray colours its tracebacks
+
+
+class ProgressCallback(Callback):
+    """A progress bar over trials with the best metric so far."""
+
+    def __init__(self, total: int, metric_name: str, enabled: bool, done: int = 0) -> None:
+        self.total, self.metric_name, self.enabled, self.done = total, metric_name, enabled, done
+        self.best: float | None = None
+        self.failed = 0
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            self.progress = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), TextColumn("{task.description}"))
+            self.progress.start()
+            self.task = self.progress.add_task("starting", total=self.total, completed=self.done)
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.progress.stop()
+
+    def _update(self, advance: int = 0) -> None:
+        if not self.enabled:
+            return
+        best = f"best {self.metric_name} {self.best:.4f}" if self.best is not None else "no result yet"
+        extra = f", {self.failed} failed" if self.failed else ""
+        self.progress.update(self.task, advance=advance, description=f"{best}{extra}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(METRIC)
+        if value is not None and (self.best is None or value > self.best):
+            self.best = value
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._update(advance=1)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.failed += 1
+        self._update(advance=1)

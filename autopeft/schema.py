@@ -1,0 +1,128 @@
+"""The tracking schema: every MLflow tag, param and artifact name autopeft writes, and the typed
+trial record read back from a trial run. The writer (``tracking.SearchTracker``, ``finetune``)
+and every reader (``results``, the CLI, the report, benchmarks) share these names, so a renamed
+tag is one edit here.
+
+Runs of a search, in one MLflow experiment:
+- parent run (``autopeft.kind=search``): params ``model``, ``task``, ``space``, ``sampler``,
+  ``objectives`` (comma-separated keys), ``budget/<field>``, ``task_ref``; tags ``autopeft.search``,
+  ``autopeft.model``, ``autopeft.task``, ``autopeft.metric_name``; artifacts under ``pareto/``.
+- trial run (``autopeft.kind=trial``, nested): sampled params (``train/<field>`` for training
+  settings), one metric per report number (objectives included), tags ``autopeft.trial``,
+  ``autopeft.trial_number``, ``autopeft.peft``, ``autopeft.<RESULT_TAGS>``, and on failure
+  ``autopeft.failure`` / ``autopeft.error`` plus ``traceback.txt``.
+- train run (``autopeft.kind=train``): ``autopeft train``, nested under the search it came from.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+# ----------------------------------------------------------------------------- tags
+KIND_TAG = "autopeft.kind"
+KIND_SEARCH, KIND_TRIAL, KIND_TRAIN = "search", "trial", "train"
+SEARCH_TAG = "autopeft.search"  # parent, trial and train runs: the search name
+TRIAL_TAG = "autopeft.trial"  # trial run: Ray's trial id
+TRIAL_NUMBER_TAG = "autopeft.trial_number"  # trial run: the Optuna trial number (unique per search)
+PEFT_TAG = "autopeft.peft"  # the configuration in words
+MODEL_TAG = "autopeft.model"
+TASK_TAG = "autopeft.task"
+METRIC_NAME_TAG = "autopeft.metric_name"  # the task metric that the ``metric`` objective is
+FAILURE_TAG = "autopeft.failure"  # failed trial run: diverged | out_of_memory | exception | interrupted
+ERROR_TAG = "autopeft.error"  # failed trial run: the reason, one line
+SOURCE_RUN_TAG = "autopeft.source_run_id"  # train run: the trial run its config was exported from
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
+# Text fields of a trial's report kept as tags ``autopeft.<key>``: where and how it ran.
+RESULT_TAGS = ("node_id", "hostname", "device", "memory_measure")
+
+# ----------------------------------------------------------------------------- params
+OBJECTIVES_PARAM = "objectives"  # parent run: objective keys, comma-separated, in study order
+TASK_REF_PARAM = "task_ref"  # parent run: what `autopeft export` writes (shipped name or absolute path)
+BUDGET_PREFIX = "budget/"  # parent run: the search's TrainBudget fields
+TRAINING_PREFIX = "train/"  # trial run: sampled training settings (learning rate, ...)
+
+# ----------------------------------------------------------------------------- artifacts
+PEFT_CONFIG_ARTIFACT = "peft_config.json"  # trial run: the sampled PeftConfig
+TRACEBACK_ARTIFACT = "traceback.txt"  # failed trial run
+PARETO_CSV = "pareto/pareto_front.csv"  # parent run
+PARETO_PNG = "pareto/pareto_front.png"
+REPORT_HTML = "pareto/pareto_report.html"
+
+# MLflow run status -> trial status as autopeft reports it.
+RUN_STATUS = {"FINISHED": "COMPLETE", "FAILED": "FAILED", "KILLED": "INTERRUPTED", "RUNNING": "RUNNING"}
+
+
+def parse_param(value: str) -> Any:
+    """An MLflow param back to its value (params are stored as text)."""
+    try:
+        return json.loads(value)
+    except (json.JSONDecodeError, TypeError):
+        return None if value == "None" else value
+
+
+def trial_runs_filter(parent_run_id: str) -> str:
+    return f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{KIND_TAG}` = '{KIND_TRIAL}'"
+
+
+@dataclass
+class TrialRecord(Mapping):
+    """One trial as the tracking store has it.
+
+    Typed fields for what every trial has; ``values`` holds every number it reported (objectives,
+    the task's own metric names, timings). Reading ``record[key]`` looks up a field, then
+    ``values`` (None when absent), so tables and templates can treat fields and reported numbers
+    alike.
+    """
+
+    trial: int  # Optuna trial number
+    run_id: str
+    status: str  # COMPLETE | FAILED | INTERRUPTED | RUNNING
+    peft: str = ""  # the configuration in words
+    failure: str | None = None
+    error: str | None = None
+    training: dict[str, Any] = field(default_factory=dict)  # sampled training settings
+    values: dict[str, float] = field(default_factory=dict)
+    pareto: bool = False  # set by pareto.mark_front over the search's objectives
+
+    def _fields(self) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(self) if f.name != "values")
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._fields():
+            return getattr(self, key)
+        if key in self.values:
+            return self.values[key]
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:  # Mapping.get, spelled out for speed
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._fields()
+        yield from (k for k in self.values if k not in self._fields())
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+
+def trial_record(run: Any) -> TrialRecord:
+    """A trial run (``mlflow.entities.Run``) as a TrialRecord."""
+    tags, metrics = run.data.tags, run.data.metrics
+    status = RUN_STATUS.get(run.info.status, run.info.status)
+    if status == "COMPLETE" and "metric" not in metrics:
+        status = "FAILED"  # finished without a report: nothing to put on a front
+    values = dict(metrics)
+    if "trainable_params" in values:
+        values["trainable_params"] = int(values["trainable_params"])
+    return TrialRecord(
+        trial=int(tags.get(TRIAL_NUMBER_TAG, -1)), run_id=run.info.run_id, status=status,
+        peft=tags.get(PEFT_TAG, ""), failure=tags.get(FAILURE_TAG), error=tags.get(ERROR_TAG),
+        training={k[len(TRAINING_PREFIX):]: parse_param(v) for k, v in run.data.params.items()
+                  if k.startswith(TRAINING_PREFIX)},
+        values=values)
