@@ -42,12 +42,12 @@ def check_database_url(url: str, flag: str) -> None:
     try:
         parsed = make_url(url)
         parsed.get_dialect()  # imports the driver: a typo'd scheme or missing package fails here
+    except sqlalchemy.exc.NoSuchModuleError:  # (a subclass of ArgumentError: test it first)
+        raise ConfigError(f"{flag} {url!r}: unknown database kind {url.split(':', 1)[0]!r}; use sqlite:///path.db, "
+                          f"postgresql+psycopg2://... or mysql+pymysql://...") from None
     except sqlalchemy.exc.ArgumentError:
         raise ConfigError(f"{flag} {url!r} is not a database URL; use sqlite:///path/to/file.db or "
                           f"postgresql+psycopg2://user:password@host/db") from None
-    except sqlalchemy.exc.NoSuchModuleError:
-        raise ConfigError(f"{flag} {url!r}: unknown database kind {url.split(':', 1)[0]!r}; use sqlite:///path.db, "
-                          f"postgresql+psycopg2://... or mysql+pymysql://...") from None
     except ImportError as exc:
         raise ConfigError(f"{flag} {url!r} needs a database driver that is not installed ({exc.name}); "
                           f"pip install it (PostgreSQL: pip install 'autopeft[cluster]')") from None

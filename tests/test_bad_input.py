@@ -74,6 +74,11 @@ OTHER_CASES = {  # id: (extra CLI args, words) — tmp_path is substituted for {
     "nobody at the Ray address": (["--ray-address", "127.0.0.1:9"], ["no Ray cluster answers", "127.0.0.1:9"]),
     "resume of an unknown search": (["--resume", "never-ran"], ["no search named 'never-ran'"]),
     "zero batch size": (["--batch-size", "0"], ["batch_size must be positive"]),
+    "unknown storage kind": (["--storage", "notadb://x"], ["--storage", "unknown database kind 'notadb'"]),
+    "storage that is no URL": (["--storage", "optuna.db"], ["--storage", "not a database URL"]),
+    "resume from an unknown storage kind": (["--resume", "x", "--storage", "notadb://x"], ["unknown database kind"]),
+    "unknown objective": (["--objectives", "metric,speed"], ["unknown objective 'speed'", "latency_ms"]),
+    "objectives without the metric": (["--objectives", "trainable_params,latency_ms"], ["must include 'metric'"]),
 }
 
 
