@@ -35,7 +35,6 @@ conditional parameters are simply not sampled when their parent switches them of
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -81,6 +80,26 @@ class Domain:
         return trial.suggest_float(key, float(self.low), float(self.high), step=self.step, log=self.log)
 
 
+class SpaceError(ConfigError):
+    """A problem at one dotted key of a search space (``methods.lora.rank``). Parsing raises it with
+    the key alone; the loader locates it (file, and line when the space came from a file)."""
+
+    def __init__(self, key: str, problem: str, source: str | None = None, line: int | None = None) -> None:
+        self.key, self.problem = key, problem
+        where = f"{source}:{line}: " if source and line else f"{source}: " if source else ""
+        super().__init__(f"{where}{key}: {problem}" if key else f"{where}{problem}")
+
+    def located(self, source: str, lines: Mapping[str, int] | None) -> "SpaceError":
+        return SpaceError(self.key, self.problem, source, _line_of(self.key, lines or {}))
+
+
+def _line_of(key: str, lines: Mapping[str, int]) -> int | None:
+    # The deepest part of the key that the file holds (a missing key has no line of its own).
+    while key and key not in lines:
+        key = key.rpartition(".")[0]
+    return lines.get(key) if key else None
+
+
 def _encode(value: Any) -> Any:
     # Optuna categoricals hold scalars only; target lists travel as "query+value".
     return "+".join(value) if isinstance(value, (list, tuple)) else value
@@ -95,26 +114,24 @@ def _decode(value: Any) -> Any:
 def parse_domain(raw: Any, where: str) -> Domain:
     if isinstance(raw, list):
         if not raw:
-            raise ConfigError(f"{where}: the list of choices is empty; give at least one value")
+            raise SpaceError(where, "the list of choices is empty; give at least one value")
         return Domain(choices=tuple(tuple(c) if isinstance(c, list) else c for c in raw))
     if isinstance(raw, Mapping):
         if "choices" in raw:
             if set(raw) != {"choices"}:
-                raise ConfigError(f"{where}: 'choices' cannot be mixed with {sorted(set(raw) - {'choices'})}")
+                raise SpaceError(where, f"'choices' cannot be mixed with {sorted(set(raw) - {'choices'})}")
             return parse_domain(raw["choices"], where)
         unknown = sorted(set(raw) - {"low", "high", "log", "step"})
         if unknown or "low" not in raw or "high" not in raw:
-            raise ConfigError(
-                f"{where}: a range needs 'low' and 'high' (optional 'log', 'step'); got keys {sorted(raw)}"
-            )
+            raise SpaceError(where, f"a range needs 'low' and 'high' (optional 'log', 'step'); got keys {sorted(raw)}")
         low, high = raw["low"], raw["high"]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low > high:
-            raise ConfigError(f"{where}: range needs numbers with low <= high, got low={low!r} high={high!r}")
+            raise SpaceError(where, f"range needs numbers with low <= high, got low={low!r} high={high!r}")
         if raw.get("log") and low <= 0:
-            raise ConfigError(f"{where}: a log range needs low > 0, got {low}")
+            raise SpaceError(where, f"a log range needs low > 0, got {low}")
         return Domain(low=low, high=high, log=bool(raw.get("log", False)), step=raw.get("step"))
     if raw is None:
-        raise ConfigError(f"{where}: no value given")
+        raise SpaceError(where, "no value given")
     return Domain(choices=(tuple(raw) if isinstance(raw, tuple) else raw,))
 
 
@@ -131,10 +148,8 @@ class MethodSpace:
         if isinstance(self.layers, tuple):
             bad = [i for i in self.layers if not 0 <= i < num_layers]
             if bad:
-                raise ConfigError(
-                    f"{where}.layers: layer(s) {bad} do not exist; the model has {num_layers} layers "
-                    f"(valid indices 0..{num_layers - 1})"
-                )
+                raise SpaceError(f"{where}.layers", f"layer(s) {bad} do not exist; the model has {num_layers} "
+                                                    f"layers (valid indices 0..{num_layers - 1})")
 
     def sample(self, trial: Any, num_layers: int) -> list[MethodConfig]:
         if self.per_target:
@@ -201,10 +216,14 @@ class SearchSpace:
     training: dict[str, Domain] = field(default_factory=dict)
     warm_start: tuple[dict[str, Any], ...] = ()
     source: str = "<memory>"
+    lines: dict[str, int] = field(default_factory=dict, compare=False)  # dotted key -> line in its file
 
     def check_model(self, num_layers: int) -> None:
         for m in self.methods:
-            m.check_model(num_layers, f"{self.source}: methods.{m.method}")
+            try:
+                m.check_model(num_layers, f"methods.{m.method}")
+            except SpaceError as exc:
+                raise exc.located(self.source, self.lines) from None
 
     def sample(self, trial: Any, num_layers: int) -> tuple[PeftConfig, dict[str, Any]]:
         """Sample one configuration; returns it and the training settings sampled with it."""
@@ -252,21 +271,22 @@ def _parse_method(name: str, raw: Any, where: str) -> MethodSpace:
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of settings, got {raw!r}")
+        raise SpaceError(where, f"expected a mapping of settings, got {raw!r}")
     allowed = set(_METHOD_KEYS) | set(spec.params)
     unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; {name} takes {sorted(allowed)}")
+        raise SpaceError(f"{where}.{unknown[0]}", f"unknown key(s) {unknown}; {name} takes {sorted(allowed)}")
 
     layers = raw.get("layers", "all")
     if isinstance(layers, list):
         if not layers or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
-            raise ConfigError(f"{where}.layers: a layer list must hold non-negative integers, got {layers}")
+            raise SpaceError(f"{where}.layers", f"a layer list must hold non-negative integers, got {layers}")
         layers = tuple(sorted(set(layers)))
     elif layers not in LAYER_MODES:
-        raise ConfigError(f"{where}.layers: expected one of {list(LAYER_MODES)} or a list of layer indices, got {layers!r}")
+        raise SpaceError(f"{where}.layers",
+                         f"expected one of {list(LAYER_MODES)} or a list of layer indices, got {layers!r}")
     if not spec.per_layer and layers != "all":
-        raise ConfigError(f"{where}.layers: {name} is not placed per layer; remove 'layers'")
+        raise SpaceError(f"{where}.layers", f"{name} is not placed per layer; remove 'layers'")
 
     params = {p: parse_domain(raw[p], f"{where}.{p}") for p in spec.params if p in raw and p != "targets"}
     if "targets" in raw:  # a plain list is one set of modules; {choices: [[...], ...]} searches sets
@@ -277,7 +297,7 @@ def _parse_method(name: str, raw: Any, where: str) -> MethodSpace:
     if per_target:
         t = params.get("targets")
         if t is None or t.choices is None or len(t.choices) != 1 or not isinstance(t.choices[0], tuple):
-            raise ConfigError(f"{where}: per_target needs 'targets' as one fixed list of modules, e.g. [query, value]")
+            raise SpaceError(where, "per_target needs 'targets' as one fixed list of modules, e.g. [query, value]")
     _check_values(name, params, where)
     return MethodSpace(name, bool(raw.get("optional", False)), layers, per_target, params)
 
@@ -291,9 +311,7 @@ def _check_values(method: str, params: dict[str, Domain], where: str) -> None:
                 values = value if isinstance(value, tuple) else (value,)
                 bad = [v for v in values if v not in TARGET_MODULES]
                 if bad or not values:
-                    raise ConfigError(
-                        f"{where}.{pname}: unknown target module(s) {bad}; allowed: {list(TARGET_MODULES)}"
-                    )
+                    raise SpaceError(f"{where}.{pname}", f"unknown target module(s) {bad}; allowed: {list(TARGET_MODULES)}")
                 continue
             if isinstance(value, bool):
                 continue
@@ -303,54 +321,62 @@ def _check_values(method: str, params: dict[str, Domain], where: str) -> None:
                 try:
                     spec.config_cls(**{pname: value})
                 except (ConfigError, TypeError) as exc:
-                    raise ConfigError(f"{where}.{pname}: {exc}") from None
+                    raise SpaceError(f"{where}.{pname}", str(exc)) from None
                 continue
             if not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
-                raise ConfigError(f"{where}.{pname}: expected a number, got {value!r}")
+                raise SpaceError(f"{where}.{pname}", f"expected a number, got {value!r}")
             if pname == spec.size_param:
                 if value < 0 or value != int(value):
-                    raise ConfigError(
-                        f"{where}.{pname}: {value} is out of range; sizes are whole numbers >= 0 "
-                        f"(0 switches the method off)"
-                    )
+                    raise SpaceError(f"{where}.{pname}",
+                                     f"{value} is out of range; sizes are whole numbers >= 0 (0 switches the method off)")
             elif value <= 0:
-                raise ConfigError(f"{where}.{pname}: {value} is out of range; it must be positive")
+                raise SpaceError(f"{where}.{pname}", f"{value} is out of range; it must be positive")
 
 
-def parse_space(data: Any, source: str = "<memory>", name: str | None = None) -> SearchSpace:
+def parse_space(data: Any, source: str = "<memory>", name: str | None = None,
+                lines: Mapping[str, int] | None = None) -> SearchSpace:
+    """Validate a space mapping; ``lines`` (dotted key -> line, from its file) lets errors name lines."""
+    try:
+        return _parse_space(data, source, name, lines or {})
+    except SpaceError as exc:
+        raise exc.located(source, lines) from None
+
+
+def _parse_space(data: Any, source: str, name: str | None, lines: Mapping[str, int]) -> SearchSpace:
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: a search space is a YAML mapping with a 'methods' key")
+        raise SpaceError("", "a search space is a YAML mapping with a 'methods' key")
     unknown = sorted(set(data) - {"description", "methods", "training", "warm_start"})
     if unknown:
-        raise ConfigError(f"{source}: unknown top-level key(s) {unknown}; allowed: description, methods, training, warm_start")
+        raise SpaceError(unknown[0], f"unknown top-level key(s) {unknown}; allowed: description, methods, training, "
+                                     f"warm_start")
     methods_raw = data.get("methods")
     if not isinstance(methods_raw, Mapping) or not methods_raw:
-        raise ConfigError(f"{source}: 'methods' must map at least one PEFT method to its settings")
+        raise SpaceError("methods", "'methods' must map at least one PEFT method to its settings")
     methods = []
     for mname, raw in methods_raw.items():
         try:
             get_method(mname)
         except ConfigError as exc:
-            raise ConfigError(f"{source}: methods.{mname}: {exc}") from None
-        methods.append(_parse_method(mname, raw, f"{source}: methods.{mname}"))
+            raise SpaceError(f"methods.{mname}", str(exc)) from None
+        methods.append(_parse_method(mname, raw, f"methods.{mname}"))
 
     training_raw = data.get("training") or {}
     if not isinstance(training_raw, Mapping):
-        raise ConfigError(f"{source}: 'training' must be a mapping")
+        raise SpaceError("training", "'training' must be a mapping")
     bad = sorted(set(training_raw) - set(SEARCHABLE_TRAINING))
     if bad:
-        raise ConfigError(f"{source}: training: unknown key(s) {bad}; searchable: {list(SEARCHABLE_TRAINING)}")
-    training = {k: parse_domain(v, f"{source}: training.{k}") for k, v in training_raw.items()}
+        raise SpaceError(f"training.{bad[0]}", f"unknown key(s) {bad}; searchable: {list(SEARCHABLE_TRAINING)}")
+    training = {k: parse_domain(v, f"training.{k}") for k, v in training_raw.items()}
     for k, d in training.items():  # TrainBudget validates each value
         for v in d.values_for_check():
             try:
                 TrainBudget().replace(**{k: v})
             except ConfigError as exc:
-                raise ConfigError(f"{source}: training.{k}: {exc}") from None
+                raise SpaceError(f"training.{k}", str(exc)) from None
 
     warm = data.get("warm_start") or []
     if not isinstance(warm, list) or not all(isinstance(p, Mapping) for p in warm):
-        raise ConfigError(f"{source}: warm_start must be a list of mappings of parameter values")
+        raise SpaceError("warm_start", "warm_start must be a list of mappings of parameter values")
     return SearchSpace(
         name=name or Path(source).stem,
         description=str(data.get("description", "")).strip(),
@@ -358,6 +384,7 @@ def parse_space(data: Any, source: str = "<memory>", name: str | None = None) ->
         training=training,
         warm_start=tuple(dict(p) for p in warm),
         source=source,
+        lines=dict(lines),
     )
 
 
@@ -383,10 +410,7 @@ def load_space(name_or_path: str) -> SearchSpace:
         mark = getattr(exc, "problem_mark", None)
         at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}:{at} malformed YAML: {getattr(exc, 'problem', exc)}") from None
-    try:
-        return parse_space(data, str(path), name=path.stem)
-    except ConfigError as exc:
-        raise ConfigError(_with_line(str(exc), str(path), _key_lines(text))) from None
+    return parse_space(data, str(path), name=path.stem, lines=_key_lines(text))
 
 
 def _key_lines(text: str) -> dict[str, int]:
@@ -402,18 +426,3 @@ def _key_lines(text: str) -> dict[str, int]:
 
     walk(yaml.compose(text), "")
     return lines
-
-
-def _with_line(message: str, source: str, lines: dict[str, int]) -> str:
-    # Messages start "<file>: <dotted.key>: ..."; name the line of the deepest key known.
-    head = f"{source}: "
-    if not message.startswith(head):
-        return message
-    path = message[len(head):].split(":", 1)[0].strip()
-    unknown = re.search(r"unknown (?:top-level )?key\(s\) \['([^']+)'", message)
-    if unknown:  # point at the misspelt key itself
-        candidate = f"{path}.{unknown.group(1)}" if path in lines else unknown.group(1)
-        path = candidate if candidate in lines else path
-    while path and path not in lines:
-        path = path.rpartition(".")[0]
-    return f"{source}:{lines[path]}: {message[len(head):]}" if path else message

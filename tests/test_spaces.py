@@ -167,7 +167,7 @@ def test_same_seed_same_sequence():
     ("methods: {lora: {rank: {low: 8, high: 2}}}", "low <= high"),
     ("methods: {prompt: {layers: [0]}}", "not placed per layer"),
     ("methods: {seq_bn: {}}\nsearch: 3", "unknown top-level key(s) ['search']"),
-    ("methods: {seq_bn: {}}\ntraining: {lr: [1]}", "training: unknown key(s) ['lr']"),
+    ("methods: {seq_bn: {}}\ntraining: {lr: [1]}", "training.lr: unknown key(s) ['lr']"),
 ])
 def test_bad_spaces_name_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
@@ -194,3 +194,11 @@ def test_layer_out_of_range_for_model():
 def test_unknown_space_name():
     with pytest.raises(ConfigError, match="unknown search space 'nope'"):
         load_space("nope")
+
+
+def test_layer_out_of_range_names_its_line_in_the_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("description: x\nmethods:\n  seq_bn:\n    size: 8\n    layers: [0, 11]\n")
+    space = load_space(str(path))
+    with pytest.raises(ConfigError, match=rf"{path}:5: methods.seq_bn.layers: layer\(s\) \[11\] do not exist"):
+        space.check_model(LAYERS)
