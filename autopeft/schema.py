@@ -38,6 +38,10 @@ PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
 # Text fields of a trial's report kept as tags ``autopeft.<key>``: where and how it ran.
 RESULT_TAGS = ("node_id", "hostname", "device", "memory_measure")
 
+
+def result_tag(key: str) -> str:
+    return f"autopeft.{key}"
+
 # ----------------------------------------------------------------------------- params
 OBJECTIVES_PARAM = "objectives"  # parent run: objective keys, comma-separated, in study order
 TASK_REF_PARAM = "task_ref"  # parent run: what `autopeft export` writes (shipped name or absolute path)

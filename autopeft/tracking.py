@@ -123,7 +123,7 @@ class SearchTracker:
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, step) for k, v in result.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        tags = [RunTag(f"autopeft.{k}", str(v)) for k, v in result.items() if k in RESULT_TAGS]
+        tags = [RunTag(schema.result_tag(k), str(v)) for k, v in result.items() if k in RESULT_TAGS]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
 
     def trial_finished(self, trial_id: str, error: str | None = None) -> None:
