@@ -298,6 +298,35 @@ def test_user_task_missing_file_without_hub(tmp_path):
     assert str(tmp_path / "nope.csv") in str(info.value) and "AUTOPEFT_DATA_DIR" in str(info.value)
 
 
+def test_format_key_reads_a_tab_separated_txt(tmp_path):
+    # SICK ships as .txt files that are TSV; `format` says so, whatever the extension.
+    (tmp_path / "train.txt").write_text('s1\ts2\tlabel\n"a, b\tc\tentailment\n', encoding="utf-8")
+    (tmp_path / "dev.csv").write_text("s1\ts2\tlabel\nx\ty\tnot_entailment\n", encoding="utf-8")
+    spec = pair_task({"train": "train.txt", "dev": "dev.csv", "format": "tsv"})
+    task = load_task(str(write_task(tmp_path, spec)))
+    assert task.local.format == "tsv"
+    train = load_split(task, "train")
+    assert train.texts == [('"a, b', "c")] and train.labels == [0]  # tab-split, quoting off
+    assert load_split(task, "dev").texts == [("x", "y")]  # the stated format beats the .csv extension
+
+
+def test_format_key_jsonl_with_any_extension(tmp_path):
+    (tmp_path / "rows.txt").write_text(json.dumps({"s1": "a", "s2": "b", "label": "entailment"}) + "\n",
+                                       encoding="utf-8")
+    task = load_task(str(write_task(tmp_path, pair_task({"train": "rows.txt", "dev": "rows.txt",
+                                                           "format": "jsonl"}))))
+    assert load_split(task, "train").texts == [("a", "b")]
+
+
+def test_txt_without_format_names_the_fix(tmp_path):
+    path = write_task(tmp_path, pair_task({"train": "train.txt", "dev": "dev.tsv"}))
+    with pytest.raises(ConfigError) as info:
+        load_task(str(path))
+    message = str(info.value)
+    assert "'local.train'" in message and "'train.txt'" in message and "local.format" in message
+    assert "\n" not in message
+
+
 # --------------------------------------------------------------------------- config errors
 
 
@@ -312,6 +341,9 @@ def test_user_task_missing_file_without_hub(tmp_path):
         (lambda s: s.update(metrics=["pearson"], primary_metric="pearson"), "metric 'pearson'"),
         (lambda s: s.update(labels=["a", "b", "c"], metrics=["f1"], primary_metric="f1"), "exactly 2 labels"),
         (lambda s: s["local"].update(train="x.parquet"), "extension"),
+        (lambda s: s["local"].update(format="parquet"), r"'local.format' is 'parquet'; use one of tsv, csv, jsonl"),
+        (lambda s: s["local"].update(format="jsonl", header=False, columns=["s1", "s2", "label"]),
+         "do not apply to JSONL"),
         (lambda s: s["local"].update(header=False), "'local.columns' must list"),
         (lambda s: s["local"].update(label_map={"1": "other"}), "not one of labels"),
         (lambda s: s["local"].update(text_columns=["a", "b", "c"]), "1 or 2 columns"),

@@ -16,6 +16,7 @@ from autopeft.tasks.data import (
 )
 from autopeft.tasks.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, compute_metrics
 from autopeft.tasks.spec import (
+    FORMATS,
     FORMATS_BY_EXTENSION,
     HubSource,
     LocalSource,
@@ -28,6 +29,7 @@ from autopeft.tasks.spec import (
 __all__ = [
     "CLASSIFICATION_METRICS",
     "DATA_DIR_ENV",
+    "FORMATS",
     "FORMATS_BY_EXTENSION",
     "REGRESSION_METRICS",
     "SPLITS",

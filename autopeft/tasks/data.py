@@ -86,17 +86,15 @@ def load_split(task: TaskSpec, split: str, data_dir: str | os.PathLike | None = 
     return load_hub_split(task, split)
 
 
-def _file_format(path: Path) -> str:
-    try:
-        return FORMATS_BY_EXTENSION[path.suffix.lower()]
-    except KeyError:
-        raise DataError(f"{path}: unsupported file type; use one of {', '.join(FORMATS_BY_EXTENSION)}.") from None
-
-
 def read_local_split(task: TaskSpec, path: Path) -> Split:
-    """Parse one local data file into a ``Split`` (format from its extension)."""
+    """Parse one local data file into a ``Split`` (the task's ``local.format``, else the extension)."""
     assert task.local is not None
-    fmt = _file_format(path)
+    fmt = task.local.format_of(path)
+    if fmt is None:  # parse_task checks the spec's own paths; this guards a caller's other file
+        raise DataError(
+            f"{path}: the extension does not say the format ({', '.join(FORMATS_BY_EXTENSION)}); "
+            f"set the task's 'local.format' or rename the file."
+        )
     rows = _jsonl_rows(path) if fmt == "jsonl" else _delimited_rows(path, fmt, task.local)
     to_label = _label_parser(task, task.local.label_map)
     texts: list[tuple[str, ...]] = []

@@ -16,8 +16,10 @@ Schema (unknown keys are an error, so typos fail loudly instead of being ignored
     local:                          # optional; files on disk
       train: glue/SST-2/train.tsv   # required; relative to the data dir (--data-dir /
       dev: glue/SST-2/dev.tsv       #   AUTOPEFT_DATA_DIR), else to the YAML's folder; or absolute.
-                                    #   Format from the extension: .tsv (tab, no quoting),
-                                    #   .csv (comma, standard quoting), .jsonl (one object a line)
+      format: tsv                   # optional: tsv (tab, no quoting), csv (comma, standard
+                                    #   quoting) or jsonl (one object a line), for both files.
+                                    #   Default: each file's extension (.tsv, .csv, .jsonl), so a
+                                    #   tab-separated .txt needs `format: tsv`
       header: true                  # optional, default true; .tsv/.csv only
       columns: [a, label, b, text]  # column names of a header-less file (required iff header: false)
       text_columns: [sentence]      # required; 1 or 2 columns holding the text (a pair for 2)
@@ -53,6 +55,7 @@ from autopeft._resources import registry_entries
 from autopeft.errors import ConfigError
 from autopeft.tasks.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
 
+FORMATS = ("tsv", "csv", "jsonl")
 FORMATS_BY_EXTENSION = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl"}
 
 
@@ -68,9 +71,15 @@ class LocalSource:
     label_column: str
     # Pairs rather than a dict so the spec stays hashable; empty = raw values are class names.
     label_map: tuple[tuple[str, str], ...] = ()
+    # One of FORMATS when the task states it; None = each file's extension decides.
+    format: str | None = None
 
     def path_for(self, split: str) -> str:
         return self.train if split == "train" else self.dev
+
+    def format_of(self, file: str | os.PathLike) -> str | None:
+        """How ``file`` is read: the stated format, else its extension's (None if unknown)."""
+        return self.format or FORMATS_BY_EXTENSION.get(Path(file).suffix.lower())
 
 
 @dataclass(frozen=True)
@@ -160,7 +169,7 @@ def _parse_task_file(path: Path) -> TaskSpec:
 # --------------------------------------------------------------------------- schema validation
 
 _TOP_KEYS = {"name", "description", "labels", "metrics", "primary_metric", "local", "hub"}
-_LOCAL_KEYS = {"train", "dev", "header", "columns", "text_columns", "label_column", "label_map"}
+_LOCAL_KEYS = {"train", "dev", "format", "header", "columns", "text_columns", "label_column", "label_map"}
 _HUB_KEYS = {"path", "name", "train", "dev", "text_columns", "label_column"}
 
 
@@ -218,16 +227,12 @@ def _parse_local(raw: Any, labels: tuple[str, ...] | None, path: Path | str) -> 
     columns = _string_list(columns, "local.columns", path) if columns is not None else None
     train = _string(raw["train"], "local.train", path)
     dev = _string(raw["dev"], "local.dev", path)
-    for key, file in (("local.train", train), ("local.dev", dev)):
-        if Path(file).suffix.lower() not in FORMATS_BY_EXTENSION:
-            raise ConfigError(
-                f"{path}: key '{key}' is {file!r}; the file format comes from the extension, which "
-                f"must be one of {', '.join(FORMATS_BY_EXTENSION)}. Rename or convert the file."
-            )
-        if FORMATS_BY_EXTENSION[Path(file).suffix.lower()] == "jsonl" and not header:
-            raise ConfigError(
-                f"{path}: 'local.header'/'local.columns' do not apply to JSONL file {file!r}; remove them."
-            )
+    fmt = raw.get("format")
+    if fmt is not None and fmt not in FORMATS:
+        raise ConfigError(
+            f"{path}: key 'local.format' is {fmt!r}; use one of {', '.join(FORMATS)}, or remove it to "
+            f"go by the file extension."
+        )
     text_columns = _string_list(raw["text_columns"], "local.text_columns", path, sizes=(1, 2))
     label_column = _string(raw["label_column"], "local.label_column", path)
     if columns is not None:
@@ -235,7 +240,20 @@ def _parse_local(raw: Any, labels: tuple[str, ...] | None, path: Path | str) -> 
             if col not in columns:
                 raise ConfigError(f"{path}: column {col!r} is not in 'local.columns' {list(columns)}.")
     label_map = _parse_label_map(raw.get("label_map"), labels, path)
-    return LocalSource(train, dev, header, columns, text_columns, label_column, label_map)
+    local = LocalSource(train, dev, header, columns, text_columns, label_column, label_map, fmt)
+    for key, file in (("local.train", train), ("local.dev", dev)):
+        file_format = local.format_of(file)
+        if file_format is None:
+            raise ConfigError(
+                f"{path}: key '{key}' is {file!r}, whose extension does not say the format "
+                f"({', '.join(FORMATS_BY_EXTENSION)}). Add 'local.format' ({', '.join(FORMATS)}) "
+                f"or rename the file."
+            )
+        if file_format == "jsonl" and not header:
+            raise ConfigError(
+                f"{path}: 'local.header'/'local.columns' do not apply to JSONL file {file!r}; remove them."
+            )
+    return local
 
 
 def _parse_label_map(raw: Any, labels: tuple[str, ...] | None, path: Path | str) -> tuple[tuple[str, str], ...]:
