@@ -44,7 +44,7 @@ def main() -> None:
 def search(
     name: Optional[str] = typer.Option(None, help="Search name: Optuna study, Ray experiment and MLflow parent run. Generated when omitted."),
     model: str = typer.Option("all-MiniLM-L6-v2", help="Base model: the embedded default, a local folder or a Hub id."),
-    task: str = typer.Option("sst2", help="A shipped task (sst2, rte, mrpc, cola, stsb, cb) or a task YAML path."),
+    task: str = typer.Option("sst2", help="A shipped task (sst2, rte, mrpc, cola, stsb, cb, mr, mpqa, trec, sick_r, sick_e) or a task YAML path."),
     space: str = typer.Option("autopeft", help="A shipped search space (autopeft, lora, hybrid) or a YAML path."),
     num_samples: int = typer.Option(8, help="Number of trials."),
     max_concurrent_trials: int = typer.Option(2, help="Trials run at once."),
