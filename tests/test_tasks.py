@@ -34,7 +34,22 @@ EXPECTED = {
     "cola": {"train": (8_551, {1: 6_023, 0: 2_528}), "dev": (1_043, {1: 721, 0: 322})},
     "stsb": {"train": (5_749, None), "dev": (1_500, None)},
     "cb": {"train": (250, {0: 115, 1: 119, 2: 16}), "dev": (56, {0: 23, 1: 28, 2: 5})},
+    # SentEval sets: totals from the data README's SentEval section; label counts counted on the
+    # files (MR: 5,331 a class in all; TREC: the published Li & Roth class sizes).
+    "mr": {"train": (9_596, {0: 4_804, 1: 4_792}), "dev": (1_066, {0: 527, 1: 539})},
+    "mpqa": {"train": (9_543, {0: 6_576, 1: 2_967}), "dev": (1_060, {0: 716, 1: 344})},
+    "trec": {  # ids in the order ABBR, ENTY, DESC, HUM, LOC, NUM
+        "train": (5_452, {0: 86, 1: 1_250, 2: 1_162, 3: 1_223, 4: 835, 5: 896}),
+        "dev": (500, {0: 9, 1: 94, 2: 138, 3: 65, 4: 81, 5: 113}),
+    },
+    "sick_r": {"train": (4_500, None), "dev": (500, None)},
+    "sick_e": {  # ids in the order entailment, neutral, contradiction
+        "train": (4_500, {0: 1_299, 1: 2_536, 2: 665}),
+        "dev": (500, {0: 144, 1: 282, 2: 74}),
+    },
 }
+# Shipped tasks without a Hub copy of their data (their YAML says how to get the files instead).
+LOCAL_ONLY = {"mpqa"}
 
 
 @pytest.fixture(autouse=True)
@@ -66,8 +81,9 @@ def pair_task(local: dict, labels=("entailment", "not_entailment"), **extra) -> 
 # --------------------------------------------------------------------------- registry
 
 
-def test_registry_has_the_six_tasks():
-    assert {"sst2", "rte", "mrpc", "cola", "stsb", "cb"} <= set(TASKS)
+def test_registry_has_the_shipped_tasks():
+    assert {"sst2", "rte", "mrpc", "cola", "stsb", "cb", "mr", "mpqa", "trec", "sick_r", "sick_e"} <= set(TASKS)
+    assert set(EXPECTED) == set(TASKS)  # a new shipped task brings its expected sizes
 
 
 @pytest.mark.parametrize("name", TASKS)
@@ -77,14 +93,15 @@ def test_shipped_task_parses(name):
     assert task.name == name  # file stem and 'name' agree, so the registry key is the task name
     assert task.description
     assert task.primary_metric in task.metrics
-    assert task.local is not None and task.hub is not None
+    assert task.local is not None and (task.hub is not None) == (name not in LOCAL_ONLY)
     assert task.source_path == available_tasks()[name].resolve()
     assert task.num_labels == (1 if task.is_regression else len(task.labels))
 
 
 @pytest.mark.parametrize(
     ("alias", "name"),
-    [("SST-2", "sst2"), ("sst_2", "sst2"), ("STS-B", "stsb"), ("CoLA", "cola"), ("RTE", "rte"), ("CB", "cb")],
+    [("SST-2", "sst2"), ("sst_2", "sst2"), ("STS-B", "stsb"), ("CoLA", "cola"), ("RTE", "rte"), ("CB", "cb"),
+     ("SICK-R", "sick_r"), ("sickE", "sick_e"), ("TREC", "trec")],
 )
 def test_aliases(alias, name):
     assert load_task(alias).name == name
@@ -102,6 +119,10 @@ def test_label_orders_match_hub_class_labels():
     assert load_task("cola").labels == ("unacceptable", "acceptable")
     assert load_task("cb").labels == ("entailment", "contradiction", "neutral")
     assert load_task("stsb").labels is None and load_task("stsb").is_regression
+    assert load_task("mr").labels == ("neg", "pos")  # cornell-movie-review-data/rotten_tomatoes
+    assert load_task("trec").labels == ("ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM")  # CogComp/trec
+    assert load_task("sick_e").labels == ("entailment", "neutral", "contradiction")  # RobZamp/sick
+    assert load_task("sick_r").is_regression
 
 
 def test_unknown_task_name():
@@ -152,6 +173,25 @@ def test_real_data_details():
     assert cola.texts[-1][0].strip() and len(cola) == 1043
     stsb = load_split(load_task("stsb"), "dev", DATA_DIR)
     assert min(stsb.labels) >= 0.0 and max(stsb.labels) <= 5.0 and stsb.labels[0] == 5.0
+
+
+@needs_data
+def test_real_senteval_details():
+    # SICK is read from its original tab-separated .txt files ('format: tsv'); both SICK tasks
+    # read the same rows, one the score, one the judgement. Row 1 of SICK_train.txt: 4.5, NEUTRAL.
+    sick_r = load_split(load_task("sick_r"), "train", DATA_DIR)
+    sick_e = load_split(load_task("sick_e"), "train", DATA_DIR)
+    assert load_task("sick_r").local.format == "tsv"
+    assert sick_r.texts == sick_e.texts
+    assert sick_r.texts[0] == (
+        "A group of kids is playing in a yard and an old man is standing in the background",
+        "A group of boys in a yard is playing and a man is standing in the background",
+    )
+    assert sick_r.labels[0] == 4.5 and sick_e.labels[0] == 1  # neutral
+    dev = load_split(load_task("sick_r"), "dev", DATA_DIR)
+    assert min(sick_r.labels + dev.labels) == 1.0 and max(sick_r.labels + dev.labels) == 5.0
+    trec = load_split(load_task("trec"), "train", DATA_DIR)
+    assert trec.texts[0] == ("How did serfdom develop in and then leave Russia ?",) and trec.labels[0] == 2  # DESC
 
 
 @needs_data
@@ -298,6 +338,35 @@ def test_user_task_missing_file_without_hub(tmp_path):
     assert str(tmp_path / "nope.csv") in str(info.value) and "AUTOPEFT_DATA_DIR" in str(info.value)
 
 
+def test_format_key_reads_a_tab_separated_txt(tmp_path):
+    # SICK ships as .txt files that are TSV; `format` says so, whatever the extension.
+    (tmp_path / "train.txt").write_text('s1\ts2\tlabel\n"a, b\tc\tentailment\n', encoding="utf-8")
+    (tmp_path / "dev.csv").write_text("s1\ts2\tlabel\nx\ty\tnot_entailment\n", encoding="utf-8")
+    spec = pair_task({"train": "train.txt", "dev": "dev.csv", "format": "tsv"})
+    task = load_task(str(write_task(tmp_path, spec)))
+    assert task.local.format == "tsv"
+    train = load_split(task, "train")
+    assert train.texts == [('"a, b', "c")] and train.labels == [0]  # tab-split, quoting off
+    assert load_split(task, "dev").texts == [("x", "y")]  # the stated format beats the .csv extension
+
+
+def test_format_key_jsonl_with_any_extension(tmp_path):
+    (tmp_path / "rows.txt").write_text(json.dumps({"s1": "a", "s2": "b", "label": "entailment"}) + "\n",
+                                       encoding="utf-8")
+    task = load_task(str(write_task(tmp_path, pair_task({"train": "rows.txt", "dev": "rows.txt",
+                                                           "format": "jsonl"}))))
+    assert load_split(task, "train").texts == [("a", "b")]
+
+
+def test_txt_without_format_names_the_fix(tmp_path):
+    path = write_task(tmp_path, pair_task({"train": "train.txt", "dev": "dev.tsv"}))
+    with pytest.raises(ConfigError) as info:
+        load_task(str(path))
+    message = str(info.value)
+    assert "'local.train'" in message and "'train.txt'" in message and "local.format" in message
+    assert "\n" not in message
+
+
 # --------------------------------------------------------------------------- config errors
 
 
@@ -312,6 +381,9 @@ def test_user_task_missing_file_without_hub(tmp_path):
         (lambda s: s.update(metrics=["pearson"], primary_metric="pearson"), "metric 'pearson'"),
         (lambda s: s.update(labels=["a", "b", "c"], metrics=["f1"], primary_metric="f1"), "exactly 2 labels"),
         (lambda s: s["local"].update(train="x.parquet"), "extension"),
+        (lambda s: s["local"].update(format="parquet"), r"'local.format' is 'parquet'; use one of tsv, csv, jsonl"),
+        (lambda s: s["local"].update(format="jsonl", header=False, columns=["s1", "s2", "label"]),
+         "do not apply to JSONL"),
         (lambda s: s["local"].update(header=False), "'local.columns' must list"),
         (lambda s: s["local"].update(label_map={"1": "other"}), "not one of labels"),
         (lambda s: s["local"].update(text_columns=["a", "b", "c"]), "1 or 2 columns"),
@@ -362,6 +434,13 @@ def test_binary_f1_and_accuracy_hand_computed():
     # Class 1 is "equivalent": precision 2/3, recall 2/3 -> F1 2/3; 3 of 5 right.
     scores = compute_metrics(load_task("mrpc"), [1, 1, 0, 0, 1], [1, 1, 1, 0, 0])
     assert scores == {"f1": pytest.approx(2 / 3), "accuracy": pytest.approx(0.6)}
+
+
+def test_trec_accuracy_and_macro_f1_hand_computed():
+    # 6 classes; refs ABBR, ENTY, DESC, DESC; preds ABBR, DESC, DESC, DESC. Per-class F1: ABBR 1,
+    # ENTY 0 (missed), DESC 2*(2/3*1)/(2/3+1) = 0.8, HUM/LOC/NUM absent = 0: macro (1 + 0.8) / 6.
+    scores = compute_metrics(load_task("trec"), [0, 2, 2, 2], [0, 1, 2, 2])
+    assert scores == {"accuracy": pytest.approx(0.75), "macro_f1": pytest.approx(1.8 / 6)}
 
 
 def test_macro_f1_hand_computed():

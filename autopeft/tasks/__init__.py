@@ -1,0 +1,48 @@
+"""Tasks: what to train on, where its data lives, and how to score it.
+
+``spec`` owns the YAML schema and the registry of shipped tasks, ``data`` reads a task's splits
+(local files or the Hugging Face Hub), ``metrics`` scores predictions. Everything public is
+re-exported here, so ``from autopeft.tasks import load_task`` is the one way callers import it.
+"""
+
+from autopeft.tasks.data import (
+    DATA_DIR_ENV,
+    SPLITS,
+    Split,
+    load_hub_split,
+    load_split,
+    read_local_split,
+    resolve_data_dir,
+)
+from autopeft.tasks.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, compute_metrics
+from autopeft.tasks.spec import (
+    FORMATS,
+    FORMATS_BY_EXTENSION,
+    HubSource,
+    LocalSource,
+    TaskSpec,
+    available_tasks,
+    load_task,
+    parse_task,
+)
+
+__all__ = [
+    "CLASSIFICATION_METRICS",
+    "DATA_DIR_ENV",
+    "FORMATS",
+    "FORMATS_BY_EXTENSION",
+    "REGRESSION_METRICS",
+    "SPLITS",
+    "HubSource",
+    "LocalSource",
+    "Split",
+    "TaskSpec",
+    "available_tasks",
+    "compute_metrics",
+    "load_hub_split",
+    "load_split",
+    "load_task",
+    "parse_task",
+    "read_local_split",
+    "resolve_data_dir",
+]

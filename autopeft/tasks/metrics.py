@@ -1,0 +1,77 @@
+"""Task metrics: every metric a task may name, computed from predictions and references."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # spec.py imports the metric names from here
+    from autopeft.tasks.spec import TaskSpec
+
+CLASSIFICATION_METRICS = ("accuracy", "f1", "macro_f1", "matthews_correlation")
+REGRESSION_METRICS = ("pearson", "spearman")
+
+
+def _accuracy(pred, ref) -> float:
+    from sklearn.metrics import accuracy_score
+
+    return accuracy_score(ref, pred)
+
+
+def _f1(pred, ref) -> float:
+    from sklearn.metrics import f1_score
+
+    # Binary F1 of class 1 (GLUE's convention for MRPC); 0 rather than a warning when undefined.
+    return f1_score(ref, pred, average="binary", pos_label=1, zero_division=0.0)
+
+
+def _macro_f1(pred, ref, num_labels: int) -> float:
+    from sklearn.metrics import f1_score
+
+    # Fixed label list so a class missing from a small eval set still counts (as 0) in the mean.
+    return f1_score(ref, pred, average="macro", labels=list(range(num_labels)), zero_division=0.0)
+
+
+def _mcc(pred, ref) -> float:
+    from sklearn.metrics import matthews_corrcoef
+
+    return matthews_corrcoef(ref, pred)
+
+
+def _correlation(kind: str, pred, ref) -> float:
+    import numpy as np
+    from scipy import stats
+
+    # A constant prediction (e.g. a collapsed model early in a search) has no defined correlation;
+    # score it 0 so the optimiser sees "no signal" instead of a NaN that fails the trial.
+    if np.ptp(pred) == 0 or np.ptp(ref) == 0:
+        return 0.0
+    result = stats.pearsonr(pred, ref) if kind == "pearson" else stats.spearmanr(pred, ref)
+    return float(result[0])
+
+
+def compute_metrics(task: TaskSpec, predictions, references) -> dict[str, float]:
+    """Every metric in ``task.metrics`` for class-id (or float, regression) predictions."""
+    import numpy as np
+
+    pred = np.asarray(predictions)
+    ref = np.asarray(references)
+    if pred.shape != ref.shape or pred.ndim != 1:
+        raise ValueError(
+            f"predictions and references must be 1-D and the same length, got shapes {pred.shape} and {ref.shape}"
+        )
+    if len(ref) == 0:
+        raise ValueError("cannot compute metrics on zero examples")
+    if task.is_regression:
+        pred, ref = pred.astype(float), ref.astype(float)
+    else:
+        pred, ref = pred.astype(int), ref.astype(int)
+    fns: dict[str, Callable[[], float]] = {
+        "accuracy": lambda: _accuracy(pred, ref),
+        "f1": lambda: _f1(pred, ref),
+        "macro_f1": lambda: _macro_f1(pred, ref, task.num_labels),
+        "matthews_correlation": lambda: _mcc(pred, ref),
+        "pearson": lambda: _correlation("pearson", pred, ref),
+        "spearman": lambda: _correlation("spearman", pred, ref),
+    }
+    return {metric: float(fns[metric]()) for metric in task.metrics}
