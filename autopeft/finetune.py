@@ -26,6 +26,7 @@ BASE_PARAMS_FILE = "trained_base_params.safetensors"  # task head (+ BitFit bias
 FULL_MODEL_DIR = "model"  # full fine-tuning: a plain save_pretrained folder
 TRAIN_KIND = "train"
 SOURCE_RUN_TAG = "autopeft.source_run_id"  # the trial run the config was exported from
+TARGET_SCALE_KEY = "target_scale"  # train_config.json: a regression head's target mean/std
 
 
 def full_budget(found_with: TrainBudget, train_examples: int | None = None, epochs: float = 3.0,
@@ -56,6 +57,7 @@ class TrainedModel:
     train_seconds: float
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    target_scale: dict[str, float] | None = None  # regression: the training targets' mean and std
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -96,8 +98,10 @@ def train_exported(exp: ExportedConfig, budget: TrainBudget, output_dir: str | P
             for n, value in best["state"].items():
                 params[n].copy_(value)
     dev_data = tokenize(subsample(dev, budget.eval_examples, budget.seed), tokenizer, budget.max_seq_length)
-    metrics = evaluate(model, dev_data, task, tokenizer.pad_token_id, budget.batch_size * 2, torch.device(device))
+    metrics = evaluate(model, dev_data, task, tokenizer.pad_token_id, budget.batch_size * 2, torch.device(device),
+                       result.target_scale)
 
+    target_scale = result.target_scale.to_dict() if result.target_scale else None
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _save(model, tokenizer, names, out, full_finetune)
@@ -105,10 +109,12 @@ def train_exported(exp: ExportedConfig, budget: TrainBudget, output_dir: str | P
         "export": exp.to_dict(), "budget": budget.to_dict(), "full_finetune": full_finetune, "adapters": names,
         "num_labels": task.num_labels, "metric_name": task.primary_metric, "metrics": metrics,
         "best_epoch": best["epoch"], "history": result.history, "trainable_params": trainable,
+        # Regression: the head outputs z-scores; load_trained maps them back with these.
+        TARGET_SCALE_KEY: target_scale,
     }, indent=2, sort_keys=True) + "\n")
     return TrainedModel(out, task.primary_metric, metrics[task.primary_metric], best["epoch"], result.history,
                         trainable, 100.0 * trainable / base, result.peak_memory_mb, result.train_seconds,
-                        metrics=metrics)
+                        metrics=metrics, target_scale=target_scale)
 
 
 def _save(model: torch.nn.Module, tokenizer: Any, names: list[str], out: Path, full_finetune: bool) -> None:
@@ -130,18 +136,30 @@ def _save(model: torch.nn.Module, tokenizer: Any, names: list[str], out: Path, f
 
 
 def load_trained(folder: str | Path) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
-    """Model, tokenizer and train config of an ``autopeft train`` output folder, ready for inference."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """Model, tokenizer and train config of an ``autopeft train`` output folder, ready for inference.
+
+    A regression model's logits come out on the task's own scale: the target mean/std it was
+    trained with (``train_config.json``'s ``target_scale``) are applied by a forward hook.
+    """
+    from autopeft.train import TargetScale
 
     folder = Path(folder)
     try:
         info = json.loads((folder / TRAIN_CONFIG).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise AutopeftError(f"{folder} is not an autopeft train output ({TRAIN_CONFIG}: {exc})") from None
+    model, tokenizer = _load_weights(folder, info)
+    if info.get(TARGET_SCALE_KEY):  # absent in folders written before targets were standardised
+        TargetScale.from_dict(info[TARGET_SCALE_KEY]).attach(model)
+    return model.eval(), tokenizer, info
+
+
+def _load_weights(folder: Path, info: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
     if info["full_finetune"]:
-        model = AutoModelForSequenceClassification.from_pretrained(folder / FULL_MODEL_DIR)
-        return model.eval(), tokenizer, info
+        return AutoModelForSequenceClassification.from_pretrained(folder / FULL_MODEL_DIR), tokenizer
     import adapters
     from safetensors.torch import load_file
 
@@ -158,7 +176,7 @@ def load_trained(folder: str | Path) -> tuple[torch.nn.Module, Any, dict[str, An
     if missing:
         raise AutopeftError(f"{folder}: saved parameters {sorted(missing)[:3]} do not exist in the rebuilt model")
     model.load_state_dict(load_file(str(folder / BASE_PARAMS_FILE)), strict=False)
-    return model.eval(), tokenizer, info
+    return model, tokenizer
 
 
 def log_training(result: TrainedModel, exp: ExportedConfig, budget: TrainBudget, full_finetune: bool,
@@ -186,7 +204,8 @@ def log_training(result: TrainedModel, exp: ExportedConfig, budget: TrainBudget,
     run = client.create_run(experiment_id, run_name=name or f"train-{time.strftime('%Y%m%d-%H%M%S')}", tags=tags)
     run_id = run.info.run_id
     params = {"model": exp.model, "task": exp.task, "full_finetune": full_finetune,
-              **{f"budget/{k}": v for k, v in budget.to_dict().items()}}
+              **{f"budget/{k}": v for k, v in budget.to_dict().items()},
+              **{f"{TARGET_SCALE_KEY}/{k}": v for k, v in (result.target_scale or {}).items()}}
     now = int(time.time() * 1000)
     metrics = [Metric(f"dev_{k}", float(v), now, int(h["epoch"])) for h in result.history
                for k, v in h.items() if k not in ("epoch", "step")]
