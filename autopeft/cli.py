@@ -62,6 +62,11 @@ def search(
     batch_size: int = typer.Option(16),
     max_seq_length: int = typer.Option(64),
     learning_rate: float = typer.Option(5e-3),
+    select_on: str = typer.Option("dev", help="Split that scores trials and every choice made from them: dev, or "
+                                              "holdout (rows held out of train; dev stays clean for `autopeft train`'s report)."),
+    holdout_size: float = typer.Option(0.1, help="With --select-on holdout: a fraction of the training split (< 1) or a "
+                                                 "row count, at most 1,000 rows."),
+    holdout_seed: int = typer.Option(0, help="Which training rows are held out (the same seed, the same rows)."),
     data_dir: Optional[str] = typer.Option(None, help="Folder laid out like GLUE's (env AUTOPEFT_DATA_DIR). Unset: the Hugging Face Hub."),
     workdir: str = typer.Option("autopeft_runs", help="Where the Optuna study (SQLite) and Ray results go."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default sqlite:///<workdir>/optuna.db)."),
@@ -89,7 +94,8 @@ def search(
 
     budget = TrainBudget(train_examples=train_examples or None, eval_examples=eval_examples or None, epochs=epochs,
                          max_steps=max_steps, batch_size=batch_size, max_seq_length=max_seq_length,
-                         learning_rate=learning_rate, seed=seed)
+                         learning_rate=learning_rate, seed=seed, select_on=select_on, holdout_size=holdout_size,
+                         holdout_seed=holdout_seed)
     settings = SearchSettings(
         name=name or default_name(task, space), model=model, task=task, space=space, budget=budget,
         num_samples=num_samples, max_concurrent_trials=max_concurrent_trials, cpus_per_trial=cpus_per_trial,
@@ -106,7 +112,8 @@ def _run_and_report(settings) -> None:
     for note in prepared.notes:
         console.print(f"[yellow]note:[/] {_escape(note)}", highlight=False)
     console.print(f"search [bold]{settings.name}[/]: {settings.num_samples} trials of {settings.model} on "
-                  f"{settings.task}, space {settings.space}, sampler {settings.sampler}")
+                  f"{settings.task}, space {settings.space}, sampler {settings.sampler}, scored on "
+                  f"{_selection_text(settings.budget)}")
     try:
         result = run_search(settings, prepared=prepared)
     except KeyboardInterrupt:
@@ -123,6 +130,13 @@ def _run_and_report(settings) -> None:
                   f"(parent run {result.parent_run_id})")
     for r in failed:
         console.print(f"  trial {r['trial']} failed ({r['failure']}): {_escape(str(r['error']))[:300]}")
+
+
+def _selection_text(budget) -> str:
+    if budget.select_on == "dev":
+        return "the dev split"
+    size = f"{budget.holdout_size:g} of train" if budget.holdout_size < 1 else f"{int(budget.holdout_size)} rows"
+    return f"a holdout ({size}, seed {budget.holdout_seed}; dev is left for the report)"
 
 
 def print_front(records: list[dict], metric_name: str, title: str, picked: int | None = None) -> None:

@@ -142,6 +142,11 @@ class TrainBudget:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
     seed: int = 0
+    # Which split scores a run (autopeft.tasks.selection): "dev", or "holdout" = rows held out of
+    # the training split, so that choices made from the scores leave dev clean for the report.
+    select_on: str = "dev"
+    holdout_size: float = 0.1  # with select_on="holdout": a fraction (< 1) or a row count, capped
+    holdout_seed: int = 0  # which rows; apart from `seed`, so reseeded training holds out the same rows
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_seq_length"):
@@ -153,6 +158,9 @@ class TrainBudget:
                 raise ConfigError(f"budget: {name} must be positive or null, got {value}")
         if self.epochs <= 0 or self.learning_rate <= 0:
             raise ConfigError("budget: epochs and learning_rate must be positive")
+        from autopeft.tasks.selection import check_selection
+
+        check_selection(self.select_on, self.holdout_size)
 
     def replace(self, **changes: Any) -> "TrainBudget":
         return dataclasses.replace(self, **changes)

@@ -58,6 +58,7 @@ class TrainedModel:
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     target_scale: dict[str, float] | None = None  # regression: the training targets' mean and std
+    select_on: str = "dev"  # the split ``history`` (and the best-epoch choice) is on; ``metrics`` are dev's
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -70,11 +71,13 @@ def train_exported(exp: ExportedConfig, budget: TrainBudget, output_dir: str | P
                    on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainedModel:
     """Train ``exp`` under ``budget``, keep the best epoch, save it to ``output_dir``."""
     from autopeft.build import build_full_model, build_model
-    from autopeft.tasks import load_split, load_task
+    from autopeft.tasks import load_splits, load_task
     from autopeft.train import evaluate, tokenize, subsample, train_and_evaluate
 
     task = load_task(exp.task)
-    train, dev = load_split(task, "train", data_dir), load_split(task, "dev", data_dir)
+    # A config found on held-out rows picks its best epoch on the same rows (the budget carries
+    # them); either way the dev split is scored once, at the end, for the report.
+    splits = load_splits(task, data_dir, budget.select_on, budget.holdout_size, budget.holdout_seed)
     if full_finetune:
         built = build_full_model(exp.model, task.num_labels, seed=budget.seed)
     else:
@@ -90,14 +93,14 @@ def train_exported(exp: ExportedConfig, budget: TrainBudget, output_dir: str | P
         if on_epoch is not None:
             on_epoch(epoch, metrics)
 
-    result = train_and_evaluate(model, tokenizer, task, train, dev, budget, device=device,
+    result = train_and_evaluate(model, tokenizer, task, splits.train, splits.select, budget, device=device,
                                 on_epoch=keep_best, on_step=on_step)
     if best["state"] is not None:  # restore the best epoch (the last one may be worse)
         with torch.no_grad():
             params = dict(model.named_parameters())
             for n, value in best["state"].items():
                 params[n].copy_(value)
-    dev_data = tokenize(subsample(dev, budget.eval_examples, budget.seed), tokenizer, budget.max_seq_length)
+    dev_data = tokenize(subsample(splits.dev, budget.eval_examples, budget.seed), tokenizer, budget.max_seq_length)
     metrics = evaluate(model, dev_data, task, tokenizer.pad_token_id, budget.batch_size * 2, torch.device(device),
                        result.target_scale)
 
@@ -109,12 +112,13 @@ def train_exported(exp: ExportedConfig, budget: TrainBudget, output_dir: str | P
         "export": exp.to_dict(), "budget": budget.to_dict(), "full_finetune": full_finetune, "adapters": names,
         "num_labels": task.num_labels, "metric_name": task.primary_metric, "metrics": metrics,
         "best_epoch": best["epoch"], "history": result.history, "trainable_params": trainable,
+        "select_on": splits.select_on,  # the split of `history` (best-epoch choice); `metrics` are dev's
         # Regression: the head outputs z-scores; load_trained maps them back with these.
         TARGET_SCALE_KEY: target_scale,
     }, indent=2, sort_keys=True) + "\n")
     return TrainedModel(out, task.primary_metric, metrics[task.primary_metric], best["epoch"], result.history,
                         trainable, 100.0 * trainable / base, result.peak_memory_mb, result.train_seconds,
-                        metrics=metrics, target_scale=target_scale)
+                        metrics=metrics, target_scale=target_scale, select_on=splits.select_on)
 
 
 def _save(model: torch.nn.Module, tokenizer: Any, names: list[str], out: Path, full_finetune: bool) -> None:
@@ -185,7 +189,14 @@ def log_training(result: TrainedModel, exp: ExportedConfig, budget: TrainBudget,
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
-    from autopeft.tracking import KIND_TAG, SEARCH_TAG, _local_artifact_root, resolve_tracking_uri
+    from autopeft.tracking import (
+        EVAL_SPLIT_TAG,
+        KIND_TAG,
+        SEARCH_TAG,
+        SELECT_SPLIT_TAG,
+        _local_artifact_root,
+        resolve_tracking_uri,
+    )
 
     uri = resolve_tracking_uri(tracking_uri or exp.source.get("tracking_uri"))
     client = MlflowClient(uri)
@@ -193,7 +204,8 @@ def log_training(result: TrainedModel, exp: ExportedConfig, budget: TrainBudget,
     experiment_id = exp_obj.experiment_id if exp_obj else client.create_experiment(
         experiment, artifact_location=_local_artifact_root(uri))
     tags = {KIND_TAG: TRAIN_KIND, "autopeft.peft": "full fine-tuning" if full_finetune else exp.peft.describe(),
-            "autopeft.model": exp.model, "autopeft.task": exp.task}
+            "autopeft.model": exp.model, "autopeft.task": exp.task,
+            EVAL_SPLIT_TAG: "dev", SELECT_SPLIT_TAG: result.select_on}
     if exp.source.get("search"):
         tags[SEARCH_TAG] = exp.source["search"]
     parent = exp.source.get("parent_run_id")
@@ -207,7 +219,8 @@ def log_training(result: TrainedModel, exp: ExportedConfig, budget: TrainBudget,
               **{f"budget/{k}": v for k, v in budget.to_dict().items()},
               **{f"{TARGET_SCALE_KEY}/{k}": v for k, v in (result.target_scale or {}).items()}}
     now = int(time.time() * 1000)
-    metrics = [Metric(f"dev_{k}", float(v), now, int(h["epoch"])) for h in result.history
+    # Per-epoch scores are named by their split (dev_accuracy, holdout_accuracy); the final ones are dev's.
+    metrics = [Metric(f"{result.select_on}_{k}", float(v), now, int(h["epoch"])) for h in result.history
                for k, v in h.items() if k not in ("epoch", "step")]
     final = {"metric": result.metric, **result.metrics, "best_epoch": result.best_epoch,
              "trainable_params": result.trainable_params, "trainable_percent": result.trainable_percent,

@@ -145,7 +145,7 @@ def prepare(settings: SearchSettings) -> Prepared:
     """Validate every input before anything starts; raises AutopeftError subclasses."""
     from autopeft.models import inspect_model
     from autopeft.spaces import load_space
-    from autopeft.tasks import load_split, load_task, resolve_data_dir
+    from autopeft.tasks import load_splits, load_task, resolve_data_dir
 
     check_ray_address(settings.ray_address)
     if settings.sampler not in SAMPLERS:
@@ -163,8 +163,8 @@ def prepare(settings: SearchSettings) -> Prepared:
     notes: list[str] = []
     try:
         data_dir = resolve_data_dir(settings.data_dir)
-        for split in ("train", "dev"):  # fail now, not in every trial
-            load_split(task, split, data_dir)
+        b = settings.budget  # the trials' splits, holdout included: fail now, not in every trial
+        load_splits(task, data_dir, b.select_on, b.holdout_size, b.holdout_seed)
     except DataError as exc:
         if not on_cluster(settings.ray_address):
             raise
@@ -209,7 +209,7 @@ def run_search(settings: SearchSettings, show_progress: bool = True,
     from ray import tune
 
     from autopeft import study as studies
-    from autopeft.tracking import SearchTracker
+    from autopeft.tracking import EVAL_SPLIT_TAG, SearchTracker
     from autopeft.trial import ray_trainable
 
     prep = prepared or prepare(settings)
@@ -220,7 +220,7 @@ def run_search(settings: SearchSettings, show_progress: bool = True,
         **{f"budget/{k}": v for k, v in settings.budget.to_dict().items()},
         "task_ref": prep.context.task,  # what `autopeft export` writes: a shipped name or an absolute path
     }, tags={"autopeft.task": prep.task.name, "autopeft.model": settings.model,
-             "autopeft.metric_name": prep.task.primary_metric})
+             "autopeft.metric_name": prep.task.primary_metric, EVAL_SPLIT_TAG: settings.budget.select_on})
 
     Path(settings.workdir).mkdir(parents=True, exist_ok=True)
     storage = studies.open_storage(settings.storage_url())

@@ -25,8 +25,11 @@ TRIAL_NUMBER_TAG = "autopeft.trial_number"  # trial run: the Optuna trial number
 FAILURE_TAG = "autopeft.failure"  # failed trial run: diverged | out_of_memory | exception | interrupted
 ERROR_TAG = "autopeft.error"  # failed trial run: the reason, one line
 KIND_TAG = "autopeft.kind"  # "search" | "trial"
-# Text fields of a trial's result kept as tags ``autopeft.<key>``: where and how it ran.
-RESULT_TAGS = ("node_id", "hostname", "device", "memory_measure")
+# Text fields of a trial's result kept as tags ``autopeft.<key>``: where and how it ran, and the
+# split its metrics are on (trial.EVAL_SPLIT).
+RESULT_TAGS = ("node_id", "hostname", "device", "memory_measure", "eval_split")
+EVAL_SPLIT_TAG = "autopeft.eval_split"  # "dev" | "holdout": the split a run's metrics are on
+SELECT_SPLIT_TAG = "autopeft.select_split"  # train run: the split its best epoch was chosen on
 PARETO_CSV = "pareto/pareto_front.csv"
 PARETO_PNG = "pareto/pareto_front.png"
 FRONT_COLUMNS = ("trial", "pareto", "metric", "trainable_params", "trainable_percent", "peak_memory_mb",

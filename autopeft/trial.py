@@ -17,6 +17,7 @@ METRIC = "metric"  # the task's primary metric (its real name is reported too)
 TRAINABLE_PARAMS = "trainable_params"
 PEAK_MEMORY_MB = "peak_memory_mb"
 OBJECTIVES = {METRIC: "max", TRAINABLE_PARAMS: "min", PEAK_MEMORY_MB: "min"}
+EVAL_SPLIT = "eval_split"  # "dev" or "holdout": the split a run's metrics were measured on
 
 
 @dataclass(frozen=True)
@@ -52,21 +53,23 @@ def run_config(ctx: TrialContext, peft: PeftConfig, budget: TrainBudget | None =
     benchmarks compare PEFT against, trained by the same loop.
     """
     from autopeft.build import build_full_model, build_model
-    from autopeft.tasks import load_split, load_task
+    from autopeft.tasks import load_splits, load_task
     from autopeft.train import train_and_evaluate
 
     budget = budget or ctx.budget
     task = load_task(ctx.task)
-    train, dev = load_split(task, "train", ctx.data_dir), load_split(task, "dev", ctx.data_dir)
+    splits = load_splits(task, ctx.data_dir, budget.select_on, budget.holdout_size, budget.holdout_seed)
     if full_finetune:
         built = build_full_model(ctx.model, task.num_labels, seed=budget.seed)
     else:
         built = build_model(ctx.model, peft, task.num_labels, seed=budget.seed)
-    result = train_and_evaluate(built.model, built.tokenizer, task, train, dev, budget, device=device,
-                                memory_limit_mb=ctx.memory_limit_mb)
+    # Scored on the selection split (dev, or rows held out of train): what the search chooses by.
+    result = train_and_evaluate(built.model, built.tokenizer, task, splits.train, splits.select, budget,
+                                device=device, memory_limit_mb=ctx.memory_limit_mb)
     return {
         METRIC: result.metrics[task.primary_metric],
         **result.metrics,
+        EVAL_SPLIT: splits.select_on,  # which split every metric above is on
         TRAINABLE_PARAMS: built.trainable_params,
         "trainable_percent": built.trainable_percent,
         "base_params": built.base_params,

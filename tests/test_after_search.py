@@ -45,6 +45,8 @@ def search(tiny_bert, tiny_task, tmp_path_factory):
 
 def test_pareto_reads_the_store_back(search):
     record = load_search("tiny-after", search["uri"])
+    client = MlflowClient(search["uri"])
+    assert all(client.get_run(t["run_id"]).data.tags["autopeft.eval_split"] == "dev" for t in record.trials)
     result = search["result"]
     assert record.parent_run_id == result.parent_run_id
     assert {t["run_id"] for t in record.front} == {r["run_id"] for r in result.front}
@@ -159,6 +161,45 @@ def test_train_exported_reloads_and_links_to_search(search, tmp_path, data_dir):
     assert run.data.tags[SEARCH_TAG] == "tiny-after" and run.data.tags[KIND_TAG] == "train"
     assert run.data.tags[SOURCE_RUN_TAG] == best["run_id"]
     assert run.data.metrics["metric"] == pytest.approx(result.metric)
+
+
+def test_train_of_a_holdout_config_picks_on_the_holdout_and_reports_dev(tiny_bert, tiny_task, tmp_path, monkeypatch):
+    """The budget carries the holdout: best epoch on the held-out rows, the final metrics on dev."""
+    import autopeft.train as train_module
+    from autopeft.config import PeftConfig
+    from autopeft.export import ExportedConfig
+    from autopeft.finetune import TRAIN_CONFIG
+    from autopeft.methods.seq_bn import SeqBnConfig
+    from autopeft.tasks import load_split, load_task, split_holdout
+
+    seen = []
+    real = train_module.train_and_evaluate
+    monkeypatch.setattr(train_module, "train_and_evaluate",
+                        lambda model, tok, task, train, dev, *a, **k: seen.append((train, dev)) or real(
+                            model, tok, task, train, dev, *a, **k))
+    budget = TrainBudget(train_examples=None, eval_examples=None, batch_size=16, epochs=2, select_on="holdout",
+                         holdout_size=24)
+    exp = ExportedConfig(tiny_bert, tiny_task, PeftConfig((SeqBnConfig((0, 1, 2), 8),)), budget)
+    epochs = []
+    result = train_exported(exp, budget, tmp_path / "trained", on_epoch=lambda e, m: epochs.append(m))
+    task = load_task(tiny_task)
+    rest, held = split_holdout(load_split(task, "train"), 24, seed=0)
+    assert seen[-1] == (rest, held)  # trained without the held-out rows, epochs scored on them
+    assert result.select_on == "holdout" and len(epochs) == 2
+    assert max(m["accuracy"] for m in epochs) == result.history[result.best_epoch - 1]["accuracy"]
+    info = json.loads((tmp_path / "trained" / TRAIN_CONFIG).read_text())
+    assert info["select_on"] == "holdout" and info["budget"]["select_on"] == "holdout"
+    # The reported metric is dev's, measured once with the kept epoch.
+    from autopeft.train import evaluate, tokenize
+
+    model, tokenizer, _ = load_trained(tmp_path / "trained")
+    dev = tokenize(load_split(task, "dev"), tokenizer, budget.max_seq_length)
+    assert evaluate(model, dev, task, tokenizer.pad_token_id, 32, torch.device("cpu")) == pytest.approx(result.metrics)
+    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(
+        log_training(result, exp, budget, False, f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    assert run.data.tags["autopeft.eval_split"] == "dev" and run.data.tags["autopeft.select_split"] == "holdout"
+    assert "holdout_accuracy" in run.data.metrics and "dev_accuracy" not in run.data.metrics
+    assert run.data.metrics["accuracy"] == pytest.approx(result.metric)
 
 
 @pytest.mark.parametrize("full_finetune", [False, True], ids=["peft", "full"])

@@ -87,6 +87,29 @@ def test_regression_trains_on_standard_scores_and_is_scored_on_the_task_scale(ti
     assert seen_losses[0] < 4.0
 
 
+def test_trial_on_holdout_trains_without_the_held_out_rows(tiny_bert, tiny_task, monkeypatch):
+    """A trial that selects on a holdout trains on train minus those rows and scores on them."""
+    import autopeft.train as train_module
+    from autopeft.tasks import load_split, load_task, split_holdout
+    from autopeft.trial import EVAL_SPLIT
+
+    seen = []
+    real = train_module.train_and_evaluate
+    monkeypatch.setattr(train_module, "train_and_evaluate",
+                        lambda model, tok, task, train, dev, *a, **k: seen.append((train, dev)) or real(
+                            model, tok, task, train, dev, *a, **k))
+    budget = BUDGET.replace(select_on="holdout", holdout_size=24, holdout_seed=3)
+    report = run_config(TrialContext(tiny_bert, tiny_task, budget), CONFIG)
+    assert report[EVAL_SPLIT] == "holdout"
+    train, scored = seen[-1]
+    task = load_task(tiny_task)
+    rest, held = split_holdout(load_split(task, "train"), 24, seed=3)
+    assert scored == held and train == rest and len(train) == 72  # the tiny task has 96 training rows
+    assert len(scored) == 24 and not set(scored.texts) & set(train.texts)
+    assert run_config(TrialContext(tiny_bert, tiny_task, BUDGET), CONFIG)[EVAL_SPLIT] == "dev"
+    assert seen[-1][1] == load_split(task, "dev")
+
+
 @pytest.mark.slow
 def test_embedded_model_learns_sst2(data_dir):
     """The default budget separates a good config from chance on real data (about a minute)."""
