@@ -74,6 +74,11 @@ OTHER_CASES = {  # id: (extra CLI args, words) — tmp_path is substituted for {
     "nobody at the Ray address": (["--ray-address", "127.0.0.1:9"], ["no Ray cluster answers", "127.0.0.1:9"]),
     "resume of an unknown search": (["--resume", "never-ran"], ["no search named 'never-ran'"]),
     "zero batch size": (["--batch-size", "0"], ["batch_size must be positive"]),
+    "unknown selection split": (["--select-on", "test"], ["--select-on", "dev, holdout", "'test'"]),
+    "holdout size neither fraction nor count": (["--select-on", "holdout", "--holdout-size", "2.5"],
+                                                ["--holdout-size", "2.5", "0.1 or 500"]),
+    "holdout as large as train": (["--task", "cb", "--select-on", "holdout", "--holdout-size", "250"],
+                                  ["leaves nothing to train on", "250 rows", "--holdout-size"]),
 }
 
 
