@@ -72,7 +72,7 @@ def train_exported(exp: ExportedConfig, budget: TrainBudget, output_dir: str | P
     """Train ``exp`` under ``budget``, keep the best epoch, save it to ``output_dir``."""
     from autopeft.build import build_full_model, build_model
     from autopeft.tasks import load_splits, load_task
-    from autopeft.train import evaluate, tokenize, subsample, train_and_evaluate
+    from autopeft.train import score_split, train_and_evaluate
 
     task = load_task(exp.task)
     # A config found on held-out rows picks its best epoch on the same rows (the budget carries
@@ -100,9 +100,7 @@ def train_exported(exp: ExportedConfig, budget: TrainBudget, output_dir: str | P
             params = dict(model.named_parameters())
             for n, value in best["state"].items():
                 params[n].copy_(value)
-    dev_data = tokenize(subsample(splits.dev, budget.eval_examples, budget.seed), tokenizer, budget.max_seq_length)
-    metrics = evaluate(model, dev_data, task, tokenizer.pad_token_id, budget.batch_size * 2, torch.device(device),
-                       result.target_scale)
+    metrics = score_split(model, tokenizer, task, splits.dev, budget, device, result.target_scale)
 
     target_scale = result.target_scale.to_dict() if result.target_scale else None
     out = Path(output_dir)

@@ -143,6 +143,15 @@ def evaluate(model: torch.nn.Module, data: Batches, task: TaskSpec, pad_id: int,
     return compute_metrics(task, preds, data.labels)
 
 
+def score_split(model: torch.nn.Module, tokenizer: Any, task: TaskSpec, split: Split, budget: TrainBudget,
+                device: torch.device | str = "cpu", target_scale: TargetScale | None = None) -> dict[str, float]:
+    """Every task metric of a trained ``model`` on ``split`` (``budget.eval_examples`` of it), as
+    ``train_and_evaluate`` scores its own eval split: for a later look at another split."""
+    data = tokenize(subsample(split, budget.eval_examples, budget.seed), tokenizer, budget.max_seq_length)
+    return evaluate(model, data, task, tokenizer.pad_token_id, budget.batch_size * 2, torch.device(device),
+                    target_scale)
+
+
 def train_and_evaluate(model: torch.nn.Module, tokenizer: Any, task: TaskSpec, train: Split, dev: Split,
                        budget: TrainBudget, device: torch.device | str = "cpu",
                        on_epoch: Callable[[int, dict[str, float]], None] | None = None,

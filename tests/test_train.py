@@ -99,14 +99,16 @@ def test_trial_on_holdout_trains_without_the_held_out_rows(tiny_bert, tiny_task,
                         lambda model, tok, task, train, dev, *a, **k: seen.append((train, dev)) or real(
                             model, tok, task, train, dev, *a, **k))
     budget = BUDGET.replace(select_on="holdout", holdout_size=24, holdout_seed=3)
-    report = run_config(TrialContext(tiny_bert, tiny_task, budget), CONFIG)
+    report = run_config(TrialContext(tiny_bert, tiny_task, budget), CONFIG, report_dev=True)
     assert report[EVAL_SPLIT] == "holdout"
+    assert round(report["accuracy"] * 24, 6).is_integer() and round(report["dev_accuracy"] * 48, 6).is_integer()
     train, scored = seen[-1]
     task = load_task(tiny_task)
     rest, held = split_holdout(load_split(task, "train"), 24, seed=3)
     assert scored == held and train == rest and len(train) == 72  # the tiny task has 96 training rows
     assert len(scored) == 24 and not set(scored.texts) & set(train.texts)
-    assert run_config(TrialContext(tiny_bert, tiny_task, BUDGET), CONFIG)[EVAL_SPLIT] == "dev"
+    on_dev = run_config(TrialContext(tiny_bert, tiny_task, BUDGET), CONFIG, report_dev=True)
+    assert on_dev[EVAL_SPLIT] == "dev" and "dev_accuracy" not in on_dev  # its metrics are dev's already
     assert seen[-1][1] == load_split(task, "dev")
 
 
