@@ -16,40 +16,30 @@ METRIC_NAMES = {"sst2": "SST-2 acc", "rte": "RTE acc", "mrpc": "MRPC F1", "cola"
                 "sick_e": "SICK-E acc"}
 
 
+def baseline_table(path: Path, cell_text) -> None:
+    """Baselines x tasks, each cell as ``cell_text(row)`` says."""
+    rows = common.read_csv(path)
+    if not rows:
+        return
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    names = list(dict.fromkeys(r["baseline"] for r in rows))
+    cell = {(r["task"], r["baseline"]): r for r in rows}
+    print("| baseline | trainable params | " + " | ".join(METRIC_NAMES[t] for t in tasks) + " |")
+    print("|---|---:|" + "---:|" * len(tasks))
+    for n in names:
+        params = next(cell[(t, n)]["trainable_params"] for t in tasks if (t, n) in cell)
+        print(f"| {n} | {int(params):,} | " + " | ".join(
+            cell_text(cell[(t, n)]) if (t, n) in cell else "" for t in tasks) + " |")
+    print()
+
+
 def baselines() -> None:
-    """The GLUE round's table (dev-selected, one learning rate)."""
-    rows = common.read_csv(common.RESULTS / "baselines_table.csv")
-    if not rows:
-        return
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    names = list(dict.fromkeys(r["baseline"] for r in rows))
-    cell = {(r["task"], r["baseline"]): r for r in rows}
-    print("| baseline | trainable params | " + " | ".join(METRIC_NAMES[t] for t in tasks) + " |")
-    print("|---|---:|" + "---:|" * len(tasks))
-    for n in names:
-        params = next(cell[(t, n)]["trainable_params"] for t in tasks if (t, n) in cell)
-        print(f"| {n} | {int(params):,} | " + " | ".join(
-            f"{float(cell[(t, n)]['metric_mean']):.3f} ± {float(cell[(t, n)]['metric_std']):.3f}" if (t, n) in cell
-            else "" for t in tasks) + " |")
-    print()
-
-
-def suite_baselines() -> None:
-    """The suite's table: dev metric at the rate chosen on the holdout, mean ± std over seeds."""
-    rows = common.read_csv(common.SUITE_RESULTS / "baselines_table.csv")
-    if not rows:
-        return
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    names = list(dict.fromkeys(r["baseline"] for r in rows))
-    cell = {(r["task"], r["baseline"]): r for r in rows}
-    print("| baseline | trainable params | " + " | ".join(METRIC_NAMES[t] for t in tasks) + " |")
-    print("|---|---:|" + "---:|" * len(tasks))
-    for n in names:
-        params = next(cell[(t, n)]["trainable_params"] for t in tasks if (t, n) in cell)
-        print(f"| {n} | {int(params):,} | " + " | ".join(
-            f"{float(cell[(t, n)]['dev_mean']):.3f} ± {float(cell[(t, n)]['dev_std']):.3f} "
-            f"(lr {float(cell[(t, n)]['learning_rate']):g})" if (t, n) in cell else "" for t in tasks) + " |")
-    print()
+    # The GLUE round: dev-selected, one learning rate.
+    baseline_table(common.RESULTS / "baselines_table.csv",
+                   lambda r: f"{float(r['metric_mean']):.3f} ± {float(r['metric_std']):.3f}")
+    # The suite: dev metric at the rate chosen on the holdout, mean ± std over seeds.
+    baseline_table(common.SUITE_RESULTS / "baselines_table.csv",
+                   lambda r: f"{float(r['dev_mean']):.3f} ± {float(r['dev_std']):.3f} (lr {float(r['learning_rate']):g})")
 
 
 def search_vs_baselines() -> None:
@@ -99,6 +89,5 @@ def samplers() -> None:
 
 if __name__ == "__main__":
     baselines()
-    suite_baselines()
     samplers()
     search_vs_baselines()
