@@ -158,7 +158,7 @@ def train(
     output: str = typer.Option("autopeft_trained", "--output", "-o", help="Folder for the trained weights."),
     train_examples: int = typer.Option(0, help="Training examples (0 = the whole train split)."),
     eval_examples: int = typer.Option(0, help="Dev examples (0 = the whole dev split)."),
-    epochs: float = typer.Option(3.0, help="Epochs; the dev set is scored after each and the best epoch is kept."),
+    epochs: float = typer.Option(3.0, help="Epochs; the selection split (dev, or the search's holdout) is scored after each and the best epoch is kept."),
     learning_rate: Optional[float] = typer.Option(None, help="Default: the learning rate the config was found with."),
     batch_size: Optional[int] = typer.Option(None, help="Default: the search's batch size."),
     seed: Optional[int] = typer.Option(None),
@@ -184,12 +184,13 @@ def train(
     with _step_progress("train") as (on_step, note):
         def on_epoch(epoch: int, metrics: dict) -> None:
             note(", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-            console.print(f"epoch {epoch}: " + ", ".join(f"dev {k} {v:.4f}" for k, v in metrics.items()))
+            console.print(f"epoch {epoch}: " + ", ".join(f"{budget.select_on} {k} {v:.4f}" for k, v in metrics.items()))
 
         result = train_exported(exp, budget, output, str(data) if data else None, full_finetune,
                                 on_step=on_step, on_epoch=on_epoch)
     run_id = log_training(result, exp, budget, full_finetune, tracking_uri, experiment, run_name)
-    console.print(f"best epoch {result.best_epoch}: dev {result.metric_name} {result.metric:.4f}, "
+    console.print(f"best epoch {result.best_epoch} (chosen on {result.select_on}): dev {result.metric_name} "
+                  f"{result.metric:.4f}, "
                   f"{result.trainable_params:,} trainable parameters ({result.trainable_percent:.3f}%). "
                   f"Saved to {result.output_dir}; MLflow run {run_id}")
 
