@@ -91,6 +91,9 @@ def search(
     batch_size: int = typer.Option(_default(_B, "batch_size"), help=_help(_B, "batch_size")),
     max_seq_length: int = typer.Option(_default(_B, "max_seq_length"), help=_help(_B, "max_seq_length")),
     learning_rate: float = typer.Option(_default(_B, "learning_rate"), help=_help(_B, "learning_rate")),
+    select_on: str = typer.Option(_default(_B, "select_on"), help=_help(_B, "select_on")),
+    holdout_size: float = typer.Option(_default(_B, "holdout_size"), help=_help(_B, "holdout_size")),
+    holdout_seed: int = typer.Option(_default(_B, "holdout_seed"), help=_help(_B, "holdout_seed")),
     data_dir: Optional[str] = typer.Option(None, help="Folder laid out like GLUE's (env AUTOPEFT_DATA_DIR). Unset: the Hugging Face Hub."),
     workdir: str = typer.Option(_default(_S, "workdir"), help=_help(_S, "workdir")),
     storage: Optional[str] = typer.Option(None, help=_help(_S, "storage")),
@@ -122,7 +125,8 @@ def search(
         keys += ("peak_memory_mb",)
     budget = TrainBudget(train_examples=train_examples or None, eval_examples=eval_examples or None, epochs=epochs,
                          max_steps=max_steps, batch_size=batch_size, max_seq_length=max_seq_length,
-                         learning_rate=learning_rate, seed=seed)
+                         learning_rate=learning_rate, seed=seed, select_on=select_on, holdout_size=holdout_size,
+                         holdout_seed=holdout_seed)
     settings = SearchSettings(
         name=name or default_name(task, space), model=model, task=task, space=space, budget=budget,
         num_samples=num_samples, max_concurrent_trials=max_concurrent_trials, cpus_per_trial=cpus_per_trial,
@@ -139,7 +143,8 @@ def _run_and_report(settings) -> None:
     for note in prepared.notes:
         console.print(f"[yellow]note:[/] {_escape(note)}", highlight=False)
     console.print(f"search [bold]{settings.name}[/]: {settings.num_samples} trials of {settings.model} on "
-                  f"{settings.task}, space {settings.space}, sampler {settings.sampler}")
+                  f"{settings.task}, space {settings.space}, sampler {settings.sampler}, scored on "
+                  f"{_selection_text(settings.budget)}")
     try:
         result = run_search(settings, prepared=prepared)
     except KeyboardInterrupt:
@@ -156,6 +161,13 @@ def _run_and_report(settings) -> None:
                   f"(parent run {result.parent_run_id})")
     for r in failed:
         console.print(f"  trial {r['trial']} failed ({r['failure']}): {_escape(str(r['error']))[:300]}")
+
+
+def _selection_text(budget) -> str:
+    if budget.select_on == "dev":
+        return "the dev split"
+    size = f"{budget.holdout_size:g} of train" if budget.holdout_size < 1 else f"{int(budget.holdout_size)} rows"
+    return f"a holdout ({size}, seed {budget.holdout_seed}; dev is left for the report)"
 
 
 def print_front(front: list, metric_name: str, objectives: dict, title: str, picked: int | None = None) -> None:
@@ -184,7 +196,7 @@ def train(
     output: str = typer.Option("autopeft_trained", "--output", "-o", help="Folder for the trained weights."),
     train_examples: int = typer.Option(0, help="Training examples (0 = the whole train split)."),
     eval_examples: int = typer.Option(0, help="Dev examples (0 = the whole dev split)."),
-    epochs: float = typer.Option(3.0, help="Epochs; the dev set is scored after each and the best epoch is kept."),
+    epochs: float = typer.Option(3.0, help="Epochs; the selection split (dev, or the search's holdout) is scored after each and the best epoch is kept."),
     learning_rate: Optional[float] = typer.Option(None, help="Default: the learning rate the config was found with."),
     batch_size: Optional[int] = typer.Option(None, help="Default: the search's batch size."),
     seed: Optional[int] = typer.Option(None),
@@ -210,12 +222,13 @@ def train(
     with _step_progress("train") as (on_step, note):
         def on_epoch(epoch: int, metrics: dict) -> None:
             note(", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-            console.print(f"epoch {epoch}: " + ", ".join(f"dev {k} {v:.4f}" for k, v in metrics.items()))
+            console.print(f"epoch {epoch}: " + ", ".join(f"{budget.select_on} {k} {v:.4f}" for k, v in metrics.items()))
 
         result = train_exported(exp, budget, output, str(data) if data else None, full_finetune,
                                 on_step=on_step, on_epoch=on_epoch)
     run_id = log_training(result, exp, budget, full_finetune, tracking_uri, experiment, run_name)
-    console.print(f"best epoch {result.best_epoch}: dev {result.metric_name} {result.metric:.4f}, "
+    console.print(f"best epoch {result.best_epoch} (chosen on {result.select_on}): dev {result.metric_name} "
+                  f"{result.metric:.4f}, "
                   f"{result.trainable_params:,} trainable parameters ({result.trainable_percent:.3f}%). "
                   f"Saved to {result.output_dir}; MLflow run {run_id}")
 

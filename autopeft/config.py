@@ -146,6 +146,16 @@ class TrainBudget:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     warmup_ratio: float = field(default=0.06, metadata={"help": "fraction of steps spent warming up"})
     seed: int = field(default=0, metadata={"help": "seed of the data order, dropout and new weights"})
+    # Which split scores a run (autopeft.tasks.selection): "dev", or "holdout" = rows held out of
+    # the training split, so that choices made from the scores leave dev clean for the report.
+    select_on: str = field(default="dev", metadata={
+        "help": "split that scores trials and every choice made from them: dev, or holdout (rows held out "
+                "of train; dev stays clean for `autopeft train`'s report)"})
+    holdout_size: float = field(default=0.1, metadata={
+        "help": "with select_on holdout: a fraction of the training split (< 1) or a row count, at most 1,000 rows"})
+    # Apart from `seed`, so reseeded training holds out the same rows.
+    holdout_seed: int = field(default=0, metadata={
+        "help": "which training rows are held out (the same seed, the same rows)"})
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_seq_length"):
@@ -157,6 +167,9 @@ class TrainBudget:
                 raise ConfigError(f"budget: {name} must be positive or null, got {value}")
         if self.epochs <= 0 or self.learning_rate <= 0:
             raise ConfigError("budget: epochs and learning_rate must be positive")
+        from autopeft.tasks.selection import check_selection
+
+        check_selection(self.select_on, self.holdout_size)
 
     def replace(self, **changes: Any) -> "TrainBudget":
         return dataclasses.replace(self, **changes)

@@ -24,6 +24,7 @@ from autopeft.export import ExportedConfig
 TRAIN_CONFIG = "train_config.json"  # the export plus the budget it was trained with
 BASE_PARAMS_FILE = "trained_base_params.safetensors"  # task head (+ BitFit biases)
 FULL_MODEL_DIR = "model"  # full fine-tuning: a plain save_pretrained folder
+TARGET_SCALE_KEY = "target_scale"  # train_config.json: a regression head's target mean/std
 
 
 def full_budget(found_with: TrainBudget, train_examples: int | None = None, epochs: float = 3.0,
@@ -54,6 +55,8 @@ class TrainedModel:
     train_seconds: float
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    target_scale: dict[str, float] | None = None  # regression: the training targets' mean and std
+    select_on: str = "dev"  # the split ``history`` (and the best-epoch choice) is on; ``metrics`` are dev's
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -66,11 +69,13 @@ def train_exported(exp: ExportedConfig, budget: TrainBudget, output_dir: str | P
                    on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainedModel:
     """Train ``exp`` under ``budget``, keep the best epoch, save it to ``output_dir``."""
     from autopeft.build import build_full_model, build_model
-    from autopeft.tasks import load_split, load_task
-    from autopeft.train import evaluate, tokenize, subsample, train_and_evaluate
+    from autopeft.tasks import load_splits, load_task
+    from autopeft.train import score_split, train_and_evaluate
 
     task = load_task(exp.task)
-    train, dev = load_split(task, "train", data_dir), load_split(task, "dev", data_dir)
+    # A config found on held-out rows picks its best epoch on the same rows (the budget carries
+    # them); either way the dev split is scored once, at the end, for the report.
+    splits = load_splits(task, data_dir, budget.select_on, budget.holdout_size, budget.holdout_seed)
     if full_finetune:
         built = build_full_model(exp.model, task.num_labels, seed=budget.seed)
     else:
@@ -86,16 +91,16 @@ def train_exported(exp: ExportedConfig, budget: TrainBudget, output_dir: str | P
         if on_epoch is not None:
             on_epoch(epoch, metrics)
 
-    result = train_and_evaluate(model, tokenizer, task, train, dev, budget, device=device,
+    result = train_and_evaluate(model, tokenizer, task, splits.train, splits.select, budget, device=device,
                                 on_epoch=keep_best, on_step=on_step)
     if best["state"] is not None:  # restore the best epoch (the last one may be worse)
         with torch.no_grad():
             params = dict(model.named_parameters())
             for n, value in best["state"].items():
                 params[n].copy_(value)
-    dev_data = tokenize(subsample(dev, budget.eval_examples, budget.seed), tokenizer, budget.max_seq_length)
-    metrics = evaluate(model, dev_data, task, tokenizer.pad_token_id, budget.batch_size * 2, torch.device(device))
+    metrics = score_split(model, tokenizer, task, splits.dev, budget, device, result.target_scale)
 
+    target_scale = result.target_scale.to_dict() if result.target_scale else None
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _save(model, tokenizer, names, out, full_finetune)
@@ -103,10 +108,13 @@ def train_exported(exp: ExportedConfig, budget: TrainBudget, output_dir: str | P
         "export": exp.to_dict(), "budget": budget.to_dict(), "full_finetune": full_finetune, "adapters": names,
         "num_labels": task.num_labels, "metric_name": task.primary_metric, "metrics": metrics,
         "best_epoch": best["epoch"], "history": result.history, "trainable_params": trainable,
+        "select_on": splits.select_on,  # the split of `history` (best-epoch choice); `metrics` are dev's
+        # Regression: the head outputs z-scores; load_trained maps them back with these.
+        TARGET_SCALE_KEY: target_scale,
     }, indent=2, sort_keys=True) + "\n")
     return TrainedModel(out, task.primary_metric, metrics[task.primary_metric], best["epoch"], result.history,
                         trainable, 100.0 * trainable / base, result.peak_memory_mb, result.train_seconds,
-                        metrics=metrics)
+                        metrics=metrics, target_scale=target_scale, select_on=splits.select_on)
 
 
 def _save(model: torch.nn.Module, tokenizer: Any, names: list[str], out: Path, full_finetune: bool) -> None:
@@ -128,18 +136,30 @@ def _save(model: torch.nn.Module, tokenizer: Any, names: list[str], out: Path, f
 
 
 def load_trained(folder: str | Path) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
-    """Model, tokenizer and train config of an ``autopeft train`` output folder, ready for inference."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """Model, tokenizer and train config of an ``autopeft train`` output folder, ready for inference.
+
+    A regression model's logits come out on the task's own scale: the target mean/std it was
+    trained with (``train_config.json``'s ``target_scale``) are applied by a forward hook.
+    """
+    from autopeft.train import TargetScale
 
     folder = Path(folder)
     try:
         info = json.loads((folder / TRAIN_CONFIG).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise AutopeftError(f"{folder} is not an autopeft train output ({TRAIN_CONFIG}: {exc})") from None
+    model, tokenizer = _load_weights(folder, info)
+    if info.get(TARGET_SCALE_KEY):  # absent in folders written before targets were standardised
+        TargetScale.from_dict(info[TARGET_SCALE_KEY]).attach(model)
+    return model.eval(), tokenizer, info
+
+
+def _load_weights(folder: Path, info: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
     if info["full_finetune"]:
-        model = AutoModelForSequenceClassification.from_pretrained(folder / FULL_MODEL_DIR)
-        return model.eval(), tokenizer, info
+        return AutoModelForSequenceClassification.from_pretrained(folder / FULL_MODEL_DIR), tokenizer
     import adapters
     from safetensors.torch import load_file
 
@@ -156,7 +176,7 @@ def load_trained(folder: str | Path) -> tuple[torch.nn.Module, Any, dict[str, An
     if missing:
         raise AutopeftError(f"{folder}: saved parameters {sorted(missing)[:3]} do not exist in the rebuilt model")
     model.load_state_dict(load_file(str(folder / BASE_PARAMS_FILE)), strict=False)
-    return model.eval(), tokenizer, info
+    return model, tokenizer
 
 
 def log_training(result: TrainedModel, exp: ExportedConfig, budget: TrainBudget, full_finetune: bool,
@@ -165,7 +185,8 @@ def log_training(result: TrainedModel, exp: ExportedConfig, budget: TrainBudget,
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
-    from autopeft.schema import KIND_TAG, KIND_TRAIN, MODEL_TAG, PEFT_TAG, SEARCH_TAG, SOURCE_RUN_TAG, TASK_TAG
+    from autopeft.schema import (EVAL_SPLIT_TAG, KIND_TAG, KIND_TRAIN, MODEL_TAG, PEFT_TAG, SEARCH_TAG,
+                                 SELECT_SPLIT_TAG, SOURCE_RUN_TAG, TASK_TAG)
     from autopeft.tracking import local_artifact_root, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri or exp.source.get("tracking_uri"))
@@ -174,7 +195,7 @@ def log_training(result: TrainedModel, exp: ExportedConfig, budget: TrainBudget,
     experiment_id = exp_obj.experiment_id if exp_obj else client.create_experiment(
         experiment, artifact_location=local_artifact_root(uri))
     tags = {KIND_TAG: KIND_TRAIN, PEFT_TAG: "full fine-tuning" if full_finetune else exp.peft.describe(),
-            MODEL_TAG: exp.model, TASK_TAG: exp.task}
+            MODEL_TAG: exp.model, TASK_TAG: exp.task, EVAL_SPLIT_TAG: "dev", SELECT_SPLIT_TAG: result.select_on}
     if exp.source.get("search"):
         tags[SEARCH_TAG] = exp.source["search"]
     parent = exp.source.get("parent_run_id")
@@ -185,9 +206,11 @@ def log_training(result: TrainedModel, exp: ExportedConfig, budget: TrainBudget,
     run = client.create_run(experiment_id, run_name=name or f"train-{time.strftime('%Y%m%d-%H%M%S')}", tags=tags)
     run_id = run.info.run_id
     params = {"model": exp.model, "task": exp.task, "full_finetune": full_finetune,
-              **{f"budget/{k}": v for k, v in budget.to_dict().items()}}
+              **{f"budget/{k}": v for k, v in budget.to_dict().items()},
+              **{f"{TARGET_SCALE_KEY}/{k}": v for k, v in (result.target_scale or {}).items()}}
     now = int(time.time() * 1000)
-    metrics = [Metric(f"dev_{k}", float(v), now, int(h["epoch"])) for h in result.history
+    # Per-epoch scores are named by their split (dev_accuracy, holdout_accuracy); the final ones are dev's.
+    metrics = [Metric(f"{result.select_on}_{k}", float(v), now, int(h["epoch"])) for h in result.history
                for k, v in h.items() if k not in ("epoch", "step")]
     final = {"metric": result.metric, **result.metrics, "best_epoch": result.best_epoch,
              "trainable_params": result.trainable_params, "trainable_percent": result.trainable_percent,

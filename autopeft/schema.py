@@ -34,9 +34,13 @@ METRIC_NAME_TAG = "autopeft.metric_name"  # the task metric that the ``metric`` 
 FAILURE_TAG = "autopeft.failure"  # failed trial run: diverged | out_of_memory | exception | interrupted
 ERROR_TAG = "autopeft.error"  # failed trial run: the reason, one line
 SOURCE_RUN_TAG = "autopeft.source_run_id"  # train run: the trial run its config was exported from
+EVAL_SPLIT_TAG = "autopeft.eval_split"  # "dev" | "holdout": the split a run's metrics are on
+SELECT_SPLIT_TAG = "autopeft.select_split"  # train run: the split its best epoch was chosen on
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
-# Text fields of a trial's report kept as tags ``autopeft.<key>``: where and how it ran.
-RESULT_TAGS = ("node_id", "hostname", "device", "memory_measure")
+# Text fields of a trial's report kept as tags ``autopeft.<key>``: where and how it ran, and the
+# split its metrics are on (EVAL_SPLIT).
+EVAL_SPLIT = "eval_split"  # report key: "dev" or "holdout"
+RESULT_TAGS = ("node_id", "hostname", "device", "memory_measure", EVAL_SPLIT)
 
 
 def result_tag(key: str) -> str:

@@ -106,7 +106,7 @@ def prepare(settings: SearchSettings) -> Prepared:
     """Validate every input before anything starts; raises AutopeftError subclasses."""
     from autopeft.models import inspect_model
     from autopeft.spaces import load_space
-    from autopeft.tasks import load_split, load_task, resolve_data_dir
+    from autopeft.tasks import load_splits, load_task, resolve_data_dir
     from autopeft.tracking import check_reachable, resolve_tracking_uri
 
     check_ray_address(settings.ray_address)
@@ -126,8 +126,8 @@ def prepare(settings: SearchSettings) -> Prepared:
     notes: list[str] = []
     try:
         data_dir = resolve_data_dir(settings.data_dir)
-        for split in ("train", "dev"):  # fail now, not in every trial
-            load_split(task, split, data_dir)
+        b = settings.budget  # the trials' splits, holdout included: fail now, not in every trial
+        load_splits(task, data_dir, b.select_on, b.holdout_size, b.holdout_seed)
     except DataError as exc:
         if not on_cluster(settings.ray_address):
             raise
@@ -192,7 +192,7 @@ def open_stores(prep: Prepared) -> Stores:
         "seed": settings.seed, **{f"{schema.BUDGET_PREFIX}{k}": v for k, v in settings.budget.to_dict().items()},
         schema.TASK_REF_PARAM: prep.context.task,
     }, tags={schema.TASK_TAG: prep.task.name, schema.MODEL_TAG: settings.model,
-             schema.METRIC_NAME_TAG: prep.task.primary_metric})
+             schema.METRIC_NAME_TAG: prep.task.primary_metric, schema.EVAL_SPLIT_TAG: settings.budget.select_on})
 
     Path(settings.workdir).mkdir(parents=True, exist_ok=True)
     storage = studies.open_storage(settings.storage_url())

@@ -12,6 +12,7 @@ from typing import Any
 
 from autopeft.config import PeftConfig, TrainBudget
 from autopeft.objectives import METRIC, PEAK_MEMORY_MB, TRAINABLE_PARAMS, measure_all
+from autopeft.schema import EVAL_SPLIT
 
 
 @dataclass(frozen=True)
@@ -51,29 +52,37 @@ def pick_device(gpus: float = 0) -> str:
 
 
 def run_config(ctx: TrialContext, peft: PeftConfig, budget: TrainBudget | None = None,
-               device: str = "cpu", full_finetune: bool = False) -> dict[str, Any]:
+               device: str = "cpu", full_finetune: bool = False, report_dev: bool = False) -> dict[str, Any]:
     """Build, train and evaluate ``peft`` on ``ctx``; return the report of one trial.
 
     ``full_finetune`` trains every weight instead (``peft`` is then ignored): the reference the
-    benchmarks compare PEFT against, trained by the same loop.
+    benchmarks compare PEFT against, trained by the same loop. ``report_dev`` with a budget that
+    selects on a holdout also scores the trained model on the dev split (keys ``dev_<metric>``):
+    the benchmarks choose by the holdout metric and report the dev one of the same run.
     """
     from autopeft.build import build_full_model, build_model
-    from autopeft.tasks import load_split, load_task
-    from autopeft.train import train_and_evaluate
+    from autopeft.tasks import HOLDOUT, load_splits, load_task
+    from autopeft.train import score_split, train_and_evaluate
 
     budget = budget or ctx.budget
     task = load_task(ctx.task)
-    train, dev = load_split(task, "train", ctx.data_dir), load_split(task, "dev", ctx.data_dir)
+    splits = load_splits(task, ctx.data_dir, budget.select_on, budget.holdout_size, budget.holdout_seed)
     if full_finetune:
         built = build_full_model(ctx.model, task.num_labels, seed=budget.seed)
     else:
         built = build_model(ctx.model, peft, task.num_labels, seed=budget.seed)
-    result = train_and_evaluate(built.model, built.tokenizer, task, train, dev, budget, device=device,
-                                memory_limit_mb=ctx.memory_limit_mb)
+    # Scored on the selection split (dev, or rows held out of train): what the search chooses by.
+    result = train_and_evaluate(built.model, built.tokenizer, task, splits.train, splits.select, budget,
+                                device=device, memory_limit_mb=ctx.memory_limit_mb)
+    dev: dict[str, float] = {}
+    if report_dev and splits.select_on == HOLDOUT:
+        dev = score_split(built.model, built.tokenizer, task, splits.dev, budget, device, result.target_scale)
     measured = measure_all(TrainedTrial(built, task, budget, device, result))
     return {
         METRIC: result.metrics[task.primary_metric],
         **result.metrics,
+        EVAL_SPLIT: splits.select_on,  # which split every metric above is on (dev_* keys: dev's)
+        **{f"dev_{k}": v for k, v in dev.items()},
         TRAINABLE_PARAMS: built.trainable_params,
         "trainable_percent": built.trainable_percent,
         "base_params": built.base_params,

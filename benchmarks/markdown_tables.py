@@ -11,14 +11,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
-METRIC_NAMES = {"sst2": "SST-2 acc", "rte": "RTE acc", "mrpc": "MRPC F1", "cola": "CoLA MCC", "stsb": "STS-B Pearson"}
+METRIC_NAMES = {"sst2": "SST-2 acc", "rte": "RTE acc", "mrpc": "MRPC F1", "cola": "CoLA MCC", "stsb": "STS-B Pearson",
+                "mr": "MR acc", "mpqa": "MPQA acc", "trec": "TREC acc", "sick_r": "SICK-R Pearson",
+                "sick_e": "SICK-E acc"}
 
 
-def baselines() -> None:
-    rows = common.read_csv(common.RESULTS / "baselines_table.csv")
+def baseline_table(path: Path, cell_text) -> None:
+    """Baselines x tasks, each cell as ``cell_text(row)`` says."""
+    rows = common.read_csv(path)
     if not rows:
         return
-    tasks = [t for t in common.TASKS if any(r["task"] == t for r in rows)]
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
     names = list(dict.fromkeys(r["baseline"] for r in rows))
     cell = {(r["task"], r["baseline"]): r for r in rows}
     print("| baseline | trainable params | " + " | ".join(METRIC_NAMES[t] for t in tasks) + " |")
@@ -26,13 +29,22 @@ def baselines() -> None:
     for n in names:
         params = next(cell[(t, n)]["trainable_params"] for t in tasks if (t, n) in cell)
         print(f"| {n} | {int(params):,} | " + " | ".join(
-            f"{float(cell[(t, n)]['metric_mean']):.3f} ± {float(cell[(t, n)]['metric_std']):.3f}" if (t, n) in cell
-            else "" for t in tasks) + " |")
+            cell_text(cell[(t, n)]) if (t, n) in cell else "" for t in tasks) + " |")
     print()
 
 
+def baselines() -> None:
+    # The GLUE round: dev-selected, one learning rate.
+    baseline_table(common.RESULTS / "baselines_table.csv",
+                   lambda r: f"{float(r['metric_mean']):.3f} ± {float(r['metric_std']):.3f}")
+    # The suite: dev metric at the rate chosen on the holdout, mean ± std over seeds.
+    baseline_table(common.SUITE_RESULTS / "baselines_table.csv",
+                   lambda r: f"{float(r['dev_mean']):.3f} ± {float(r['dev_std']):.3f} (lr {float(r['learning_rate']):g})")
+
+
 def search_vs_baselines() -> None:
-    for path in sorted(common.RESULTS.glob("search_vs_baselines_*_*_*.csv")):
+    for path in sorted([*common.RESULTS.glob("search_vs_baselines_*_*_*.csv"),
+                        *common.SUITE_RESULTS.glob("search_vs_baselines_*_*_*.csv")]):
         if not path.stem.startswith("search_vs_baselines_runs_"):
             print(f"{path.name}:\n")
             search_vs_baselines_table(common.read_csv(path))
@@ -55,8 +67,9 @@ def search_vs_baselines_table(rows: list[dict]) -> None:
         if r["task"] in seen:
             continue
         seen.add(r["task"])
+        ratio = f" (ratio {float(r['cpu_ratio']):.2f})" if r.get("cpu_ratio") else ""  # the suite's tables have it
         print(f"| {r['task']} | {float(r['majority_metric']):.3f} | {float(r['hv_found_over_baselines']):.3f} | {r['search_cpu_seconds']} + "
-              f"{r['retrain_cpu_seconds']} | {r['baselines_cpu_seconds']} |")
+              f"{r['retrain_cpu_seconds']} | {r['baselines_cpu_seconds']}{ratio} |")
     print()
 
 

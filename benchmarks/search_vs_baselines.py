@@ -1,24 +1,31 @@
-"""Does a cheap search find configurations that beat the hand-picked baselines, and at what cost?
+"""Does a search find configurations that beat every hand-pick at equal cost, judged on held-out data?
 
-Per task: a real ``autopeft search`` (Ray Tune + Optuna + MLflow, the space and sampler given) at
-low fidelity (fewer training and dev examples than the baselines get); then its Pareto front
-(metric vs trainable params), exported with ``autopeft.results.to_export``, is retrained at the
-baselines' budget and seeds (at most --max-front configs: the best within LoRA r=8's parameter
-count, the best within Pfeiffer's, the best overall), exactly as benchmarks/baselines.py trains
-the baselines. Needs that script's results (benchmarks/results/baselines.csv) for the same budget.
+Per task of the suite: a real ``autopeft search`` (Ray Tune + Optuna + MLflow, the space and
+sampler given) whose trials select on the same held-out rows as the baselines
+(``--select-on holdout``; benchmarks/baselines.py) at low fidelity (fewer training examples);
+then its Pareto front, chosen by those holdout scores and exported with
+``autopeft.results.to_export``, is retrained at the suite budget for every seed (at most
+--max-front configs: the best within LoRA r=8's parameter count, the best within Pfeiffer's, the
+best overall), exactly as the baselines are trained, with the learning rate each trial sampled.
+The dev split scores only these retrained configs and the baselines at their chosen rates.
 
-For each task and baseline the table says whether a found configuration dominates it (mean metric
->= and trainable params <=, one of them strictly), and gives the hypervolume of the found front over the baselines'
-front over (metric, log10 params) with one reference point per task (the worst metric and the
-largest parameter count of either side, plus a margin). Compute is CPU-seconds: the machine's busy
-CPU time while the search ran (Ray workers, driver and all) plus the retraining runs' own CPU
-time, against the CPU time of the nine baselines' runs.
+For each task and baseline the table says whether a found configuration dominates it
+(``_common.dominates``: dev mean >= and params <=, strictly better in one, a better metric by more
+than the larger of the two seed stds), and gives the hypervolume of the found configs over the
+baselines' over (dev metric, log10 params) with one reference point per task (the worst metric
+and the largest parameter count of either side, plus a margin).
+
+Equal cost: the search (all its trials: the machine's busy CPU time while it ran) plus the
+retraining of its front for every seed may use no more CPU-seconds than the baselines' whole
+sweep (9 baselines x 3 rates + the extra seeds, their runs' own CPU time). The ratio is printed
+per task; above 1 the task is marked over budget (lower --trials or --search-train-examples).
 
     AUTOPEFT_DATA_DIR=../shared/data .venv/bin/python benchmarks/search_vs_baselines.py [--trials 10]
 
-Writes search_vs_baselines_runs_SPACE_SAMPLER_TRIALS.csv (every retraining run; a stopped run
-resumes, and so do the searches) and search_vs_baselines_SPACE_SAMPLER_TRIALS.csv (the table); logs one MLflow run (the
-searches log their own runs to experiment autopeft-benchmarks-search in the same store).
+Writes benchmarks/results/suite/search_vs_baselines_runs_SPACE_SAMPLER_TRIALS.csv (every
+retraining run; a stopped run resumes, and so do the searches) and
+search_vs_baselines_SPACE_SAMPLER_TRIALS.csv (the table); logs one MLflow run to the suite's own
+store (the searches log theirs to experiment autopeft-benchmarks-search in the same store).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
-from baselines import add_budget_args, baseline_budget  # noqa: E402
+from baselines import EXTRA, KEY, add_budget_args, chosen_lrs, reported, suite_budget  # noqa: E402
 
 HEADLINE = ("lora_r8", "pfeiffer")
 
@@ -48,18 +55,19 @@ def busy_cpu_seconds() -> float:
 
 def search_task(task: str, args: argparse.Namespace, budgets: list[float], known: set[str]) -> tuple[list, float]:
     """Run (or finish) the low-fidelity search of ``task``; its front as exports, and its CPU-seconds."""
-    from autopeft.config import TrainBudget
     from autopeft.results import load_search, to_export
     from autopeft.search import SearchSettings, run_search
 
     name = f"svb-{args.space}-{args.sampler}-{task}-{args.trials}"
-    uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{common.RESULTS / 'mlflow.db'}")
+    uri = common.tracking_uri(common.SUITE_RESULTS)
+    # Trials score on the baselines' held-out rows: the front, and the learning rates in it, are
+    # chosen without looking at dev.
+    budget = suite_budget(args, 0, common.PEFT_LR).replace(train_examples=args.search_train_examples)
     settings = SearchSettings(
-        name=name, task=task, space=args.space, sampler=args.sampler, num_samples=args.trials,
-        budget=TrainBudget(train_examples=args.search_train_examples, eval_examples=args.search_eval_examples),
-        max_concurrent_trials=args.workers, data_dir=args.data_dir, workdir=str(common.RESULTS / "svb"),
+        name=name, task=task, space=args.space, sampler=args.sampler, num_samples=args.trials, budget=budget,
+        max_concurrent_trials=args.workers, data_dir=args.data_dir, workdir=str(common.SUITE_RESULTS / "svb"),
         tracking_uri=uri, experiment="autopeft-benchmarks-search")
-    cpu_file = common.RESULTS / "svb" / f"{name}.cpu"
+    cpu_file = common.SUITE_RESULTS / "svb" / f"{name}.cpu"
     cpu_file.parent.mkdir(parents=True, exist_ok=True)
     total = float(cpu_file.read_text()) if cpu_file.exists() else 0.0  # a resumed search adds to it
     if _trials_done(settings) < args.trials:
@@ -68,13 +76,13 @@ def search_task(task: str, args: argparse.Namespace, budgets: list[float], known
         total += busy_cpu_seconds() - cpu0
         cpu_file.write_text(str(total))
     record = load_search(name, uri, experiment="autopeft-benchmarks-search")
-    # A baseline's own config (the warm start is Pfeiffer's) retrains to the baseline's numbers
-    # and cannot dominate it; a config sampled twice is retrained once.
+    # A baseline's own config (a warm start such as Pfeiffer's or LoRA r=8's) retrains to the
+    # baseline's numbers and cannot dominate it; a config sampled twice is retrained once.
     unique: dict[str, tuple] = {}
     for t in record.front:
         exp = to_export(record, t)
         form = exp.peft.canonical()
-        if form in known and exp.budget.learning_rate == common.PEFT_LR:
+        if form in known:  # a baseline's own config: the baselines' sweep already tried it
             continue
         unique.setdefault(form + str(exp.budget.learning_rate), (t, exp))
     chosen = {id(t) for t in _choose([t for t, _ in unique.values()], budgets, args.max_front)}
@@ -117,17 +125,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_budget_args(ap)
     ap.add_argument("--trials", type=int, default=10, help="trials per task's search")
-    ap.add_argument("--space", default="autopeft")
+    ap.add_argument("--space", default="small")
     ap.add_argument("--sampler", default="gp")
-    ap.add_argument("--search-train-examples", type=int, default=512)
-    ap.add_argument("--search-eval-examples", type=int, default=200)
+    ap.add_argument("--search-train-examples", type=int, default=512, help="training examples per search trial")
     ap.add_argument("--max-front", type=int, default=3, help="front configs retrained per task")
-    ap.add_argument("--baselines", type=Path, default=common.RESULTS / "baselines.csv")
+    ap.add_argument("--baselines", type=Path, default=common.SUITE_RESULTS / "baselines_runs.csv")
     args = ap.parse_args()
     if not args.data_dir:
-        sys.exit("give --data-dir or AUTOPEFT_DATA_DIR (a folder laid out like GLUE's, e.g. ../shared/data)")
+        sys.exit("give --data-dir or AUTOPEFT_DATA_DIR (the data folder, e.g. ../shared/data)")
     args.data_dir = str(Path(args.data_dir).resolve())
-    base_rows = [r for r in common.read_csv(args.baselines) if int(r["seed"]) < args.seeds]
+    base_all = common.read_csv(args.baselines)
+    lrs = chosen_lrs(base_all)
+    base_rows = reported(base_all, lrs, args.seeds)
     if not base_rows:
         sys.exit(f"no baseline runs in {args.baselines}: run benchmarks/baselines.py with the same budget first")
     tasks = args.tasks.split(",")
@@ -144,23 +153,24 @@ def main() -> None:
         for trial, exp in front:
             name = f"t{trial:03d}"
             labels[(task, name)] = exp.peft.describe()
-            for seed in range(args.seeds):
-                budget = baseline_budget(args, seed, False).replace(learning_rate=exp.budget.learning_rate)
-                jobs.append({"task": task, "name": name, "seed": seed, "peft_json": exp.peft.to_json(),
-                             "budget_json": json.dumps(budget.to_dict())})
-    runs_csv = common.RESULTS / f"search_vs_baselines_runs_{args.space}_{args.sampler}_{args.trials}.csv"
-    rows = common.run_jobs(jobs, runs_csv, args.data_dir, args.workers)
+            for seed in range(args.seeds):  # at the rate the trial sampled (chosen on the holdout)
+                budget = suite_budget(args, seed, exp.budget.learning_rate)
+                jobs.append({"task": task, "name": name, "lr": exp.budget.learning_rate, "seed": seed,
+                             "peft_json": exp.peft.to_json(), "budget_json": json.dumps(budget.to_dict())})
+    runs_csv = common.SUITE_RESULTS / f"search_vs_baselines_runs_{args.space}_{args.sampler}_{args.trials}.csv"
+    rows = common.run_jobs(jobs, runs_csv, args.data_dir, args.workers, key=KEY, extra=EXTRA)
     wanted = {(j["task"], j["name"]) for j in jobs}
     found = common.summarise([r for r in rows if (r["task"], r["name"]) in wanted and int(r["seed"]) < args.seeds],
-                             lambda r: (r["task"], r["name"]))
-    base = common.summarise(base_rows, lambda r: (r["task"], r["name"]))
+                             lambda r: (r["task"], r["name"]), column="dev_metric")
+    base = common.summarise(base_rows, lambda r: (r["task"], r["name"]), column="dev_metric")
+    # What trying the baselines by hand cost: every sweep and seed run, not only the reported ones.
+    base_cost = common.summarise([r for r in base_all if r["task"] in tasks], lambda r: (r["task"],))
 
-    table, wins, learned_wins = [], 0, 0
+    table, wins = [], 0
     print(f"\n{platform.node()}: {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; search: {args.space} space, "
-          f"{args.sampler}, {args.trials} trials of {args.search_train_examples} train / {args.search_eval_examples} "
-          f"dev examples; retraining and baselines: {args.train_examples} examples x {args.epochs:g} epoch, "
-          f"<= {args.eval_examples} dev examples, "
-          f"{args.seeds} seeds; {time.perf_counter() - t0:.0f} s wall")
+          f"{args.sampler}, {args.trials} trials of {args.search_train_examples} train examples, scored on a "
+          f"{args.holdout:g}-row holdout; retraining and baselines: {args.train_examples} examples x {args.epochs:g} "
+          f"epoch, {args.seeds} seeds, reported on dev; {time.perf_counter() - t0:.0f} s wall")
     for task in tasks:
         mine = {n: s for (t, n), s in found.items() if t == task and not math.isnan(s["mean"])}
         theirs = {n: s for (t, n), s in base.items() if t == task and not math.isnan(s["mean"])}
@@ -174,45 +184,44 @@ def main() -> None:
         hv_found = hv([(s["mean"], s["params"]) for s in mine.values()], ref)
         hv_base = hv([(s["mean"], s["params"]) for s in theirs.values()], ref)
         retrain_cpu = sum(s["cpu_seconds"] for s in mine.values())
-        base_cpu = sum(s["cpu_seconds"] for s in theirs.values())
-        headline, learned = [], []
+        base_cpu = base_cost[(task,)]["cpu_seconds"]
+        ratio = (search_cpu[task] + retrain_cpu) / base_cpu
+        headline = []
         floor = common.majority_metric(task, args.data_dir, args.train_examples, args.eval_examples, args.seeds)
-        print(f"\n{task}: majority class scores {floor:.4f}; hypervolume found / baselines = {hv_found / hv_base:.3f}; CPU-s search {search_cpu[task]:.0f} "
-              f"+ retrain {retrain_cpu:.0f} vs baselines {base_cpu:.0f}")
+        print(f"\n{task}: majority class {floor:.4f}; hypervolume found / baselines = {hv_found / hv_base:.3f}; "
+              f"CPU-s search {search_cpu[task]:.0f} + retrain {retrain_cpu:.0f} vs baselines' sweep {base_cpu:.0f}: "
+              f"ratio {ratio:.2f}{' OVER BUDGET' if ratio > 1 else ''}")
         for bname, b in sorted(theirs.items(), key=lambda kv: kv[1]["params"]):
-            # Pareto dominance: no worse on both, better on one (the warm start may be the baseline itself)
-            doms = [(n, s) for n, s in mine.items() if s["mean"] >= b["mean"] and s["params"] <= b["params"]
-                    and (s["mean"] > b["mean"] or s["params"] < b["params"])]
+            doms = [(n, s) for n, s in mine.items() if common.dominates(s, b)]
             best = max(doms, key=lambda d: d[1]["mean"], default=None)
             if bname in HEADLINE:
-                headline.append(best is not None)
-                learned.append(best is not None and best[1]["mean"] > floor)
-            print(f"  {bname:9s} {b['mean']:.4f} +- {b['std']:.4f} {b['params']:>10.0f}  " + (
+                headline.append(best is not None and best[1]["mean"] > floor)
+            print(f"  {bname:9s} {b['mean']:.4f} +- {b['std']:.4f} {b['params']:>10.0f} @{lrs[(task, bname)]:g}  " + (
                 f"dominated by {best[0]} {best[1]['mean']:.4f} +- {best[1]['std']:.4f} {best[1]['params']:.0f} "
                 f"({labels[(task, best[0])]})" if best else "not dominated"))
-            table.append({"task": task, "majority_metric": round(floor, 4), "baseline": bname, "baseline_metric": round(b["mean"], 4),
+            table.append({"task": task, "majority_metric": round(floor, 4), "baseline": bname,
+                          "baseline_lr": lrs[(task, bname)], "baseline_metric": round(b["mean"], 4),
                           "baseline_std": round(b["std"], 4), "baseline_params": int(b["params"]),
                           "dominated": best is not None, "by": best[0] if best else "",
                           "by_metric": round(best[1]["mean"], 4) if best else "",
                           "by_std": round(best[1]["std"], 4) if best else "",
                           "by_params": int(best[1]["params"]) if best else "",
                           "by_config": labels[(task, best[0])] if best else "",
-                          "by_above_majority": best is not None and best[1]["mean"] > floor,
                           "hv_found_over_baselines": round(hv_found / hv_base, 4),
                           "search_cpu_seconds": round(search_cpu[task]), "retrain_cpu_seconds": round(retrain_cpu),
-                          "baselines_cpu_seconds": round(base_cpu)})
+                          "baselines_cpu_seconds": round(base_cpu), "cpu_ratio": round(ratio, 3)})
         wins += all(headline) and len(headline) == len(HEADLINE)
-        learned_wins += all(learned) and len(learned) == len(HEADLINE)
         for n, s in sorted(mine.items(), key=lambda kv: kv[1]["params"]):
             print(f"  found {n}: {s['mean']:.4f} +- {s['std']:.4f} {s['params']:>10.0f}  {labels[(task, n)]}")
-    print(f"\nTasks where a found configuration dominates both LoRA r=8 and Pfeiffer: {wins} of {len(tasks)}; "
-          f"{learned_wins} of them with a metric above the majority class's")
-    table_csv = common.RESULTS / f"search_vs_baselines_{args.space}_{args.sampler}_{args.trials}.csv"
+    print(f"\nTasks where a found configuration dominates both LoRA r=8 and Pfeiffer (each at its best rate, "
+          f"above the majority class): {wins} of {len(tasks)}")
+    table_csv = common.SUITE_RESULTS / f"search_vs_baselines_{args.space}_{args.sampler}_{args.trials}.csv"
     common.write_csv(table_csv, table)
     common.log_mlflow("search_vs_baselines", {"trials": args.trials, "space": args.space, "sampler": args.sampler,
                                               "search_train_examples": args.search_train_examples,
-                                              "train_examples": args.train_examples, "seeds": args.seeds},
-                      {"tasks_dominating_both": wins, "tasks_dominating_both_above_majority": learned_wins}, [runs_csv, table_csv])
+                                              "train_examples": args.train_examples, "holdout": args.holdout,
+                                              "seeds": args.seeds},
+                      {"tasks_dominating_both": wins}, [runs_csv, table_csv], store=common.SUITE_RESULTS)
 
 
 if __name__ == "__main__":

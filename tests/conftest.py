@@ -75,3 +75,19 @@ def tiny_task(tmp_path_factory, data_dir) -> str:
         "name: tiny\nlabels: ['0', '1']\nmetrics: [accuracy]\nprimary_metric: accuracy\n"
         "local:\n  train: train.csv\n  dev: dev.csv\n  text_columns: [text]\n  label_column: label\n")
     return str(folder / "tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_regression_task(tmp_path_factory, data_dir) -> str:
+    """A user regression task: 96 train / 48 dev sentence pairs from the real SICK files (scores 1-5)."""
+    folder = tmp_path_factory.mktemp("tiny-regression")
+    for split, source, n in (("train", "SICK_train.txt", 96), ("dev", "SICK_trial.txt", 48)):
+        with open(data_dir / "senteval" / "SICK" / source, newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+        rows = random.Random(0).sample(rows, n)
+        with open(folder / f"{split}.tsv", "w", newline="") as f:
+            f.write("a\tb\tscore\n" + "".join(f"{r[1]}\t{r[2]}\t{r[3]}\n" for r in rows))
+    (folder / "tiny_r.yaml").write_text(
+        "name: tiny_r\nmetrics: [pearson, spearman]\nprimary_metric: pearson\n"
+        "local:\n  train: train.tsv\n  dev: dev.tsv\n  text_columns: [a, b]\n  label_column: score\n")
+    return str(folder / "tiny_r.yaml")

@@ -45,6 +45,8 @@ def search(tiny_bert, tiny_task, tmp_path_factory):
 
 def test_pareto_reads_the_store_back(search):
     record = load_search("tiny-after", search["uri"])
+    client = MlflowClient(search["uri"])
+    assert all(client.get_run(t["run_id"]).data.tags["autopeft.eval_split"] == "dev" for t in record.trials)
     result = search["result"]
     assert record.parent_run_id == result.parent_run_id
     assert {t["run_id"] for t in record.front} == {r["run_id"] for r in result.front}
@@ -159,6 +161,79 @@ def test_train_exported_reloads_and_links_to_search(search, tmp_path, data_dir):
     assert run.data.tags[SEARCH_TAG] == "tiny-after" and run.data.tags[KIND_TAG] == "train"
     assert run.data.tags[SOURCE_RUN_TAG] == best["run_id"]
     assert run.data.metrics["metric"] == pytest.approx(result.metric)
+
+
+def test_train_of_a_holdout_config_picks_on_the_holdout_and_reports_dev(tiny_bert, tiny_task, tmp_path, monkeypatch):
+    """The budget carries the holdout: best epoch on the held-out rows, the final metrics on dev."""
+    import autopeft.train as train_module
+    from autopeft.config import PeftConfig
+    from autopeft.export import ExportedConfig
+    from autopeft.finetune import TRAIN_CONFIG
+    from autopeft.methods.seq_bn import SeqBnConfig
+    from autopeft.tasks import load_split, load_task, split_holdout
+
+    seen = []
+    real = train_module.train_and_evaluate
+    monkeypatch.setattr(train_module, "train_and_evaluate",
+                        lambda model, tok, task, train, dev, *a, **k: seen.append((train, dev)) or real(
+                            model, tok, task, train, dev, *a, **k))
+    budget = TrainBudget(train_examples=None, eval_examples=None, batch_size=16, epochs=2, select_on="holdout",
+                         holdout_size=24)
+    exp = ExportedConfig(tiny_bert, tiny_task, PeftConfig((SeqBnConfig((0, 1, 2), 8),)), budget)
+    epochs = []
+    result = train_exported(exp, budget, tmp_path / "trained", on_epoch=lambda e, m: epochs.append(m))
+    task = load_task(tiny_task)
+    rest, held = split_holdout(load_split(task, "train"), 24, seed=0)
+    assert seen[-1] == (rest, held)  # trained without the held-out rows, epochs scored on them
+    assert result.select_on == "holdout" and len(epochs) == 2
+    assert max(m["accuracy"] for m in epochs) == result.history[result.best_epoch - 1]["accuracy"]
+    info = json.loads((tmp_path / "trained" / TRAIN_CONFIG).read_text())
+    assert info["select_on"] == "holdout" and info["budget"]["select_on"] == "holdout"
+    # The reported metric is dev's, measured once with the kept epoch.
+    from autopeft.train import evaluate, tokenize
+
+    model, tokenizer, _ = load_trained(tmp_path / "trained")
+    dev = tokenize(load_split(task, "dev"), tokenizer, budget.max_seq_length)
+    assert evaluate(model, dev, task, tokenizer.pad_token_id, 32, torch.device("cpu")) == pytest.approx(result.metrics)
+    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(
+        log_training(result, exp, budget, False, f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    assert run.data.tags["autopeft.eval_split"] == "dev" and run.data.tags["autopeft.select_split"] == "holdout"
+    assert "holdout_accuracy" in run.data.metrics and "dev_accuracy" not in run.data.metrics
+    assert run.data.metrics["accuracy"] == pytest.approx(result.metric)
+
+
+@pytest.mark.parametrize("full_finetune", [False, True], ids=["peft", "full"])
+def test_trained_regression_model_predicts_on_the_task_scale(tiny_bert, tiny_regression_task, tmp_path,
+                                                              full_finetune):
+    """`autopeft train` stores the target mean/std beside the head; the reloaded model maps back."""
+    from autopeft.config import PeftConfig
+    from autopeft.export import ExportedConfig
+    from autopeft.finetune import TRAIN_CONFIG, _load_weights
+    from autopeft.methods.lora import LoRAConfig
+    from autopeft.tasks import load_split, load_task
+    from autopeft.train import TargetScale, evaluate, predict, subsample, tokenize
+
+    exp = ExportedConfig(tiny_bert, tiny_regression_task, PeftConfig((LoRAConfig((0, 1, 2), 4, 8, ("query", "value")),)))
+    budget = TrainBudget(train_examples=64, eval_examples=48, batch_size=16, epochs=1, seed=0)
+    result = train_exported(exp, budget, tmp_path / "trained", full_finetune=full_finetune)
+    task = load_task(tiny_regression_task)
+    expected = TargetScale.fit(subsample(load_split(task, "train"), 64, 0).labels)
+    assert result.target_scale == pytest.approx(expected.to_dict())
+    info = json.loads((tmp_path / "trained" / TRAIN_CONFIG).read_text())
+    assert info["target_scale"] == pytest.approx(expected.to_dict())
+
+    model, tokenizer, _ = load_trained(tmp_path / "trained")
+    dev = tokenize(subsample(load_split(task, "dev"), 48, 0), tokenizer, budget.max_seq_length)
+    cpu = torch.device("cpu")
+    on_task_scale = predict(model, dev, task, tokenizer.pad_token_id, 32, cpu)
+    raw, _ = _load_weights(tmp_path / "trained", info)  # the same weights without the mapping
+    z_scores = predict(raw.eval(), dev, task, tokenizer.pad_token_id, 32, cpu)
+    assert on_task_scale == pytest.approx([z * expected.std + expected.mean for z in z_scores], abs=1e-4)
+    assert abs(sum(on_task_scale) / len(on_task_scale) - expected.mean) < 1.0  # ~3.5, not ~0
+    again = evaluate(model, dev, task, tokenizer.pad_token_id, 32, cpu)
+    # The barely trained tiny model's predictions spread little, so float noise of the rebuilt
+    # model moves its correlation in the 4th decimal.
+    assert again["pearson"] == pytest.approx(result.metrics["pearson"], abs=2e-3)
 
 
 def test_full_finetune_trains_everything(search, tmp_path):

@@ -79,6 +79,11 @@ OTHER_CASES = {  # id: (extra CLI args, words) — tmp_path is substituted for {
     "resume from an unknown storage kind": (["--resume", "x", "--storage", "notadb://x"], ["unknown database kind"]),
     "unknown objective": (["--objectives", "metric,speed"], ["unknown objective 'speed'", "latency_ms"]),
     "objectives without the metric": (["--objectives", "trainable_params,latency_ms"], ["must include 'metric'"]),
+    "unknown selection split": (["--select-on", "test"], ["--select-on", "dev, holdout", "'test'"]),
+    "holdout size neither fraction nor count": (["--select-on", "holdout", "--holdout-size", "2.5"],
+                                                ["--holdout-size", "2.5", "0.1 or 500"]),
+    "holdout as large as train": (["--task", "cb", "--select-on", "holdout", "--holdout-size", "250"],
+                                  ["leaves nothing to train on", "250 rows", "--holdout-size"]),
 }
 
 

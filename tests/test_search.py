@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from autopeft.config import PeftConfig, TrainBudget
 from autopeft.pareto import pareto_front
 from autopeft.search import SearchSettings, run_search
-from autopeft.schema import KIND_TAG, PARETO_CSV, PARETO_PNG, SEARCH_TAG
+from autopeft.schema import EVAL_SPLIT_TAG, KIND_TAG, PARETO_CSV, PARETO_PNG, SEARCH_TAG
 
 pytestmark = pytest.mark.integration
 
@@ -23,8 +23,12 @@ def finished_search(tiny_bert, tiny_task, tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
     settings = SearchSettings(
         name="tiny-search", model=tiny_bert, task=tiny_task, space="hybrid", num_samples=3,
-        max_concurrent_trials=2, budget=TrainBudget(train_examples=32, eval_examples=32, batch_size=16),
-        workdir=str(root / "runs"), tracking_uri=f"sqlite:///{root / 'mlflow.db'}", objectives=("metric", "trainable_params", "peak_memory_mb"))
+        # Scored on 24 rows held out of the tiny task's 96 training rows (tests/test_after_search.py's
+        # search covers the default, the dev split).
+        max_concurrent_trials=2, budget=TrainBudget(train_examples=32, eval_examples=32, batch_size=16,
+                                                    select_on="holdout", holdout_size=24),
+        workdir=str(root / "runs"), tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+        objectives=("metric", "trainable_params", "peak_memory_mb"))
     result = run_search(settings, show_progress=False)
     return settings, result
 
@@ -50,6 +54,10 @@ def test_mlflow_store_holds_parent_trials_and_front(finished_search):
     parent = parents[0]
     assert parent.info.run_id == result.parent_run_id and parent.info.status == "FINISHED"
     assert parent.data.params["task"] == "tiny" and parent.data.params["space"] == "hybrid"
+    # Which split the metrics are on: the search's setting as params and a tag, each trial's as a tag.
+    assert parent.data.params["budget/select_on"] == "holdout" and parent.data.params["budget/holdout_size"] == "24"
+    assert parent.data.tags[EVAL_SPLIT_TAG] == "holdout"
+    assert all(run.data.tags[EVAL_SPLIT_TAG] == "holdout" for run in trials)
     for run in trials:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.info.status == "FINISHED"
@@ -82,3 +90,14 @@ def test_optuna_study_is_persistent(finished_search):
     assert complete[0].params["seq_bn/use"] is True and complete[0].params["prompt/use"] is False
     by_metric = sorted(t.values[0] for t in complete)
     assert by_metric == sorted(r["metric"] for r in result.trials)
+
+
+def test_resume_and_export_keep_the_holdout(finished_search):
+    from autopeft.results import load_search, to_export
+    from autopeft.study import stored_settings
+
+    settings, result = finished_search
+    resumed = SearchSettings.from_dict(stored_settings("tiny-search", settings.storage_url()))
+    assert resumed.budget == settings.budget  # --resume scores on the same held-out rows
+    exported = to_export(load_search("tiny-search", result.tracking_uri), result.front[0])
+    assert (exported.budget.select_on, exported.budget.holdout_size, exported.budget.holdout_seed) == ("holdout", 24, 0)

@@ -1,7 +1,8 @@
 """Tasks: what to train on, where its data lives, and how to score it.
 
 ``spec`` owns the YAML schema and the registry of shipped tasks, ``data`` reads a task's splits
-(local files or the Hugging Face Hub), ``metrics`` scores predictions. Everything public is
+(local files or the Hugging Face Hub), ``selection`` decides which rows train a run and which
+score it (dev, or rows held out of train), ``metrics`` scores predictions. Everything public is
 re-exported here, so ``from autopeft.tasks import load_task`` is the one way callers import it.
 """
 
@@ -15,6 +16,7 @@ from autopeft.tasks.data import (
     resolve_data_dir,
 )
 from autopeft.tasks.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, compute_metrics
+from autopeft.tasks.selection import HOLDOUT, SELECT_ON, Splits, load_splits, split_holdout
 from autopeft.tasks.spec import (
     FORMATS,
     FORMATS_BY_EXTENSION,
@@ -33,16 +35,21 @@ __all__ = [
     "FORMATS_BY_EXTENSION",
     "REGRESSION_METRICS",
     "SPLITS",
+    "HOLDOUT",
+    "SELECT_ON",
     "HubSource",
     "LocalSource",
     "Split",
+    "Splits",
     "TaskSpec",
     "available_tasks",
     "compute_metrics",
     "load_hub_split",
     "load_split",
+    "load_splits",
     "load_task",
     "parse_task",
     "read_local_split",
     "resolve_data_dir",
+    "split_holdout",
 ]
