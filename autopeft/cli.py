@@ -154,8 +154,10 @@ def train(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default: the export's search store, else MLFLOW_TRACKING_URI)."),
     experiment: str = typer.Option("autopeft", help="MLflow experiment."),
     run_name: Optional[str] = typer.Option(None, help="MLflow run name."),
+    register: Optional[str] = typer.Option(None, help="Also register the trained MLflow Model under this name in the Model Registry."),
 ) -> None:
-    """Train a configuration at full budget, keep the best epoch, save the PEFT weights, log to MLflow."""
+    """Train a configuration at full budget, keep the best epoch, save it (peft adapter where peft can
+    hold the config), log it to MLflow as the run's MLflow Model."""
     from autopeft.export import load_export
     from autopeft.finetune import full_budget, log_training, train_exported
     from autopeft.tasks import resolve_data_dir
@@ -174,10 +176,14 @@ def train(
 
         result = train_exported(exp, budget, output, str(data) if data else None, full_finetune,
                                 on_step=on_step, on_epoch=on_epoch)
-    run_id = log_training(result, exp, budget, full_finetune, tracking_uri, experiment, run_name)
+    if result.note:
+        console.print(f"[yellow]note:[/] {_escape(result.note)}", highlight=False, soft_wrap=True)
+    run_id = log_training(result, exp, budget, full_finetune, tracking_uri, experiment, run_name, register)
     console.print(f"best epoch {result.best_epoch}: dev {result.metric_name} {result.metric:.4f}, "
                   f"{result.trainable_params:,} trainable parameters ({result.trainable_percent:.3f}%). "
-                  f"Saved to {result.output_dir}; MLflow run {run_id}")
+                  f"Saved to {result.output_dir} ({result.form} form); MLflow run {run_id}"
+                  + ("" if full_finetune else f", model runs:/{run_id}/model")
+                  + (f", registered as {register!r}" if register else ""), soft_wrap=True)
 
 
 # ------------------------------------------------------------------ after a search
@@ -261,8 +267,19 @@ def export(
     _, trial = _parse_pick(pick or "best")
     chosen = choose(record.front, max_params, max_memory, min_metric, trial)[0]
     path = save_export(to_export(record, chosen), output)
+    _note_peft_form(path)
     console.print(f"exported trial {chosen['trial']} of {record.name} ({_escape(chosen['peft'])}; "
                   f"{record.metric_name} {chosen['metric']:.4f}, {chosen['trainable_params']:,} params) to {path}")
+
+
+def _note_peft_form(path: Path) -> None:
+    import json
+
+    from autopeft.peft_export import PeftForm
+
+    reason = json.loads(Path(path).read_text())["native"].get("peft_unsupported")
+    if reason:
+        console.print(f"[yellow]note:[/] {_escape(PeftForm(None, reason).note())}", highlight=False, soft_wrap=True)
 
 
 @app.command()

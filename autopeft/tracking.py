@@ -25,6 +25,8 @@ TRIAL_NUMBER_TAG = "autopeft.trial_number"  # trial run: the Optuna trial number
 FAILURE_TAG = "autopeft.failure"  # failed trial run: diverged | out_of_memory | exception | interrupted
 ERROR_TAG = "autopeft.error"  # failed trial run: the reason, one line
 KIND_TAG = "autopeft.kind"  # "search" | "trial"
+# MLflow 3's UI opens a model-training experiment on its runs (otherwise on the GenAI traces overview).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # Text fields of a trial's result kept as tags ``autopeft.<key>``: where and how it ran.
 RESULT_TAGS = ("node_id", "hostname", "device", "memory_measure")
 PARETO_CSV = "pareto/pareto_front.csv"
@@ -64,7 +66,7 @@ class SearchTracker:
         self.uri = resolve_tracking_uri(tracking_uri)
         exp = self._connect(experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-            experiment, artifact_location=_local_artifact_root(self.uri))
+            experiment, artifact_location=_local_artifact_root(self.uri), tags=EXPERIMENT_TAGS)
         self.search_name = search_name
         parents = self._parents()
         if not parents:
