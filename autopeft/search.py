@@ -228,6 +228,8 @@ def run_search(settings: SearchSettings, show_progress: bool = True,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=storage, study_name=settings.name, sampler=sampler, load_if_exists=True,
                                 directions=["maximize" if m == "max" else "minimize" for m in objectives.values()])
+    # Objective names for optuna-dashboard and study.trials_dataframe(): the task metric's own name.
+    study.set_metric_names([prep.task.primary_metric if k == METRIC else k for k in objectives])
     if studies.SETTINGS_ATTR not in study.user_attrs:  # new: record how to resume it, warm-start it
         study.set_user_attr(studies.SETTINGS_ATTR, settings.to_dict())
         for point in prep.space.warm_start_points(prep.model.num_layers):
