@@ -238,13 +238,16 @@ def pareto(
     if report:
         from autopeft.report import log_report, write_report
 
-        path = write_report(record.trials, record.objectives, record.metric_name, report, f"Pareto report: {record.name}")
+        title = f"Pareto report: {record.name}"
+        path = write_report(record.trials, record.objectives, record.metric_name, report, title, record.name,
+                            record.tracking_uri)
         log_report(record.tracking_uri, record.parent_run_id, record.trials, record.objectives, record.metric_name,
-                   f"Pareto report: {record.name}")
+                   title, record.name)
         console.print(f"report: {path}")
     if chosen is not None:
-        console.print(f"picked trial {chosen}: export it with "
-                      f"`autopeft export {record.name} --pick {chosen} -o autopeft_best.json`")
+        from autopeft.report import export_command
+
+        console.print(f"picked trial {chosen}: export it with `{export_command(record.name, chosen)}`")
 
 
 @app.command()
@@ -285,14 +288,16 @@ def _note_peft_form(path: Path) -> None:
 @app.command()
 @friendly_errors
 def dashboard(
+    search: Optional[str] = typer.Argument(None, help="Search name or MLflow parent run id to open (default: the latest search)."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+    experiment: str = typer.Option("autopeft", help="MLflow experiment."),
     port: int = typer.Option(0, help="Port (0 = a free one)."),
     host: str = typer.Option("127.0.0.1", help="Interface; the default keeps the UI on this machine."),
 ) -> None:
-    """Start the MLflow UI on the tracking store; Ctrl-C stops it."""
+    """Start the MLflow UI on the tracking store, open on a search's trials; Ctrl-C stops it."""
     from autopeft.dashboard import serve
 
-    serve(tracking_uri, host, port, say=lambda text: print(text, flush=True))
+    serve(tracking_uri, host, port, say=lambda text: print(text, flush=True), search=search, experiment=experiment)
 
 
 class _step_progress:

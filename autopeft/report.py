@@ -3,11 +3,14 @@
 Left: metric vs trainable parameters (log), peak training memory as colour, dominated trials
 faded, the front joined by a step line; hovering a point shows its configuration. Right: the
 hypervolume of the trials so far (objectives scaled to [0, 1]; trainable parameters on a log
-scale), which flattens when the search stops finding better trade-offs.
+scale), which flattens when the search stops finding better trade-offs. Below: the front as a
+table, best metric first (trial, metric, trainable parameters, memory, the configuration in words)
+with the ``autopeft export`` command that takes each row further.
 """
 
 from __future__ import annotations
 
+import html
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,7 +30,9 @@ def report_data(trials: Sequence[dict[str, Any]], objectives: dict[str, str]) ->
 
 
 def write_report(trials: Sequence[dict[str, Any]], objectives: dict[str, str], metric_name: str,
-                 path: str | Path, title: str = "") -> Path:
+                 path: str | Path, title: str = "", search: str | None = None,
+                 tracking_uri: str | None = None) -> Path:
+    """The report for the trials of search ``search`` (its name goes into each row's export command)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -63,8 +68,42 @@ def write_report(trials: Sequence[dict[str, Any]], objectives: dict[str, str], m
                       legend=dict(orientation="h", y=-0.15))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)  # self-contained: opens offline
+    figure = fig.to_html(include_plotlyjs=True, full_html=False)  # plotly.js inlined: opens offline
+    path.write_text(
+        f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title or 'Pareto report')}"
+        f"</title><style>{_TABLE_CSS}</style></head><body>{figure}"
+        f"{front_table(done, metric_name, search, tracking_uri)}</body></html>\n", encoding="utf-8")
     return path
+
+
+_TABLE_CSS = ("body{font-family:sans-serif;margin:16px} table.front{border-collapse:collapse;margin-top:12px}"
+              "table.front th,table.front td{border:1px solid #ccc;padding:4px 8px;text-align:right;vertical-align:top}"
+              "table.front td.config,table.front td.next{text-align:left} table.front code{white-space:nowrap}")
+
+
+def export_command(search: str | None, trial: int, tracking_uri: str | None = None) -> str:
+    """The command that writes one trial's export file (what `autopeft pareto --pick` also prints)."""
+    words = ["autopeft", "export", *([search] if search else []), "--pick", str(trial), "-o", "autopeft_best.json"]
+    return " ".join(words + (["--tracking-uri", tracking_uri] if tracking_uri else []))
+
+
+def front_table(done: Sequence[dict[str, Any]], metric_name: str, search: str | None,
+                tracking_uri: str | None) -> str:
+    """The Pareto-optimal trials as an HTML table, best metric first, each with its export command."""
+    front = sorted((t for t in done if t.get("pareto")), key=lambda t: (-t["metric"], t["trainable_params"]))
+    rows = []
+    for t in front:
+        pct = f" ({t['trainable_percent']:.3f}%)" if t.get("trainable_percent") is not None else ""
+        mem = f"{t['peak_memory_mb']:.0f}" if t.get("peak_memory_mb") is not None else ""
+        words = t.get("peft_words") or t.get("peft", "")  # searches before the words tag have the compact form
+        rows.append(f"<tr><td>{t['trial']}</td><td>{t['metric']:.4f}</td><td>{t['trainable_params']:,}{pct}</td>"
+                    f"<td>{mem}</td><td class=\"config\">{html.escape(words)}</td>"
+                    f"<td class=\"next\"><code>{html.escape(export_command(search, t['trial'], tracking_uri))}"
+                    f"</code></td></tr>")
+    return (f"<h2>Pareto front: {len(front)} trials, best {html.escape(metric_name)} first</h2>"
+            f"<table class=\"front\"><thead><tr><th>trial</th><th>{html.escape(metric_name)}</th>"
+            "<th>trainable params</th><th>peak memory MB</th><th>configuration</th><th>next step</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
 
 
 def _hover(t: dict[str, Any], metric_name: str) -> str:
@@ -76,12 +115,13 @@ def _hover(t: dict[str, Any], metric_name: str) -> str:
 
 
 def log_report(tracking_uri: str, parent_run_id: str, trials: Sequence[dict[str, Any]], objectives: dict[str, str],
-               metric_name: str, title: str) -> None:
+               metric_name: str, title: str, search: str | None = None) -> None:
     """Write the report and attach it to the search's parent run."""
     import tempfile
 
     from mlflow.tracking import MlflowClient
 
     with tempfile.TemporaryDirectory() as tmp:
-        html = write_report(trials, objectives, metric_name, Path(tmp) / Path(REPORT_HTML).name, title)
-        MlflowClient(tracking_uri).log_artifact(parent_run_id, str(html), str(Path(REPORT_HTML).parent))
+        page = write_report(trials, objectives, metric_name, Path(tmp) / Path(REPORT_HTML).name, title, search,
+                            tracking_uri)
+        MlflowClient(tracking_uri).log_artifact(parent_run_id, str(page), str(Path(REPORT_HTML).parent))

@@ -289,7 +289,8 @@ def _log_report(tracker: Any, rows: list[dict[str, Any]], objectives: dict[str, 
     from autopeft.report import log_report
 
     try:
-        log_report(tracker.uri, tracker.parent_id, rows, objectives, metric_name, f"Pareto report: {tracker.search_name}")
+        log_report(tracker.uri, tracker.parent_id, rows, objectives, metric_name, f"Pareto report: {tracker.search_name}",
+                   tracker.search_name)
     except Exception as exc:  # noqa: BLE001 - the CSV/PNG front is already logged
         import warnings
         warnings.warn(f"could not write the Pareto HTML report: {exc}")

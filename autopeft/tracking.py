@@ -22,6 +22,7 @@ from autopeft.errors import ConfigError
 SEARCH_TAG = "autopeft.search"  # parent run: the search name
 TRIAL_TAG = "autopeft.trial"  # trial run: Ray's trial id
 TRIAL_NUMBER_TAG = "autopeft.trial_number"  # trial run: the Optuna trial number (unique per search)
+PEFT_WORDS_TAG = "autopeft.peft_words"  # trial run: the configuration in words (the report's table)
 FAILURE_TAG = "autopeft.failure"  # failed trial run: diverged | out_of_memory | exception | interrupted
 ERROR_TAG = "autopeft.error"  # failed trial run: the reason, one line
 KIND_TAG = "autopeft.kind"  # "search" | "trial"
@@ -116,7 +117,8 @@ class SearchTracker:
     def trial_started(self, trial_id: str, number: int, params: dict[str, Any], peft_json: dict) -> str:
         run = self.client.create_run(self.experiment_id, run_name=f"{self.search_name}-t{number:03d}", tags={
             "mlflow.parentRunId": self.parent_id, SEARCH_TAG: self.search_name, KIND_TAG: "trial",
-            TRIAL_TAG: trial_id, TRIAL_NUMBER_TAG: str(number), "autopeft.peft": _describe(peft_json)})
+            TRIAL_TAG: trial_id, TRIAL_NUMBER_TAG: str(number), "autopeft.peft": _describe(peft_json),
+            PEFT_WORDS_TAG: _describe(peft_json, words=True)})
         self._trial_runs[trial_id] = run.info.run_id
         self._log_params(run.info.run_id, params)
         self.client.log_dict(run.info.run_id, peft_json, "peft_config.json")
@@ -201,7 +203,7 @@ def trial_record(run: Any) -> dict[str, Any]:
     if status == "COMPLETE" and "metric" not in metrics:
         status = "FAILED"  # finished without a report: nothing to put on a front
     record = {**metrics, "trial": int(tags.get(TRIAL_NUMBER_TAG, -1)), "run_id": run.info.run_id, "status": status,
-              "peft": tags.get("autopeft.peft", ""), "failure": tags.get(FAILURE_TAG), "error": tags.get(ERROR_TAG),
+              "peft": tags.get("autopeft.peft", ""), "peft_words": tags.get(PEFT_WORDS_TAG), "failure": tags.get(FAILURE_TAG), "error": tags.get(ERROR_TAG),
               "training": {k.split("/", 1)[1]: _parse_param(v) for k, v in run.data.params.items()
                            if k.startswith("train/")}}
     if "trainable_params" in record:
@@ -248,10 +250,11 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-def _describe(peft_json: dict) -> str:
+def _describe(peft_json: dict, words: bool = False) -> str:
     from autopeft.config import PeftConfig
 
-    return PeftConfig.from_dict(peft_json).describe()[:5000]
+    config = PeftConfig.from_dict(peft_json)
+    return (config.words() if words else config.describe())[:5000]
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
