@@ -159,9 +159,10 @@ def train(
     """Train a configuration at full budget, keep the best epoch, save it (peft adapter where peft can
     hold the config), log it to MLflow as the run's MLflow Model."""
     from autopeft.export import load_export
-    from autopeft.finetune import full_budget, log_training, train_exported
+    from autopeft.finetune import check_register, full_budget, log_training, train_exported
     from autopeft.tasks import resolve_data_dir
 
+    check_register(full_finetune, register)
     exp = load_export(config)
     budget = full_budget(exp.budget, train_examples or None, epochs, eval_examples or None, learning_rate,
                          batch_size, seed)

@@ -197,6 +197,13 @@ def load_trained(folder: str | Path) -> tuple[torch.nn.Module, Any, dict[str, An
     return model.eval(), tokenizer, info
 
 
+def check_register(full_finetune: bool, register: str | None) -> None:
+    """Refuse, before any training, a registration that could not happen."""
+    if full_finetune and register:
+        raise AutopeftError("--register needs a PEFT result: a full fine-tune is not logged as an MLflow Model "
+                            "(drop --register, or train the PEFT config)")
+
+
 def log_training(result: TrainedModel, exp: ExportedConfig, budget: TrainBudget, full_finetune: bool,
                  tracking_uri: str | None, experiment: str = "autopeft", name: str | None = None,
                  register: str | None = None) -> str:
@@ -215,8 +222,7 @@ def log_training(result: TrainedModel, exp: ExportedConfig, budget: TrainBudget,
     exp_obj = client.get_experiment_by_name(experiment)
     experiment_id = exp_obj.experiment_id if exp_obj else client.create_experiment(
         experiment, artifact_location=_local_artifact_root(uri), tags=EXPERIMENT_TAGS)
-    if full_finetune and register:
-        raise AutopeftError("--register needs a PEFT result: a full fine-tune is not logged as an MLflow Model")
+    check_register(full_finetune, register)
     tags = {KIND_TAG: TRAIN_KIND, "autopeft.form": result.form, "autopeft.peft": "full fine-tuning" if full_finetune else exp.peft.describe(),
             "autopeft.model": exp.model, "autopeft.task": exp.task}
     if exp.source.get("search"):

@@ -142,10 +142,16 @@ def test_cli_says_why_there_is_no_peft_form(tiny_bert, tiny_task, tmp_path):
 
     path = tmp_path / "e.json"
     save_export(ExportedConfig(tiny_bert, tiny_task, NO_PEFT_CASES["seq_bn"][0]), path)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
     out = CliRunner().invoke(app, ["train", str(path), "-o", str(tmp_path / "t"), "--train-examples", "16",
-                                   "--epochs", "1", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+                                   "--epochs", "1", "--tracking-uri", uri, "--register", "tiny-bottleneck"])
     assert out.exit_code == 0, out.output
     text = " ".join(out.output.split())
+    assert "registered as 'tiny-bottleneck'" in text  # the `adapters` form is an MLflow Model too
+    from mlflow.tracking import MlflowClient
+    assert len(MlflowClient(uri).search_model_versions("name = 'tiny-bottleneck'")) == 1
     assert "note: no peft form: seq_bn (serial bottleneck adapter): peft has no bottleneck adapters; the " \
            "`adapters` form is kept" in text
     assert "(adapters form)" in text
+    out = CliRunner().invoke(app, ["train", str(path), "--full-finetune", "--register", "x"])
+    assert out.exit_code == 2 and "--register needs a PEFT result" in " ".join(out.output.split())
