@@ -97,7 +97,7 @@ def native_config(exp: ExportedConfig, info: Any, num_labels: int) -> dict[str, 
 
 
 def save_export(exp: ExportedConfig, path: str | Path) -> Path:
-    """Write ``exp`` (with its native config, which needs the model's shape) to ``path``."""
+    """Write ``exp`` with its native configs to ``path`` (the peft form is read off the built model)."""
     from autopeft.models import inspect_model
     from autopeft.tasks import load_task
 

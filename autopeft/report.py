@@ -78,7 +78,8 @@ def write_report(trials: Sequence[dict[str, Any]], objectives: dict[str, str], m
 
 _TABLE_CSS = ("body{font-family:sans-serif;margin:16px} table.front{border-collapse:collapse;margin-top:12px}"
               "table.front th,table.front td{border:1px solid #ccc;padding:4px 8px;text-align:right;vertical-align:top}"
-              "table.front td.config,table.front td.next{text-align:left} table.front code{white-space:nowrap}")
+              "table.front td.config,table.front td.next{text-align:left} table.front td.config{max-width:28em}"
+              "table.front td.next{max-width:34em} table.front code{overflow-wrap:anywhere}")
 
 
 def export_command(search: str | None, trial: int, tracking_uri: str | None = None) -> str:
@@ -100,7 +101,8 @@ def front_table(done: Sequence[dict[str, Any]], metric_name: str, search: str | 
                     f"<td>{mem}</td><td class=\"config\">{html.escape(words)}</td>"
                     f"<td class=\"next\"><code>{html.escape(export_command(search, t['trial'], tracking_uri))}"
                     f"</code></td></tr>")
-    return (f"<h2>Pareto front: {len(front)} trials, best {html.escape(metric_name)} first</h2>"
+    count = f"{len(front)} trial" + ("" if len(front) == 1 else "s")
+    return (f"<h2>Pareto front: {count}, best {html.escape(metric_name)} first</h2>"
             f"<table class=\"front\"><thead><tr><th>trial</th><th>{html.escape(metric_name)}</th>"
             "<th>trainable params</th><th>peak memory MB</th><th>configuration</th><th>next step</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")

@@ -26,9 +26,10 @@ from autopeft.report import REPORT_HTML
 from autopeft.results import NothingToPick, SearchNotFound, load_search, pick, to_export
 from autopeft.search import SearchSettings, run_search
 from autopeft.tracking import KIND_TAG, SEARCH_TAG
+from local_services import free_port
+from readme_recipes import readme_block
 
 pytestmark = pytest.mark.integration
-README = Path(__file__).resolve().parents[1] / "README.md"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -98,14 +99,8 @@ def test_cli_pareto_export_and_errors(search, tmp_path):
         load_export(tmp_path / "bad2.json")
 
 
-def _readme_block(marker: str, lang: str = "python") -> str:
-    match = re.search(rf"<!-- {marker} -->\s*```{lang}\n(.*?)```", README.read_text(), re.S)
-    assert match, f"README holds a {lang} block after <!-- {marker} -->"
-    return match.group(1)
-
-
 def _readme_recipe(marker: str = "rebuild-recipe") -> str:
-    return _readme_block(marker)
+    return readme_block(marker)
 
 
 def test_export_round_trip_and_readme_recipe(search, tmp_path, monkeypatch):
@@ -264,9 +259,9 @@ def test_study_names_its_objectives_for_optuna_dashboard(search, tmp_path):
     params = {k for t in study.trials for k in t.params}
     assert params and all(re.fullmatch(r"[a-z0-9_]+(/[a-z0-9_*]+)*", k) for k in params), params
 
-    command = _readme_block("deploy-recipe-optuna-dashboard", "bash").strip()
+    command = readme_block("deploy-recipe-optuna-dashboard", "bash").strip()
     assert command.startswith("optuna-dashboard sqlite:///autopeft_runs/optuna.db ")
-    port = _free_port()
+    port = free_port()
     argv = [str(Path(sys.executable).parent / "optuna-dashboard"), storage,
             *command.split()[2:]]
     argv[argv.index("--port") + 1] = str(port)
@@ -289,14 +284,6 @@ def test_study_names_its_objectives_for_optuna_dashboard(search, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(20)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 CHROMEDRIVER = shutil.which("chromedriver")

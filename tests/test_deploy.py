@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,9 +18,10 @@ import pytest
 from autopeft.config import PeftConfig, TrainBudget
 from autopeft.export import ExportedConfig
 from autopeft.finetune import log_training, train_exported
+from local_services import free_port
+from readme_recipes import readme_block
 
 pytestmark = pytest.mark.integration
-README = Path(__file__).resolve().parents[1] / "README.md"
 REGISTERED = "sst2-winner"  # the name the README's recipe loads
 SERVE_TIMEOUT_S = 150  # `mlflow models serve` imports MLflow, torch and the model on 2 busy cores
 
@@ -54,12 +53,6 @@ def trained(tiny_bert, sentence_task, tmp_path_factory):
     return {"root": root, "uri": uri, "run_id": run_id, "result": result}
 
 
-def _recipe(marker: str, lang: str = "python") -> str:
-    match = re.search(rf"<!-- {marker} -->\s*```{lang}\n(.*?)```", README.read_text(), re.S)
-    assert match, f"README holds a {lang} block after <!-- {marker} -->"
-    return match.group(1)
-
-
 def test_logged_model_predicts_labels_with_example_and_signature(trained, monkeypatch):
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -74,7 +67,7 @@ def test_logged_model_predicts_labels_with_example_and_signature(trained, monkey
     assert info.saved_input_example_info is not None  # the input example is stored with the model
 
     namespace = {"run_id": trained["run_id"]}
-    exec(compile(_recipe("deploy-recipe-mlflow"), "README MLflow recipe", "exec"), namespace)
+    exec(compile(readme_block("deploy-recipe-mlflow"), "README MLflow recipe", "exec"), namespace)
     assert list(namespace["labels"]) in (["negative"], ["positive"])
 
     # the same labels as the trained model itself gives, on real dev sentences
@@ -97,14 +90,8 @@ def test_logged_model_predicts_labels_with_example_and_signature(trained, monkey
         namespace["model"].predict(pd.DataFrame({"text": ["no sentence column"]}))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers_on_loopback(trained, tmp_path):
-    port = _free_port()
+    port = free_port()
     # MLflow execs `uvicorn` by name: the interpreter's own bin folder first, as in an activated venv.
     env = {**os.environ, "MLFLOW_TRACKING_URI": trained["uri"],
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}

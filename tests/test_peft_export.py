@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,19 +16,13 @@ from autopeft.config import PeftConfig, TrainBudget
 from autopeft.export import ExportedConfig, load_export, save_export
 from autopeft.finetune import ADAPTERS_FORM, PEFT_FORM, load_trained, train_exported
 from autopeft.peft_export import to_peft
+from readme_recipes import readme_block
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 BUDGET = TrainBudget(train_examples=48, eval_examples=None, batch_size=16, max_seq_length=32, learning_rate=5e-3)
 
 
 def _peft(*methods: dict) -> PeftConfig:
     return PeftConfig.from_dict({"methods": list(methods)})
-
-
-def readme_block(marker: str) -> str:
-    match = re.search(rf"<!-- {marker} -->\s*```python\n(.*?)```", README.read_text(), re.S)
-    assert match, f"README holds a python block after <!-- {marker} -->"
-    return match.group(1)
 
 
 PEFT_CASES = {
