@@ -82,6 +82,9 @@ def test_cli_pareto_export_and_errors(search, tmp_path):
     out = runner.invoke(app, ["export", "--tracking-uri", uri, "-o", str(tmp_path / "best.json")])
     assert out.exit_code == 0, out.output
     assert load_export(tmp_path / "best.json").source["search"] == "tiny-after"
+    reason = json.loads((tmp_path / "best.json").read_text())["native"]["peft_unsupported"]
+    said = "note: no peft form: " in out.output  # one line naming the part, when peft cannot hold it
+    assert said == (reason is not None) and (reason is None or reason.split(":")[0] in out.output)
     for args, message in (
         (["pareto", "nope", "--tracking-uri", uri], "no search 'nope'"),
         (["pareto", "tiny-after", "--tracking-uri", uri, "--min-metric", "2"], "meets the constraints"),
