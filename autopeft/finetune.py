@@ -131,8 +131,7 @@ def train_exported(exp: ExportedConfig, budget: TrainBudget, output_dir: str | P
 
 def _text_columns(task: Any) -> tuple[str, ...]:
     """The input column names a served model takes: the task's own text columns."""
-    source = task.local or task.hub
-    return tuple(source.text_columns) if source is not None else ("text",)
+    return tuple((task.local or task.hub).text_columns)  # a task has at least one of them
 
 
 def _save(model: torch.nn.Module, tokenizer: Any, names: list[str], out: Path, form: str) -> None:

@@ -77,13 +77,7 @@ def log_trained_model(tracking_uri: str, run_id: str, trained_dir: str | Path, e
     loaded = TrainedClassifier()
     loaded.load_context(_Context({"trained": str(trained_dir)}))
     signature = infer_signature(example, loaded.predict(None, example))
-    requirements = [f"autopeft=={autopeft.__version__}"]
-    try:
-        import peft
-
-        requirements.append(f"peft=={peft.__version__}")
-    except ImportError:  # an `adapters`-form model does not need it
-        pass
+    requirements = [f"autopeft=={autopeft.__version__}"]  # it pins the rest (torch, transformers, peft, ...)
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         # Explicit requirements: MLflow would otherwise infer them by loading the model in a subprocess.

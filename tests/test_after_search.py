@@ -121,7 +121,6 @@ def test_export_round_trip_and_readme_recipe(search, tmp_path, monkeypatch):
 
 
 def test_lora_export_rebuilds_with_peft(tiny_bert, tiny_task, tmp_path, monkeypatch):
-    pytest.importorskip("peft")
     from autopeft.build import build_model
     from autopeft.config import PeftConfig
     from autopeft.export import ExportedConfig

@@ -10,8 +10,6 @@ import re
 import pytest
 import torch
 
-pytest.importorskip("peft")
-
 from autopeft.config import PeftConfig, TrainBudget
 from autopeft.export import ExportedConfig, load_export, save_export
 from autopeft.finetune import ADAPTERS_FORM, PEFT_FORM, load_trained, train_exported
