@@ -72,6 +72,8 @@ def to_peft(model_name: str, peft: PeftConfig, num_labels: int, seed: int = 0,
 def peft_config(peft: PeftConfig, model: nn.Module, num_layers: int) -> dict[str, Any]:
     """The peft config (a ``get_peft_config`` dict) of ``peft``, as `adapters` placed it in ``model``."""
     methods = peft.by_method()
+    if not methods:
+        raise _NoPeftForm("the task head alone: a peft adapter needs a PEFT method")
     for name in methods:
         if name not in _BUILDERS:
             raise _NoPeftForm(_NO_PEFT.get(name, f"{name}: peft has no form of this method"))
