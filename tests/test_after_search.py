@@ -90,6 +90,7 @@ def test_cli_pareto_export_and_errors(search, tmp_path):
         (["pareto", "tiny-after", "--tracking-uri", uri, "--min-metric", "2"], "meets the constraints"),
         (["pareto", "tiny-after", "--tracking-uri", uri, "--pick", "x"], "--pick takes"),
         (["train", str(tmp_path / "missing.json")], "does not exist"),
+        (["dashboard", "nope", "--tracking-uri", uri], "no search 'nope'"),  # before any server starts
     ):
         out = runner.invoke(app, args)
         assert out.exit_code == 2, (args, out.output)
