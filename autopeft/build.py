@@ -60,6 +60,13 @@ def adapters_configs(peft: PeftConfig, num_layers: int, hidden: int) -> dict[str
     return out
 
 
+def prefix_mlp_hidden() -> int:
+    """Hidden size of the MLP through which `adapters` trains a non-flat prefix (its default)."""
+    import adapters
+
+    return int(adapters.PrefixTuningConfig().bottleneck_size)
+
+
 def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

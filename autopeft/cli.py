@@ -206,12 +206,15 @@ def train(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default: the export's search store, else MLFLOW_TRACKING_URI)."),
     experiment: str = typer.Option("autopeft", help="MLflow experiment."),
     run_name: Optional[str] = typer.Option(None, help="MLflow run name."),
+    register: Optional[str] = typer.Option(None, help="Also register the trained MLflow Model under this name in the Model Registry."),
 ) -> None:
-    """Train a configuration at full budget, keep the best epoch, save the PEFT weights, log to MLflow."""
+    """Train a configuration at full budget, keep the best epoch, save it (peft adapter where peft can
+    hold the config), log it to MLflow as the run's MLflow Model."""
     from autopeft.export import load_export
-    from autopeft.finetune import full_budget, log_training, train_exported
+    from autopeft.finetune import check_register, full_budget, log_training, train_exported
     from autopeft.tasks import resolve_data_dir
 
+    check_register(full_finetune, register)
     exp = load_export(config)
     budget = full_budget(exp.budget, train_examples or None, epochs, eval_examples or None, learning_rate,
                          batch_size, seed)
@@ -226,11 +229,15 @@ def train(
 
         result = train_exported(exp, budget, output, str(data) if data else None, full_finetune,
                                 on_step=on_step, on_epoch=on_epoch)
-    run_id = log_training(result, exp, budget, full_finetune, tracking_uri, experiment, run_name)
+    if result.note:
+        console.print(f"[yellow]note:[/] {_escape(result.note)}", highlight=False, soft_wrap=True)
+    run_id = log_training(result, exp, budget, full_finetune, tracking_uri, experiment, run_name, register)
     console.print(f"best epoch {result.best_epoch} (chosen on {result.select_on}): dev {result.metric_name} "
                   f"{result.metric:.4f}, "
                   f"{result.trainable_params:,} trainable parameters ({result.trainable_percent:.3f}%). "
-                  f"Saved to {result.output_dir}; MLflow run {run_id}")
+                  f"Saved to {result.output_dir} ({result.form} form); MLflow run {run_id}"
+                  + ("" if full_finetune else f", model runs:/{run_id}/model")
+                  + (f", registered as {register!r}" if register else ""), soft_wrap=True)
 
 
 # ------------------------------------------------------------------ after a search
@@ -307,12 +314,15 @@ def pareto(
     if report:
         from autopeft.report import log_report, write_report
 
-        path = write_report(record.trials, record.objectives, record.metric_name, report, f"Pareto report: {record.name}")
-        log_report(record, f"Pareto report: {record.name}")
+        title = f"Pareto report: {record.name}"
+        path = write_report(record.trials, record.objectives, record.metric_name, report, title, record.name,
+                            record.tracking_uri)
+        log_report(record, title)
         console.print(f"report: {path}")
     if chosen is not None:
-        console.print(f"picked trial {chosen}: export it with "
-                      f"`autopeft export {record.name} --pick {chosen} -o autopeft_best.json`")
+        from autopeft.report import export_command
+
+        console.print(f"picked trial {chosen}: export it with `{export_command(record.name, chosen)}`")
 
 
 @app.command()
@@ -340,21 +350,34 @@ def export(
     chosen = choose(record.front, trial, **_limits(limit, max_params=max_params, max_memory=max_memory,
                                                    max_latency=max_latency, min_metric=min_metric))[0]
     path = save_export(to_export(record, chosen), output)
+    _note_peft_form(path)
     console.print(f"exported trial {chosen['trial']} of {record.name} ({_escape(chosen['peft'])}; "
                   f"{record.metric_name} {chosen['metric']:.4f}, {chosen['trainable_params']:,} params) to {path}")
+
+
+def _note_peft_form(path: Path) -> None:
+    import json
+
+    from autopeft.peft_export import PeftForm
+
+    reason = json.loads(Path(path).read_text())["native"].get("peft_unsupported")
+    if reason:
+        console.print(f"[yellow]note:[/] {_escape(PeftForm(None, reason).note())}", highlight=False, soft_wrap=True)
 
 
 @app.command()
 @friendly_errors
 def dashboard(
+    search: Optional[str] = typer.Argument(None, help="Search name or MLflow parent run id to open (default: the latest search)."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+    experiment: str = typer.Option("autopeft", help="MLflow experiment."),
     port: int = typer.Option(0, help="Port (0 = a free one)."),
     host: str = typer.Option("127.0.0.1", help="Interface; the default keeps the UI on this machine."),
 ) -> None:
-    """Start the MLflow UI on the tracking store; Ctrl-C stops it."""
+    """Start the MLflow UI on the tracking store, open on a search's trials; Ctrl-C stops it."""
     from autopeft.dashboard import serve
 
-    serve(tracking_uri, host, port, say=lambda text: print(text, flush=True))
+    serve(tracking_uri, host, port, say=lambda text: print(text, flush=True), search=search, experiment=experiment)
 
 
 class _step_progress:

@@ -87,6 +87,10 @@ class PeftConfig:
     def describe(self) -> str:
         return " + ".join(e.describe() for e in self.methods) or "head only"
 
+    def words(self) -> str:
+        """The configuration in words, for readers of the report (``describe`` is the compact form)."""
+        return "; ".join(e.words() for e in self.methods) or "the task head only"
+
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "methods": [method_to_dict(e) for e in self.methods]}
 

@@ -1,8 +1,16 @@
-"""``autopeft dashboard``: the MLflow UI on a search's tracking store, on loopback, until Ctrl-C."""
+"""``autopeft dashboard``: the MLflow UI on a search's tracking store, on loopback, until Ctrl-C.
+
+It opens where a user looks: the experiment is marked as a model-training one (else MLflow 3 opens
+on its GenAI traces overview), and the printed URL opens a saved view of the runs table (MLflow's
+shared view state, an experiment tag) that lists the search's trials, best metric first, with the
+objective columns shown.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,6 +22,10 @@ from typing import Callable
 from autopeft.errors import AutopeftError
 
 HEALTH_TIMEOUT_S = 90.0  # the server answers /health after ~9 s on a 2-core machine
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # + key: a runs-table view the UI opens from ?viewStateShareKey=key
+# Columns of the trials view, after the run name: the objectives and the configuration.
+TRIAL_COLUMNS = ("metrics.`metric`", "metrics.`trainable_params`", "metrics.`peak_memory_mb`",
+                 "tags.`autopeft.peft`")
 
 
 class DashboardError(AutopeftError):
@@ -62,15 +74,41 @@ def stop_server(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
         proc.wait()
 
 
-def experiment_url(tracking_uri: str, base: str, experiment: str = "autopeft") -> str:
+def experiment_url(tracking_uri: str, base: str, experiment: str = "autopeft", search: str | None = None) -> str:
+    """Where the UI should open: the trials view of ``search`` (the latest search by default).
+
+    Marks the experiment as a model-training one and saves the view on it; without any search there
+    it opens the experiment's runs, and without the experiment, MLflow's home page.
+    """
     from mlflow.tracking import MlflowClient
 
-    exp = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
-    return f"{base}/#/experiments/{exp.experiment_id}" if exp else base
+    from autopeft.results import SearchNotFound, load_search
+    from autopeft.schema import EXPERIMENT_TAGS, KIND_TAG, SEARCH_TAG
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return base
+    for key, value in EXPERIMENT_TAGS.items():  # stores written before the tag was set at creation
+        client.set_experiment_tag(exp.experiment_id, key, value)
+    # workflowType: the side bar's model-training menu (it remembers GenAI's from an earlier visit otherwise).
+    runs = f"{base}/#/experiments/{exp.experiment_id}/runs"
+    workflow = "workflowType=machine_learning"
+    try:
+        record = load_search(search, tracking_uri, experiment)
+    except SearchNotFound:
+        if search:
+            raise
+        return f"{runs}?{workflow}"
+    key = "autopeft-" + re.sub(r"[^A-Za-z0-9_-]", "-", record.name)
+    view = {"searchFilter": f"tags.`{SEARCH_TAG}` = '{record.name}' and tags.`{KIND_TAG}` = 'trial'",
+            "orderByKey": "metrics.`metric`", "orderByAsc": False, "selectedColumns": list(TRIAL_COLUMNS)}
+    client.set_experiment_tag(exp.experiment_id, VIEW_TAG_PREFIX + key, json.dumps(view))
+    return f"{runs}?viewStateShareKey={key}&{workflow}"
 
 
 def serve(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 0,
-          say: Callable[[str], None] = print) -> None:
+          say: Callable[[str], None] = print, search: str | None = None, experiment: str = "autopeft") -> None:
     from rich.console import Console
 
     from autopeft.tracking import resolve_tracking_uri
@@ -78,13 +116,14 @@ def serve(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 0,
     uri = resolve_tracking_uri(tracking_uri)
     port = port or free_port(host)
     base = f"http://{host}:{port}"
+    url = experiment_url(uri, base, experiment, search)  # a missing search fails here, before the server starts
     proc = start_server(uri, host, port)
     # A SIGTERM (a service manager, `timeout`) stops the server too, as Ctrl-C does.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         with Console(stderr=True).status(f"starting the MLflow UI on {uri}"):
             wait_healthy(proc, base)
-        say(f"MLflow UI: {experiment_url(uri, base)}  (store {uri}; Ctrl-C stops it)")
+        say(f"MLflow UI: {url}  (store {uri}; Ctrl-C stops it)")
         while proc.poll() is None:
             time.sleep(0.5)
         raise DashboardError(f"the MLflow server stopped by itself (code {proc.returncode})")

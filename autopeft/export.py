@@ -2,8 +2,9 @@
 
 It holds what is needed to rebuild and retrain the chosen model without autopeft: the base model,
 the task, the PEFT config (autopeft's own form), the training settings it was found with, the
-objective values it reached in the search, where it came from, and the PEFT library's native
-config (`adapters` config dicts in Stack order, plus the biases BitFit unfreezes). A hand-written
+objective values it reached in the search, where it came from, and the PEFT libraries' native
+configs: `adapters` config dicts in Stack order plus the biases BitFit unfreezes, and, where peft can
+hold the configuration, a Hugging Face peft config (else the one line saying why not). A hand-written
 file needs only ``model``, ``task`` and ``peft``; everything else has defaults.
 """
 
@@ -37,8 +38,7 @@ class ExportedConfig:
     metric_name: str | None = None  # the task metric that ``objectives["metric"]`` is
     source: dict[str, Any] = field(default_factory=dict)  # search name, run ids, trial, tracking URI
 
-    def to_dict(self, num_layers: int | None = None, hidden: int | None = None,
-                num_labels: int | None = None, model_type: str | None = None) -> dict[str, Any]:
+    def to_dict(self, native: dict[str, Any] | None = None) -> dict[str, Any]:
         import autopeft
 
         out: dict[str, Any] = {
@@ -47,8 +47,8 @@ class ExportedConfig:
             "budget": self.budget.to_dict(), "objectives": dict(self.objectives),
             "metric_name": self.metric_name, "source": dict(self.source),
         }
-        if num_layers is not None and hidden is not None:
-            out["native"] = native_config(self, num_layers, hidden, num_labels, model_type)
+        if native is not None:
+            out["native"] = native
         return out
 
     @classmethod
@@ -73,16 +73,17 @@ class ExportedConfig:
             raise ExportError(f"{where}: {exc}") from None
 
 
-def native_config(exp: ExportedConfig, num_layers: int, hidden: int, num_labels: int | None,
-                  model_type: str | None = None) -> dict[str, Any]:
-    """The `adapters` form of ``exp``: what the README's plain-code recipe reads."""
+def native_config(exp: ExportedConfig, info: Any, num_labels: int) -> dict[str, Any]:
+    """What the README's plain-code recipes read: the `adapters` form and, where it exists, the peft form."""
     from autopeft.build import adapters_configs
     from autopeft.methods import get_method
+    from autopeft.peft_export import to_peft
 
-    configs = adapters_configs(exp.peft, num_layers, hidden)
+    configs = adapters_configs(exp.peft, info.num_layers, info.hidden_size)
     # BitFit adds no module: it unfreezes the biases of its layers (matched by layer index).
     bitfit = sorted({i for name, entries in exp.peft.by_method().items()
                      if get_method(name).trains_base_param is not None for e in entries for i in e.layers})
+    form, _ = to_peft(exp.model, exp.peft, num_labels, info=info)
     return {
         "library": "adapters",
         "base_model": HUB_IDS.get(exp.model, exp.model),
@@ -90,31 +91,13 @@ def native_config(exp: ExportedConfig, num_layers: int, hidden: int, num_labels:
         "adapters": {name: cfg.to_dict() for name, cfg in configs.items()},
         "active": list(configs),  # activate as adapters.Stack(*active)
         "bitfit_layers": bitfit,
-        "peft_lora": peft_lora_kwargs(exp, model_type),
+        "peft": form.config,  # peft.get_peft_config(native["peft"]); None when peft cannot hold it
+        "peft_unsupported": form.reason,  # why not, naming the part
     }
 
 
-# Module paths inside a BERT-style layer (``...encoder.layer.N.<path>``), by autopeft target name.
-_BERT_PATHS = {"query": r"attention\.self\.query", "key": r"attention\.self\.key",
-               "value": r"attention\.self\.value", "intermediate": r"intermediate\.dense",
-               "output": r"output\.dense"}  # anchored after "layer.N.", so never attention.output.dense
-
-
-def peft_lora_kwargs(exp: ExportedConfig, model_type: str | None) -> dict[str, Any] | None:
-    """``peft.LoraConfig`` keyword arguments for a config that is one LoRA entry on a BERT-style
-    model (None otherwise: peft has no bottleneck adapters, and mixing methods is not portable)."""
-    entries = exp.peft.methods
-    if len(entries) != 1 or entries[0].method != "lora" or model_type not in ("bert", "roberta", "xlm-roberta"):
-        return None
-    e = entries[0]
-    layers = "|".join(str(i) for i in e.layers)
-    modules = "|".join(_BERT_PATHS[t] for t in e.targets)
-    return {"r": e.rank, "lora_alpha": e.alpha, "lora_dropout": 0.0,
-            "target_modules": rf".*\.layer\.({layers})\.({modules})", "modules_to_save": ["classifier"]}
-
-
 def save_export(exp: ExportedConfig, path: str | Path) -> Path:
-    """Write ``exp`` (with its native config, which needs the model's shape) to ``path``."""
+    """Write ``exp`` with its native configs to ``path`` (the peft form is read off the built model)."""
     from autopeft.models import inspect_model
     from autopeft.tasks import load_task
 
@@ -123,8 +106,7 @@ def save_export(exp: ExportedConfig, path: str | Path) -> Path:
     num_labels = load_task(exp.task).num_labels
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(exp.to_dict(info.num_layers, info.hidden_size, num_labels, info.model_type), indent=2, sort_keys=True)
-                    + "\n")
+    path.write_text(json.dumps(exp.to_dict(native_config(exp, info, num_labels)), indent=2, sort_keys=True) + "\n")
     return path
 
 

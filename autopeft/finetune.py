@@ -1,10 +1,12 @@
 """Full-budget training of an exported (or hand-written) configuration: ``autopeft train``.
 
 The model trains with a dev evaluation after every epoch; the best epoch's trainable weights are
-kept and restored at the end. The result is saved in the PEFT library's own format (one
-``save_adapter`` folder per adapter, plus the trained non-adapter parameters, i.e. the task head
-and any BitFit biases, as safetensors), so ``load_trained`` (or plain `adapters` code) reloads it.
-The run is logged to MLflow as a child of the search it came from.
+kept and restored at the end. A configuration peft can hold trains as a peft model and is saved as
+a peft adapter folder (``peft/``: ``PeftModel.from_pretrained`` loads it, task head included); any
+other keeps the `adapters` form (one ``save_adapter`` folder per adapter, plus the trained
+non-adapter parameters, i.e. the task head and any BitFit biases, as safetensors). ``load_trained``
+reloads either. The run is logged to MLflow as a child of the search it came from, with the trained
+model as an MLflow Model (``autopeft/mlflow_model.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from autopeft.export import ExportedConfig
 TRAIN_CONFIG = "train_config.json"  # the export plus the budget it was trained with
 BASE_PARAMS_FILE = "trained_base_params.safetensors"  # task head (+ BitFit biases)
 FULL_MODEL_DIR = "model"  # full fine-tuning: a plain save_pretrained folder
+# How an output folder holds the model: a peft adapter, `adapters` folders, or a full save_pretrained.
+PEFT_FORM, ADAPTERS_FORM, FULL_FORM = "peft", "adapters", "full"
 TARGET_SCALE_KEY = "target_scale"  # train_config.json: a regression head's target mean/std
 
 
@@ -57,6 +61,9 @@ class TrainedModel:
     metrics: dict[str, float] = field(default_factory=dict)
     target_scale: dict[str, float] | None = None  # regression: the training targets' mean and std
     select_on: str = "dev"  # the split ``history`` (and the best-epoch choice) is on; ``metrics`` are dev's
+    form: str = ADAPTERS_FORM  # PEFT_FORM | ADAPTERS_FORM | FULL_FORM
+    note: str | None = None  # why a PEFT config kept the `adapters` form (no peft form), one line
+    examples: list[tuple[str, ...]] = field(default_factory=list)  # a few dev texts: the MLflow input example
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -69,6 +76,7 @@ def train_exported(exp: ExportedConfig, budget: TrainBudget, output_dir: str | P
                    on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainedModel:
     """Train ``exp`` under ``budget``, keep the best epoch, save it to ``output_dir``."""
     from autopeft.build import build_full_model, build_model
+    from autopeft.peft_export import to_peft
     from autopeft.tasks import load_splits, load_task
     from autopeft.train import score_split, train_and_evaluate
 
@@ -76,10 +84,15 @@ def train_exported(exp: ExportedConfig, budget: TrainBudget, output_dir: str | P
     # A config found on held-out rows picks its best epoch on the same rows (the budget carries
     # them); either way the dev split is scored once, at the end, for the report.
     splits = load_splits(task, data_dir, budget.select_on, budget.holdout_size, budget.holdout_seed)
+    note = None
     if full_finetune:
-        built = build_full_model(exp.model, task.num_labels, seed=budget.seed)
+        built, form = build_full_model(exp.model, task.num_labels, seed=budget.seed), FULL_FORM
     else:
-        built = build_model(exp.model, exp.peft, task.num_labels, seed=budget.seed)
+        peft_form, built = to_peft(exp.model, exp.peft, task.num_labels, seed=budget.seed)
+        form = PEFT_FORM if built is not None else ADAPTERS_FORM
+        if built is None:
+            note = peft_form.note()
+            built = build_model(exp.model, exp.peft, task.num_labels, seed=budget.seed)
     model, tokenizer, names = built.model, built.tokenizer, built.adapter_names
     trainable, base = built.trainable_params, built.base_params
 
@@ -103,10 +116,15 @@ def train_exported(exp: ExportedConfig, budget: TrainBudget, output_dir: str | P
     target_scale = result.target_scale.to_dict() if result.target_scale else None
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _save(model, tokenizer, names, out, full_finetune)
+    _save(model, tokenizer, names, out, form)
+    from autopeft.export import HUB_IDS
+
     (out / TRAIN_CONFIG).write_text(json.dumps({
-        "export": exp.to_dict(), "budget": budget.to_dict(), "full_finetune": full_finetune, "adapters": names,
-        "num_labels": task.num_labels, "metric_name": task.primary_metric, "metrics": metrics,
+        "export": exp.to_dict(), "budget": budget.to_dict(), "full_finetune": full_finetune, "form": form,
+        "adapters": [] if form == PEFT_FORM else names, "num_labels": task.num_labels,
+        "base_model": HUB_IDS.get(exp.model, exp.model),  # what a user without autopeft loads the base from
+        "labels": list(task.labels) if task.labels else None, "text_columns": list(_text_columns(task)),
+        "metric_name": task.primary_metric, "metrics": metrics,
         "best_epoch": best["epoch"], "history": result.history, "trainable_params": trainable,
         "select_on": splits.select_on,  # the split of `history` (best-epoch choice); `metrics` are dev's
         # Regression: the head outputs z-scores; load_trained maps them back with these.
@@ -114,17 +132,27 @@ def train_exported(exp: ExportedConfig, budget: TrainBudget, output_dir: str | P
     }, indent=2, sort_keys=True) + "\n")
     return TrainedModel(out, task.primary_metric, metrics[task.primary_metric], best["epoch"], result.history,
                         trainable, 100.0 * trainable / base, result.peak_memory_mb, result.train_seconds,
-                        metrics=metrics, target_scale=target_scale, select_on=splits.select_on)
+                        metrics=metrics, target_scale=target_scale, select_on=splits.select_on, form=form,
+                        note=note, examples=list(splits.dev.texts[:2]))
 
 
-def _save(model: torch.nn.Module, tokenizer: Any, names: list[str], out: Path, full_finetune: bool) -> None:
+def _text_columns(task: Any) -> tuple[str, ...]:
+    """The input column names a served model takes: the task's own text columns."""
+    return tuple((task.local or task.hub).text_columns)  # a task has at least one of them
+
+
+def _save(model: torch.nn.Module, tokenizer: Any, names: list[str], out: Path, form: str) -> None:
     from safetensors.torch import save_file
 
     from autopeft.build import ADAPTER_NAME
+    from autopeft.peft_export import PEFT_DIR
 
     tokenizer.save_pretrained(out / "tokenizer")
-    if full_finetune:
+    if form == FULL_FORM:
         model.save_pretrained(out / FULL_MODEL_DIR)
+        return
+    if form == PEFT_FORM:  # adapter_config.json + adapter_model.safetensors, the task head included
+        model.save_pretrained(out / PEFT_DIR)
         return
     for name in names:
         model.save_adapter(str(out / name), name)
@@ -158,12 +186,20 @@ def _load_weights(folder: Path, info: dict[str, Any]) -> tuple[torch.nn.Module, 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-    if info["full_finetune"]:
+    form = info.get("form", FULL_FORM if info["full_finetune"] else ADAPTERS_FORM)  # older outputs lack it
+    if form == FULL_FORM:
         return AutoModelForSequenceClassification.from_pretrained(folder / FULL_MODEL_DIR), tokenizer
+    from autopeft.build import load_base
+
+    if form == PEFT_FORM:
+        from peft import PeftModel
+
+        from autopeft.peft_export import PEFT_DIR
+
+        base, _, _ = load_base(info["export"]["model"], info["num_labels"])
+        return PeftModel.from_pretrained(base, str(folder / PEFT_DIR)), tokenizer
     import adapters
     from safetensors.torch import load_file
-
-    from autopeft.build import load_base
 
     model, _, _ = load_base(info["export"]["model"], info["num_labels"])
     adapters.init(model)
@@ -179,28 +215,42 @@ def _load_weights(folder: Path, info: dict[str, Any]) -> tuple[torch.nn.Module, 
     return model, tokenizer
 
 
+def check_register(full_finetune: bool, register: str | None) -> None:
+    """Refuse, before any training, a registration that could not happen."""
+    if full_finetune and register:
+        raise AutopeftError("--register needs a PEFT result: a full fine-tune is not logged as an MLflow Model "
+                            "(drop --register, or train the PEFT config)")
+
+
 def log_training(result: TrainedModel, exp: ExportedConfig, budget: TrainBudget, full_finetune: bool,
-                 tracking_uri: str | None, experiment: str = "autopeft", name: str | None = None) -> str:
-    """Record the run in MLflow, nested under the search it came from when that run is in the store."""
+                 tracking_uri: str | None, experiment: str = "autopeft", name: str | None = None,
+                 register: str | None = None) -> str:
+    """Record the run in MLflow, nested under the search it came from when that run is in the store.
+
+    A PEFT result is logged as the run's MLflow Model ``model`` (registered as ``register`` when given);
+    a full fine-tune is not copied into the store.
+    """
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
-    from autopeft.schema import (EVAL_SPLIT_TAG, KIND_TAG, KIND_TRAIN, MODEL_TAG, PEFT_TAG, SEARCH_TAG,
-                                 SELECT_SPLIT_TAG, SOURCE_RUN_TAG, TASK_TAG)
+    from autopeft.schema import (EVAL_SPLIT_TAG, EXPERIMENT_TAGS, FORM_TAG, KIND_TAG, KIND_TRAIN, MODEL_TAG, PARENT_TAG,
+                                 PEFT_TAG,
+                                 SEARCH_TAG, SELECT_SPLIT_TAG, SOURCE_RUN_TAG, TASK_TAG)
     from autopeft.tracking import local_artifact_root, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri or exp.source.get("tracking_uri"))
     client = MlflowClient(uri)
     exp_obj = client.get_experiment_by_name(experiment)
     experiment_id = exp_obj.experiment_id if exp_obj else client.create_experiment(
-        experiment, artifact_location=local_artifact_root(uri))
-    tags = {KIND_TAG: KIND_TRAIN, PEFT_TAG: "full fine-tuning" if full_finetune else exp.peft.describe(),
+        experiment, artifact_location=local_artifact_root(uri), tags=EXPERIMENT_TAGS)
+    check_register(full_finetune, register)
+    tags = {KIND_TAG: KIND_TRAIN, FORM_TAG: result.form, PEFT_TAG: "full fine-tuning" if full_finetune else exp.peft.describe(),
             MODEL_TAG: exp.model, TASK_TAG: exp.task, EVAL_SPLIT_TAG: "dev", SELECT_SPLIT_TAG: result.select_on}
     if exp.source.get("search"):
         tags[SEARCH_TAG] = exp.source["search"]
     parent = exp.source.get("parent_run_id")
     if parent and _run_exists(client, parent):
-        tags["mlflow.parentRunId"] = parent  # the MLflow UI then shows it under its search
+        tags[PARENT_TAG] = parent  # the MLflow UI then shows it under its search
     if exp.source.get("run_id"):
         tags[SOURCE_RUN_TAG] = exp.source["run_id"]
     run = client.create_run(experiment_id, run_name=name or f"train-{time.strftime('%Y%m%d-%H%M%S')}", tags=tags)
@@ -219,7 +269,11 @@ def log_training(result: TrainedModel, exp: ExportedConfig, budget: TrainBudget,
     client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
     client.log_dict(run_id, exp.to_dict(), "export.json")
     if not full_finetune:  # PEFT weights are small; a full model is not copied into the store
-        client.log_artifacts(run_id, str(result.output_dir), "trained")
+        from autopeft.mlflow_model import input_example, log_trained_model
+
+        info = json.loads((result.output_dir / TRAIN_CONFIG).read_text())
+        log_trained_model(uri, run_id, result.output_dir, input_example(info["text_columns"], result.examples),
+                          register)
     client.set_terminated(run_id, "FINISHED")
     result.run_id = run_id
     return run_id

@@ -4,11 +4,14 @@ Left: metric vs trainable parameters (log), the search's third objective as colo
 memory when it has none), dominated trials faded, the front joined by a step line; hovering a
 point shows its configuration and every objective. Right: the hypervolume of the trials so far
 (objectives scaled to [0, 1], log-scale objectives in log10), which flattens when the search stops
-finding better trade-offs. Axis titles, units and scales come from the objective registry.
+finding better trade-offs. Below: the front as a table, best metric first (trial, every
+objective, the configuration in words) with the ``autopeft export`` command that takes each row
+further. Axis titles, units and scales come from the objective registry.
 """
 
 from __future__ import annotations
 
+import html
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,7 +36,9 @@ def report_data(trials: Sequence[Any], objectives: dict[str, Objective]) -> dict
 
 
 def write_report(trials: Sequence[Any], objectives: dict[str, Objective], metric_name: str,
-                 path: str | Path, title: str = "") -> Path:
+                 path: str | Path, title: str = "", search: str | None = None,
+                 tracking_uri: str | None = None) -> Path:
+    """The report for the trials of search ``search`` (its name goes into each row's export command)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -70,8 +75,54 @@ def write_report(trials: Sequence[Any], objectives: dict[str, Objective], metric
                       legend=dict(orientation="h", y=-0.15))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)  # self-contained: opens offline
+    figure = fig.to_html(include_plotlyjs=True, full_html=False)  # plotly.js inlined: opens offline
+    path.write_text(
+        f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title or 'Pareto report')}"
+        f"</title><style>{_TABLE_CSS}</style></head><body>{figure}"
+        f"{front_table(done, metric_name, objectives, search, tracking_uri)}</body></html>\n", encoding="utf-8")
     return path
+
+
+_TABLE_CSS = ("body{font-family:sans-serif;margin:16px} table.front{border-collapse:collapse;margin-top:12px}"
+              "table.front th,table.front td{border:1px solid #ccc;padding:4px 8px;text-align:right;vertical-align:top}"
+              "table.front td.config,table.front td.next{text-align:left} table.front td.config{max-width:28em}"
+              "table.front td.next{max-width:34em} table.front code{overflow-wrap:anywhere}")
+
+
+def export_command(search: str | None, trial: int, tracking_uri: str | None = None) -> str:
+    """The command that writes one trial's export file (what `autopeft pareto --pick` also prints)."""
+    words = ["autopeft", "export", *([search] if search else []), "--pick", str(trial), "-o", "autopeft_best.json"]
+    return " ".join(words + (["--tracking-uri", tracking_uri] if tracking_uri else []))
+
+
+def _table_objectives(objectives: dict[str, Objective], trials: Sequence[Any]) -> list[Objective]:
+    """The columns beyond metric and parameters: the search's other objectives, then memory if measured."""
+    shown = [o for k, o in objectives.items() if k not in ("metric", "trainable_params")]
+    if PEAK_MEMORY_MB not in objectives and any(t.get(PEAK_MEMORY_MB) is not None for t in trials):
+        shown.append(get_objective(PEAK_MEMORY_MB))
+    return shown
+
+
+def front_table(done: Sequence[Any], metric_name: str, objectives: dict[str, Objective], search: str | None,
+                tracking_uri: str | None) -> str:
+    """The Pareto-optimal trials as an HTML table, best metric first, each with its export command."""
+    front = sorted((t for t in done if t.get("pareto")), key=lambda t: (-t["metric"], t["trainable_params"]))
+    extra = _table_objectives(objectives, front)
+    rows = []
+    for t in front:
+        pct = f" ({t['trainable_percent']:.3f}%)" if t.get("trainable_percent") is not None else ""
+        cells = "".join(f"<td>{html.escape(o.format(t.get(o.key)))}</td>" for o in extra)
+        words = t.get("peft_words") or t.get("peft", "")  # searches before the words tag have the compact form
+        rows.append(f"<tr><td>{t['trial']}</td><td>{t['metric']:.4f}</td><td>{t['trainable_params']:,}{pct}</td>"
+                    f"{cells}<td class=\"config\">{html.escape(words)}</td>"
+                    f"<td class=\"next\"><code>{html.escape(export_command(search, t['trial'], tracking_uri))}"
+                    f"</code></td></tr>")
+    count = f"{len(front)} trial" + ("" if len(front) == 1 else "s")
+    heads = "".join(f"<th>{html.escape(o.title)}</th>" for o in extra)
+    return (f"<h2>Pareto front: {count}, best {html.escape(metric_name)} first</h2>"
+            f"<table class=\"front\"><thead><tr><th>trial</th><th>{html.escape(metric_name)}</th>"
+            f"<th>trainable params</th>{heads}<th>configuration</th><th>next step</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
 
 
 def _hover(t: Any, metric_name: str, objectives: dict[str, Objective]) -> str:
@@ -93,6 +144,6 @@ def log_report(record: Any, title: str) -> None:
     from mlflow.tracking import MlflowClient
 
     with tempfile.TemporaryDirectory() as tmp:
-        html = write_report(record.trials, record.objectives, record.metric_name,
-                            Path(tmp) / Path(REPORT_HTML).name, title)
-        MlflowClient(record.tracking_uri).log_artifact(record.parent_run_id, str(html), str(Path(REPORT_HTML).parent))
+        page = write_report(record.trials, record.objectives, record.metric_name,
+                            Path(tmp) / Path(REPORT_HTML).name, title, record.name, record.tracking_uri)
+        MlflowClient(record.tracking_uri).log_artifact(record.parent_run_id, str(page), str(Path(REPORT_HTML).parent))

@@ -27,7 +27,9 @@ KIND_SEARCH, KIND_TRIAL, KIND_TRAIN = "search", "trial", "train"
 SEARCH_TAG = "autopeft.search"  # parent, trial and train runs: the search name
 TRIAL_TAG = "autopeft.trial"  # trial run: Ray's trial id
 TRIAL_NUMBER_TAG = "autopeft.trial_number"  # trial run: the Optuna trial number (unique per search)
-PEFT_TAG = "autopeft.peft"  # the configuration in words
+PEFT_TAG = "autopeft.peft"  # the configuration, compact (seq_bn[0,1]x24 + ...)
+PEFT_WORDS_TAG = "autopeft.peft_words"  # trial run: the configuration in words (the report's table)
+FORM_TAG = "autopeft.form"  # train run: how its output folder holds the model (peft | adapters | full)
 MODEL_TAG = "autopeft.model"
 TASK_TAG = "autopeft.task"
 METRIC_NAME_TAG = "autopeft.metric_name"  # the task metric that the ``metric`` objective is
@@ -37,6 +39,8 @@ SOURCE_RUN_TAG = "autopeft.source_run_id"  # train run: the trial run its config
 EVAL_SPLIT_TAG = "autopeft.eval_split"  # "dev" | "holdout": the split a run's metrics are on
 SELECT_SPLIT_TAG = "autopeft.select_split"  # train run: the split its best epoch was chosen on
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
+# MLflow 3's UI opens a model-training experiment on its runs (otherwise on the GenAI traces overview).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # Text fields of a trial's report kept as tags ``autopeft.<key>``: where and how it ran, and the
 # split its metrics are on (EVAL_SPLIT).
 EVAL_SPLIT = "eval_split"  # report key: "dev" or "holdout"
@@ -88,7 +92,8 @@ class TrialRecord(Mapping):
     trial: int  # Optuna trial number
     run_id: str
     status: str  # COMPLETE | FAILED | INTERRUPTED | RUNNING
-    peft: str = ""  # the configuration in words
+    peft: str = ""  # the configuration, compact
+    peft_words: str | None = None  # the configuration in words
     failure: str | None = None
     error: str | None = None
     training: dict[str, Any] = field(default_factory=dict)  # sampled training settings
@@ -130,7 +135,8 @@ def trial_record(run: Any) -> TrialRecord:
         values["trainable_params"] = int(values["trainable_params"])
     return TrialRecord(
         trial=int(tags.get(TRIAL_NUMBER_TAG, -1)), run_id=run.info.run_id, status=status,
-        peft=tags.get(PEFT_TAG, ""), failure=tags.get(FAILURE_TAG), error=tags.get(ERROR_TAG),
+        peft=tags.get(PEFT_TAG, ""), peft_words=tags.get(PEFT_WORDS_TAG), failure=tags.get(FAILURE_TAG),
+        error=tags.get(ERROR_TAG),
         training={k[len(TRAINING_PREFIX):]: parse_param(v) for k, v in run.data.params.items()
                   if k.startswith(TRAINING_PREFIX)},
         values=values)

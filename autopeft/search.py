@@ -17,7 +17,7 @@ from typing import Any
 from autopeft.cluster import check_ray_address, check_resources, connect, on_cluster, trial_data_dir
 from autopeft.config import TrainBudget
 from autopeft.errors import ConfigError, DataError
-from autopeft.objectives import DEFAULT_OBJECTIVES, PEAK_MEMORY_MB, Objective, resolve_objectives
+from autopeft.objectives import DEFAULT_OBJECTIVES, METRIC, PEAK_MEMORY_MB, Objective, resolve_objectives
 from autopeft.results import SearchRecord
 from autopeft.samplers import DEFAULT_SAMPLER, SAMPLERS
 from autopeft.stores import check_database_url, sqlite_url
@@ -201,6 +201,8 @@ def open_stores(prep: Prepared) -> Stores:
     study = optuna.create_study(storage=storage, study_name=settings.name, sampler=sampler, load_if_exists=True,
                                 directions=["maximize" if o.direction == "max" else "minimize"
                                             for o in prep.objectives.values()])
+    # Objective names for optuna-dashboard and study.trials_dataframe(): the task metric's own name.
+    study.set_metric_names([prep.task.primary_metric if k == METRIC else k for k in prep.objectives])
     if studies.SETTINGS_ATTR not in study.user_attrs:  # new: record how to resume it, warm-start it
         study.set_user_attr(studies.SETTINGS_ATTR, settings.to_dict())
         for point in prep.space.warm_start_points(prep.model.num_layers):

@@ -62,7 +62,7 @@ class SearchTracker:
         self.uri = resolve_tracking_uri(tracking_uri)
         exp = self._connect(experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-            experiment, artifact_location=local_artifact_root(self.uri))
+            experiment, artifact_location=local_artifact_root(self.uri), tags=schema.EXPERIMENT_TAGS)
         self.search_name = search_name
         parents = self._parents()
         if not parents:
@@ -110,7 +110,8 @@ class SearchTracker:
     def trial_started(self, trial_id: str, number: int, params: dict[str, Any], peft_json: dict) -> str:
         run = self.client.create_run(self.experiment_id, run_name=f"{self.search_name}-t{number:03d}", tags={
             PARENT_TAG: self.parent_id, SEARCH_TAG: self.search_name, KIND_TAG: KIND_TRIAL,
-            TRIAL_TAG: trial_id, TRIAL_NUMBER_TAG: str(number), PEFT_TAG: _describe(peft_json)})
+            TRIAL_TAG: trial_id, TRIAL_NUMBER_TAG: str(number), PEFT_TAG: _describe(peft_json),
+            schema.PEFT_WORDS_TAG: _describe(peft_json, words=True)})
         self._trial_runs[trial_id] = run.info.run_id
         self._log_params(run.info.run_id, params)
         self.client.log_dict(run.info.run_id, peft_json, schema.PEFT_CONFIG_ARTIFACT)
@@ -218,10 +219,11 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-def _describe(peft_json: dict) -> str:
+def _describe(peft_json: dict, words: bool = False) -> str:
     from autopeft.config import PeftConfig
 
-    return PeftConfig.from_dict(peft_json).describe()[:5000]
+    config = PeftConfig.from_dict(peft_json)
+    return (config.words() if words else config.describe())[:5000]
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

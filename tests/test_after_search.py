@@ -4,6 +4,7 @@ rebuild recipe from the README, the Pareto HTML report, and the MLflow UI in hea
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -25,9 +26,10 @@ from autopeft.report import REPORT_HTML
 from autopeft.results import NothingToPick, SearchNotFound, load_search, pick, to_export
 from autopeft.search import SearchSettings, run_search
 from autopeft.schema import KIND_TAG, SEARCH_TAG, SOURCE_RUN_TAG
+from local_services import free_port
+from readme_recipes import readme_block
 
 pytestmark = pytest.mark.integration
-README = Path(__file__).resolve().parents[1] / "README.md"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -82,11 +84,15 @@ def test_cli_pareto_export_and_errors(search, tmp_path):
     out = runner.invoke(app, ["export", "--tracking-uri", uri, "-o", str(tmp_path / "best.json")])
     assert out.exit_code == 0, out.output
     assert load_export(tmp_path / "best.json").source["search"] == "tiny-after"
+    reason = json.loads((tmp_path / "best.json").read_text())["native"]["peft_unsupported"]
+    said = "note: no peft form: " in out.output  # one line naming the part, when peft cannot hold it
+    assert said == (reason is not None) and (reason is None or reason.split(":")[0] in out.output)
     for args, message in (
         (["pareto", "nope", "--tracking-uri", uri], "no search 'nope'"),
         (["pareto", "tiny-after", "--tracking-uri", uri, "--min-metric", "2"], "meets the constraints"),
         (["pareto", "tiny-after", "--tracking-uri", uri, "--pick", "x"], "--pick takes"),
         (["train", str(tmp_path / "missing.json")], "does not exist"),
+        (["dashboard", "nope", "--tracking-uri", uri], "no search 'nope'"),  # before any server starts
     ):
         out = runner.invoke(app, args)
         assert out.exit_code == 2, (args, out.output)
@@ -100,10 +106,7 @@ def test_cli_pareto_export_and_errors(search, tmp_path):
 
 
 def _readme_recipe(marker: str = "rebuild-recipe") -> str:
-    text = README.read_text()
-    match = re.search(rf"<!-- {marker} -->\s*```python\n(.*?)```", text, re.S)
-    assert match, "README holds the plain-code rebuild recipe after <!-- rebuild-recipe -->"
-    return match.group(1)
+    return readme_block(marker)
 
 
 def test_export_round_trip_and_readme_recipe(search, tmp_path, monkeypatch):
@@ -121,7 +124,6 @@ def test_export_round_trip_and_readme_recipe(search, tmp_path, monkeypatch):
 
 
 def test_lora_export_rebuilds_with_peft(tiny_bert, tiny_task, tmp_path, monkeypatch):
-    pytest.importorskip("peft")
     from autopeft.build import build_model
     from autopeft.config import PeftConfig
     from autopeft.export import ExportedConfig
@@ -288,6 +290,80 @@ def test_report_renders_points_in_chromium(search, tmp_path):
     _keep_screenshot(shot)
 
 
+@browser
+def test_report_lists_the_front_as_a_table_in_chromium(search, tmp_path, monkeypatch):
+    """The front as rows a reader can act on: each row's export command works as printed."""
+    import shlex
+
+    from autopeft.report import write_report
+
+    record = load_search("tiny-after", search["uri"])
+    page = tmp_path / "report.html"
+    write_report(record.trials, record.objectives, record.metric_name, page, "tiny report", record.name,
+                 record.tracking_uri)
+    driver = _webdriver(tmp_path)
+    try:
+        driver.get(page.as_uri())
+        header = [th.text for th in driver.find_elements("css selector", "table.front th")]
+        rows = [(row.is_displayed(), [td.text for td in row.find_elements("tag name", "td")])
+                for row in driver.find_elements("css selector", "table.front tbody tr")]
+        shot = tmp_path / "pareto_table.png"
+        driver.save_screenshot(str(shot))
+        _keep_screenshot(shot)
+    finally:
+        driver.quit()
+    assert header == ["trial", record.metric_name, "trainable params", "peak memory MB", "configuration", "next step"]
+    assert [int(cells[0]) for _, cells in rows] == [t["trial"] for t in record.front]  # best metric first
+    for (shown, cells), t in zip(rows, record.front):
+        assert shown
+        assert cells[1] == f"{t['metric']:.4f}" and cells[2].startswith(f"{t['trainable_params']:,}")
+        assert cells[4] == t["peft_words"] and t["peft_words"]  # the configuration in words
+        assert cells[5].startswith(f"autopeft export tiny-after --pick {t['trial']} ")
+    monkeypatch.chdir(tmp_path)
+    args = shlex.split(rows[-1][1][5])[1:]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    assert load_export(tmp_path / "autopeft_best.json").source["trial"] == record.front[-1]["trial"]
+
+
+def test_study_names_its_objectives_for_optuna_dashboard(search, tmp_path):
+    """The README's optuna-dashboard line, run on loopback: the study shows the objectives by name."""
+    import optuna
+    import urllib.request
+
+    storage = f"sqlite:///{search['root'] / 'runs' / 'optuna.db'}"
+    study = optuna.load_study(study_name="tiny-after", storage=storage)
+    assert study.metric_names == ["accuracy", "trainable_params"]
+    params = {k for t in study.trials for k in t.params}
+    assert params and all(re.fullmatch(r"[a-z0-9_]+(/[a-z0-9_*]+)*", k) for k in params), params
+
+    command = readme_block("deploy-recipe-optuna-dashboard", "bash").strip()
+    assert command.startswith("optuna-dashboard sqlite:///autopeft_runs/optuna.db ")
+    port = free_port()
+    argv = [str(Path(sys.executable).parent / "optuna-dashboard"), storage,
+            *command.split()[2:]]
+    argv[argv.index("--port") + 1] = str(port)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            try:
+                studies = json.loads(urllib.request.urlopen(base + "/api/studies", timeout=2).read())["study_summaries"]
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "optuna-dashboard did not answer in 60 s"
+                time.sleep(0.5)
+        (summary,) = [s for s in studies if s["study_name"] == "tiny-after"]
+        detail = json.loads(urllib.request.urlopen(f"{base}/api/studies/{summary['study_id']}", timeout=10).read())
+        assert detail["objective_names"] == ["accuracy", "trainable_params"]
+        assert {p["name"] for p in detail["union_search_space"]} == params
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+
+
 CHROMEDRIVER = shutil.which("chromedriver")
 
 
@@ -318,9 +394,11 @@ def _wait_for(driver, condition, timeout_s: float = 60.0) -> None:
 
 
 @browser
-def test_dashboard_lists_trial_runs_in_chromium(search, tmp_path):
+def test_dashboard_opens_on_the_trials_in_chromium(search, tmp_path):
+    """The first screen of `autopeft dashboard`: the search's trials, best metric first, objective columns."""
     import urllib.request
 
+    record = load_search("tiny-after", search["uri"])
     proc = subprocess.Popen([sys.executable, "-m", "autopeft.cli", "dashboard", "--tracking-uri", search["uri"]],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     driver = None
@@ -329,14 +407,21 @@ def test_dashboard_lists_trial_runs_in_chromium(search, tmp_path):
         match = re.search(r"(http://127\.0\.0\.1:\d+)(\S*)", line)
         assert match, (line, proc.stderr.read() if proc.poll() is not None else "")
         base = match.group(1)
+        assert "/runs?viewStateShareKey=" in match.group(2)
         driver = _webdriver(tmp_path)
-        driver.get(match.group(1) + match.group(2) + "/runs")  # the experiment's runs table (a React SPA)
+        driver.get(match.group(1) + match.group(2))  # as printed: nothing to click
         body = lambda: driver.find_element("tag name", "body").text  # noqa: E731
-        _wait_for(driver, lambda: "tiny-after" in body())
-        # Trial runs are nested under the search's run: expand it.
-        driver.find_element("css selector", "button[data-component-id*='runnamecellrenderer']").click()
-        trials = [f"tiny-after-t{i:03d}" for i in range(2)]
-        _wait_for(driver, lambda: all(t in body() for t in trials))
+        trials = {f"tiny-after-t{t['trial']:03d}": t for t in record.trials if t["status"] == "COMPLETE"}
+        _wait_for(driver, lambda: all(n in body() for n in trials))
+        text = body()
+        # the model-training menu (Runs, Models, Model registry), not GenAI's overview, judges and traces
+        assert "Model registry" in text and "Judges" not in text and "No data available" not in text
+        for column in ("metric", "trainable_params", "peak_memory_mb"):  # the objective columns' headers
+            assert f"\n{column}\n" in text, f"column {column} is not shown: {text[:1500]}"
+        for t in trials.values():  # the configuration column
+            assert t["peft"] in text
+        listed = sorted(trials, key=text.index)
+        assert [trials[n]["metric"] for n in listed] == sorted((t["metric"] for t in trials.values()), reverse=True)
         shot = tmp_path / "mlflow_ui.png"
         driver.save_screenshot(str(shot))
         _keep_screenshot(shot)
@@ -348,6 +433,8 @@ def test_dashboard_lists_trial_runs_in_chromium(search, tmp_path):
     assert rc == 0, proc.stderr.read()
     with pytest.raises(OSError):  # the server went with it
         urllib.request.urlopen(base + "/health", timeout=2)
+    experiment = MlflowClient(search["uri"]).get_experiment_by_name("autopeft")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def _keep_screenshot(path: Path) -> None:

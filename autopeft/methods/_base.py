@@ -43,6 +43,19 @@ class MethodConfig:
     def describe(self) -> str:
         return f"{self.method}{_layers_str(self.layers)}"
 
+    def words(self) -> str:
+        """This entry in words; methods override it (a plugin without one reads as ``describe``)."""
+        return self.describe()
+
+
+def layers_words(layers: Sequence[int]) -> str:
+    """``in layers 0-5`` for a run of layers, ``in layers 0, 2, 4`` otherwise."""
+    if len(layers) == 1:
+        return f"in layer {layers[0]}"
+    if list(layers) == list(range(layers[0], layers[-1] + 1)):
+        return f"in layers {layers[0]}-{layers[-1]}"
+    return "in layers " + ", ".join(map(str, layers))
+
 
 def _layers_str(layers: Sequence[int]) -> str:
     return "[" + ",".join(str(i) for i in layers) + "]"

@@ -6,12 +6,15 @@ from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
 from autopeft.methods import register_method
-from autopeft.methods._base import MethodConfig, MethodSpec
+from autopeft.methods._base import MethodConfig, MethodSpec, layers_words
 
 
 @dataclass(frozen=True)
 class BitFitConfig(MethodConfig):
     method: ClassVar[str] = "bitfit"
+
+    def words(self) -> str:
+        return f"BitFit (the biases) {layers_words(self.layers)}"
 
 
 def _trains_base_param(entries: Sequence[BitFitConfig], name: str, layer: int | None) -> bool:

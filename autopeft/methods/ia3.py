@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
 from autopeft.methods import register_method
-from autopeft.methods._base import AdaptersConfig, MethodConfig, MethodSpec, check_targets
+from autopeft.methods._base import AdaptersConfig, MethodConfig, MethodSpec, check_targets, layers_words
 from autopeft.methods.lora import lora_kwargs
 
 
@@ -21,6 +21,9 @@ class IA3Config(MethodConfig):
 
     def describe(self) -> str:
         return f"ia3({','.join(self.targets)})[{','.join(map(str, self.layers))}]"
+
+    def words(self) -> str:
+        return f"(IA)3 scaling of {', '.join(self.targets)} {layers_words(self.layers)}"
 
 
 def _to_adapters(entries: Sequence[IA3Config], num_layers: int, hidden: int) -> list[AdaptersConfig]:

@@ -7,7 +7,7 @@ from typing import ClassVar, Sequence
 
 from autopeft.methods import register_method
 from autopeft.methods._base import (
-    AdaptersConfig, MethodConfig, MethodSpec, check_positive, check_targets,
+    AdaptersConfig, MethodConfig, MethodSpec, check_positive, check_targets, layers_words,
 )
 
 
@@ -26,6 +26,9 @@ class LoRAConfig(MethodConfig):
 
     def describe(self) -> str:
         return f"lora({','.join(self.targets)}){_short(self.layers)} r{self.rank}"
+
+    def words(self) -> str:
+        return f"LoRA rank {self.rank} (alpha {self.alpha}) on {', '.join(self.targets)} {layers_words(self.layers)}"
 
 
 def _short(layers: Sequence[int]) -> str:

@@ -14,7 +14,7 @@ from typing import ClassVar, Sequence
 from autopeft.methods import register_method
 from autopeft.methods._base import (
     BOTTLENECK_POSITIONS, AdaptersConfig, MethodConfig, MethodSpec, bottleneck_kwargs, check_choice, check_positive,
-    shared_value,
+    layers_words, shared_value,
 )
 
 POSITIONS = ("attention", "ffn")
@@ -36,6 +36,10 @@ class ParBnConfig(MethodConfig):
     def describe(self) -> str:
         where = "" if self.position == "attention" else f"@{self.position}"
         return f"{super().describe()}x{self.size}{where}"
+
+    def words(self) -> str:
+        beside = "attention" if self.position == "attention" else "the feed-forward block"
+        return f"parallel adapter of size {self.size} beside {beside} {layers_words(self.layers)}"
 
 
 def _to_adapters(entries: Sequence[ParBnConfig], num_layers: int, hidden: int) -> list[AdaptersConfig]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
 from autopeft.methods import register_method
-from autopeft.methods._base import AdaptersConfig, MethodConfig, MethodSpec, check_positive
+from autopeft.methods._base import AdaptersConfig, MethodConfig, MethodSpec, check_positive, layers_words
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,10 @@ class PrefixConfig(MethodConfig):
 
     def describe(self) -> str:
         return f"{super().describe()}x{self.length}" + (" flat" if self.flat else "")
+
+    def words(self) -> str:
+        how = "trained directly" if self.flat else "trained through an MLP"
+        return f"prefix of {self.length} tokens ({how}) {layers_words(self.layers)}"
 
 
 def _to_adapters(entries: Sequence[PrefixConfig], num_layers: int, hidden: int) -> list[AdaptersConfig]:

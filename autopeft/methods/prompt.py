@@ -24,6 +24,9 @@ class PromptConfig(MethodConfig):
     def describe(self) -> str:
         return f"prompt x{self.length}"
 
+    def words(self) -> str:
+        return f"soft prompt of {self.length} tokens"
+
 
 def _to_adapters(entries: Sequence[PromptConfig], num_layers: int, hidden: int) -> list[AdaptersConfig]:
     (e,) = entries

@@ -12,8 +12,11 @@ from typing import ClassVar, Sequence
 from autopeft.methods import register_method
 from autopeft.methods._base import (
     BOTTLENECK_POSITIONS, AdaptersConfig, MethodConfig, MethodSpec, bottleneck_kwargs, check_choice, check_positive,
-    shared_value,
+    layers_words, shared_value,
 )
+
+_WHERE = {"ffn": "after the feed-forward block", "attention": "after attention",
+          "both": "after attention and after the feed-forward block"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,9 @@ class SeqBnConfig(MethodConfig):
     def describe(self) -> str:
         where = "" if self.position == "ffn" else f"@{self.position}"
         return f"{super().describe()}x{self.size}{where}"
+
+    def words(self) -> str:
+        return f"serial adapter of size {self.size} {_WHERE[self.position]} {layers_words(self.layers)}"
 
 
 def _to_adapters(entries: Sequence[SeqBnConfig], num_layers: int, hidden: int) -> list[AdaptersConfig]:
