@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,7 +203,9 @@ def open_stores(prep: Prepared) -> Stores:
                                 directions=["maximize" if o.direction == "max" else "minimize"
                                             for o in prep.objectives.values()])
     # Objective names for optuna-dashboard and study.trials_dataframe(): the task metric's own name.
-    study.set_metric_names([prep.task.primary_metric if k == METRIC else k for k in prep.objectives])
+    with warnings.catch_warnings():  # experimental since Optuna 3.2 and unchanged since: not news to users
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([prep.task.primary_metric if k == METRIC else k for k in prep.objectives])
     if studies.SETTINGS_ATTR not in study.user_attrs:  # new: record how to resume it, warm-start it
         study.set_user_attr(studies.SETTINGS_ATTR, settings.to_dict())
         for point in prep.space.warm_start_points(prep.model.num_layers):
@@ -285,7 +288,6 @@ def _log_report(tracker: Any, record: SearchRecord) -> None:
     try:
         log_report(record, f"Pareto report: {tracker.search_name}")
     except Exception as exc:  # noqa: BLE001 - the CSV/PNG front is already logged
-        import warnings
         warnings.warn(f"could not write the Pareto HTML report: {exc}")
 
 

@@ -312,7 +312,10 @@ def test_report_lists_the_front_as_a_table_in_chromium(search, tmp_path, monkeyp
         _keep_screenshot(shot)
     finally:
         driver.quit()
-    assert header == ["trial", record.metric_name, "trainable params", "peak memory MB", "configuration", "next step"]
+    from autopeft.objectives import get_objective
+
+    memory = get_objective("peak_memory_mb").title  # the registry names the column
+    assert header == ["trial", record.metric_name, "trainable params", memory, "configuration", "next step"]
     assert [int(cells[0]) for _, cells in rows] == [t["trial"] for t in record.front]  # best metric first
     for (shown, cells), t in zip(rows, record.front):
         assert shown
