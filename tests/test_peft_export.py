@@ -107,6 +107,7 @@ NO_PEFT_CASES = {
     "lora_with_ia3": (_peft({"method": "lora", "layers": [0, 1], "rank": 2, "targets": ["query"]},
                             {"method": "ia3", "layers": [2], "targets": ["value"]}), "lora with ia3"),
     "bitfit": (_peft({"method": "bitfit", "layers": [1]}), "bitfit: peft has no BitFit"),
+    "head_only": (_peft(), "the task head alone"),
     "prefix_some_layers": (_peft({"method": "prefix", "layers": [0, 2], "length": 2, "flat": True}),
                            "prefix in layers [0, 2] only"),
 }
