@@ -69,6 +69,8 @@ def search(
     experiment: str = typer.Option("autopeft", help="MLflow experiment."),
     ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help="Join an existing Ray cluster (default: start a local one)."),
     trial_memory_limit_mb: Optional[float] = typer.Option(None, help="Fail a trial whose peak training memory passes this many MB."),
+    retry_lost_trials: int = typer.Option(1, help="Ask a configuration again, up to this many times, when its trial "
+                                                  "dies with its Ray node or worker process (0: count it as failed)."),
     resume: Optional[str] = typer.Option(None, help="Continue the search of this name with the settings it was started with (from --storage / --workdir)."),
 ) -> None:
     """Run a multi-objective search and print its Pareto front.
@@ -95,7 +97,8 @@ def search(
         num_samples=num_samples, max_concurrent_trials=max_concurrent_trials, cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial, sampler=sampler, memory_objective=memory_objective, seed=seed,
         data_dir=data_dir, workdir=str(Path(workdir).resolve()), storage=storage, tracking_uri=tracking_uri,
-        experiment=experiment, ray_address=ray_address, trial_memory_limit_mb=trial_memory_limit_mb)
+        experiment=experiment, ray_address=ray_address, trial_memory_limit_mb=trial_memory_limit_mb,
+        retry_lost_trials=retry_lost_trials)
     _run_and_report(settings)
 
 

@@ -90,6 +90,7 @@ class SearchSettings:
     experiment: str = "autopeft"
     ray_address: str | None = None
     trial_memory_limit_mb: float | None = None  # a trial whose peak memory passes this fails
+    retry_lost_trials: int = 1  # times a configuration whose trial died with its node or process is asked again
 
     @property
     def objectives(self) -> dict[str, str]:
@@ -154,6 +155,10 @@ def prepare(settings: SearchSettings) -> Prepared:
         raise ConfigError("--num-samples and --max-concurrent-trials must be at least 1")
     if settings.trial_memory_limit_mb is not None and settings.trial_memory_limit_mb <= 0:
         raise ConfigError("--trial-memory-limit-mb must be positive")
+    if settings.retry_lost_trials < 0:
+        raise ConfigError(f"--retry-lost-trials must be 0 or more, got {settings.retry_lost_trials}")
+    from autopeft.heartbeat import interval_s
+    interval_s()  # a malformed AUTOPEFT_HEARTBEAT_S fails here, not in the driver's thread
     from autopeft.tracking import check_reachable, resolve_tracking_uri
     check_reachable(resolve_tracking_uri(settings.tracking_uri))
     task = load_task(settings.task)
@@ -209,6 +214,7 @@ def run_search(settings: SearchSettings, show_progress: bool = True,
     from ray import tune
 
     from autopeft import study as studies
+    from autopeft.heartbeat import Heartbeat
     from autopeft.tracking import SearchTracker
     from autopeft.trial import ray_trainable
 
@@ -232,12 +238,15 @@ def run_search(settings: SearchSettings, show_progress: bool = True,
         study.set_user_attr(studies.SETTINGS_ATTR, settings.to_dict())
         for point in prep.space.warm_start_points(prep.model.num_layers):
             study.enqueue_trial(point, skip_if_exists=True)
-    tracker.mark_interrupted([t.number for t in studies.reconcile(study)])
-
     owner = studies.this_process()
+    # Reclaims dead drivers' trials now (resume, joining) and at every beat while this one runs.
+    heartbeat = Heartbeat(study, settings.storage_url(), owner, on_reclaimed=tracker.mark_interrupted)
+    heartbeat.reclaim()
+
     remaining = settings.num_samples - len(studies.counted(study.trials))
-    callbacks = [_TrackingCallback(tracker), _ProgressCallback(settings.num_samples, prep.task.primary_metric,
-                                                                show_progress, len(studies.counted(study.trials)))]
+    tracking = _TrackingCallback(tracker)
+    callbacks = [tracking, _ProgressCallback(settings.num_samples, prep.task.primary_metric,
+                                             show_progress, len(studies.counted(study.trials)))]
     status = "FINISHED"
     started_ray = False
     try:
@@ -248,13 +257,17 @@ def run_search(settings: SearchSettings, show_progress: bool = True,
             searcher = _StudySearcher(
                 space=prep.space.define_by_run(prep.model.num_layers), metric=list(objectives),
                 mode=list(objectives.values()), sampler=sampler, storage=storage, study_name=settings.name,
-                seed=settings.seed, target=settings.num_samples, owner=owner)
+                seed=settings.seed, target=settings.num_samples, owner=owner,
+                retry_lost_trials=settings.retry_lost_trials)
+            tracking.searcher = searcher  # records each failure in the study, with its reason
             trainable = tune.with_resources(
                 tune.with_parameters(ray_trainable, context=prep.context.to_dict()),
                 {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
             tuner = tune.Tuner(
                 trainable,
-                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
+                # Unbounded: the searcher ends the search at the study's target (trials asked
+                # again, by this driver or a cooperating one, need samples beyond `remaining`).
+                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
                                             max_concurrent_trials=settings.max_concurrent_trials,
                                             trial_dirname_creator=_trial_dirname),
                 run_config=tune.RunConfig(
@@ -262,7 +275,7 @@ def run_search(settings: SearchSettings, show_progress: bool = True,
                     callbacks=callbacks, verbose=0, failure_config=tune.FailureConfig(max_failures=0)),
             )
             check_resources(settings.cpus_per_trial, settings.gpus_per_trial)
-            with callbacks[1]:
+            with callbacks[1], heartbeat:
                 tuner.fit()
     except KeyboardInterrupt:
         status = "KILLED"
@@ -301,27 +314,56 @@ def _trial_dirname(trial: Any) -> str:
 
 
 class _StudySearcher(OptunaSearch):
-    """Ray's OptunaSearch, plus two facts the study must keep: which driver asked each trial (so a
-    resumed search can tell its dead trials from a live cooperating process's), and the trial
-    target of the whole study (so several drivers stop together)."""
+    """Ray's OptunaSearch, plus what the study must keep: which driver asked each trial (so a
+    resumed search can tell its dead trials from a live cooperating process's), the trial target
+    of the whole study (asked atomically, so several drivers stop together at exactly the target),
+    and why each failed trial failed (a lost one's configuration is asked again)."""
 
-    def __init__(self, *args: Any, target: int, owner: str, **kwargs: Any) -> None:
+    # While the study is at its target and trials still run, Tune asks for a trial every step
+    # (10 a second): look at the study at most this often.
+    _WAIT_POLL_S = 1.0
+
+    def __init__(self, *args: Any, target: int, owner: str, retry_lost_trials: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._target, self._owner = target, owner
+        self._target, self._owner, self._retry_lost = target, owner, retry_lost_trials
+        self._failed: set[str] = set()  # failed, not yet told: record_failure comes first
+        self._waited_at = 0.0
 
     def suggest(self, trial_id: str):
-        from autopeft.study import OWNER_ATTR, counted
+        from autopeft.study import FULL, WAIT, ask_within_target
 
         if trial_id not in self._ot_trials:
-            if len(counted(self._ot_study.trials)) >= self._target:
+            if time.monotonic() - self._waited_at < self._WAIT_POLL_S:
+                return None
+            ot_trial = ask_within_target(self._ot_study, self._target, self._owner)
+            if ot_trial == FULL:
                 return Searcher.FINISHED
-            # Stamp the owner before sampling (many writes): a driver killed mid-sampling must
-            # still leave a trial that the next run recognises as its own dead one.
-            ot_trial = self._ot_study.ask()
-            ot_trial.set_user_attr(OWNER_ATTR, self._owner)
+            if ot_trial == WAIT:
+                self._waited_at = time.monotonic()
+                return None
             self._ot_trials[trial_id] = ot_trial
         config = super().suggest(trial_id)
         return {**config, "trial_number": self._ot_trials[trial_id].number}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        # Ray calls this before the callbacks' on_trial_error, which alone read the error; a
+        # failed trial's reason must be in the study before it is told FAIL (then it is frozen).
+        if error and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            self._failed.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result, error)
+
+    def record_failure(self, trial_id: str, category: str) -> bool:
+        """Record why ``trial_id`` failed, ask it again if it was lost, tell it FAIL; asked again?"""
+        from autopeft.study import record_failure
+
+        if trial_id not in self._failed:
+            return False
+        self._failed.discard(trial_id)
+        try:
+            return record_failure(self._ot_study, self._ot_trials[trial_id]._trial_id, category, self._retry_lost)
+        finally:
+            super().on_trial_complete(trial_id, error=True)
 
 
 # What Ray adds to every reported result; the rest is the trial's own report.
@@ -330,10 +372,11 @@ _RAY_RESULT_KEYS = ("config", "time_", "timestamp", "pid", "date", "hostname", "
 
 
 class _TrackingCallback(Callback):
-    """Mirror Ray trial events into MLflow runs."""
+    """Mirror Ray trial events into MLflow runs (and each failure's reason into the study)."""
 
     def __init__(self, tracker: Any) -> None:
         self.tracker = tracker
+        self.searcher: _StudySearcher | None = None
 
     def on_trial_start(self, iteration, trials, trial, **info):
         from autopeft.tracking import flatten
@@ -353,7 +396,13 @@ class _TrackingCallback(Callback):
         self.tracker.trial_finished(trial.trial_id)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.tracker.trial_finished(trial.trial_id, error=_read_error(trial))
+        from autopeft.tracking import classify_failure
+
+        error = _read_error(trial)
+        if not self.tracker.has_run(trial.trial_id):  # died before it started (e.g. its node while placing it)
+            self.on_trial_start(iteration, trials, trial)
+        asked_again = self.searcher.record_failure(trial.trial_id, classify_failure(error)[0]) if self.searcher else False
+        self.tracker.trial_finished(trial.trial_id, error=error, asked_again=asked_again)
 
 
 def _read_error(trial: Any) -> str:

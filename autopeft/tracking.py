@@ -22,8 +22,15 @@ from autopeft.errors import ConfigError
 SEARCH_TAG = "autopeft.search"  # parent run: the search name
 TRIAL_TAG = "autopeft.trial"  # trial run: Ray's trial id
 TRIAL_NUMBER_TAG = "autopeft.trial_number"  # trial run: the Optuna trial number (unique per search)
-FAILURE_TAG = "autopeft.failure"  # failed trial run: diverged | out_of_memory | exception | interrupted
+FAILURE_TAG = "autopeft.failure"  # failed trial run: one of FAILURES
 ERROR_TAG = "autopeft.error"  # failed trial run: the reason, one line
+ASKED_AGAIN_TAG = "autopeft.asked_again"  # lost trial run: "true" when its configuration was asked again
+# Why a trial failed: the values of FAILURE_TAG (and of the Optuna trial's autopeft_failure).
+INTERRUPTED = "interrupted"  # its driver stopped or died first; always asked again
+NODE_LOST = "node_lost"  # the Ray node running it died
+WORKER_LOST = "worker_lost"  # its worker process died (killed, crashed) while its node lived
+LOST_FAILURES = (NODE_LOST, WORKER_LOST)  # say nothing about the configuration: --retry-lost-trials asks it again
+FAILURES = ("exception", "diverged", "out_of_memory", INTERRUPTED, *LOST_FAILURES)
 KIND_TAG = "autopeft.kind"  # "search" | "trial"
 # Text fields of a trial's result kept as tags ``autopeft.<key>``: where and how it ran.
 RESULT_TAGS = ("node_id", "hostname", "device", "memory_measure")
@@ -130,7 +137,10 @@ class SearchTracker:
         tags = [RunTag(f"autopeft.{k}", str(v)) for k, v in result.items() if k in RESULT_TAGS]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
 
-    def trial_finished(self, trial_id: str, error: str | None = None) -> None:
+    def has_run(self, trial_id: str) -> bool:
+        return trial_id in self._trial_runs
+
+    def trial_finished(self, trial_id: str, error: str | None = None, asked_again: bool = False) -> None:
         """End a trial's run: FINISHED, or FAILED with its reason tagged and traceback attached."""
         run_id = self._trial_runs.get(trial_id)
         if run_id is None:
@@ -139,6 +149,8 @@ class SearchTracker:
             category, reason = classify_failure(error)
             self.client.set_tag(run_id, FAILURE_TAG, category)
             self.client.set_tag(run_id, ERROR_TAG, reason[:5000])
+            if asked_again:
+                self.client.set_tag(run_id, ASKED_AGAIN_TAG, "true")
             self.client.log_text(run_id, error, "traceback.txt")
         self.client.set_terminated(run_id, "FAILED" if error is not None else "FINISHED")
 
@@ -146,7 +158,7 @@ class SearchTracker:
         """Trials whose driver died or was stopped: KILLED, and said so."""
         for run in self.trial_runs():
             if run.data.tags.get(TRIAL_NUMBER_TAG) in {str(n) for n in numbers} and run.info.status == "RUNNING":
-                self.client.set_tag(run.info.run_id, FAILURE_TAG, "interrupted")
+                self.client.set_tag(run.info.run_id, FAILURE_TAG, INTERRUPTED)
                 self.client.set_tag(run.info.run_id, ERROR_TAG, "the search stopped before this trial finished; "
                                     "it is asked again when the search resumes")
                 self.client.set_terminated(run.info.run_id, "KILLED")
@@ -180,6 +192,7 @@ class SearchTracker:
         now = int(time.time() * 1000)
         summary = {"trials_completed": len(done), "trials_failed": sum(r["status"] == "FAILED" for r in records),
                    "trials_interrupted": sum(r["status"] == "INTERRUPTED" for r in records),
+                   "trials_lost": sum(r["failure"] in LOST_FAILURES for r in records),
                    "pareto_size": sum(bool(r["pareto"]) for r in records)}
         if done:
             summary[f"best_{metric_name}"] = max(r["metric"] for r in done)
@@ -200,6 +213,7 @@ def trial_record(run: Any) -> dict[str, Any]:
         status = "FAILED"  # finished without a report: nothing to put on a front
     record = {**metrics, "trial": int(tags.get(TRIAL_NUMBER_TAG, -1)), "run_id": run.info.run_id, "status": status,
               "peft": tags.get("autopeft.peft", ""), "failure": tags.get(FAILURE_TAG), "error": tags.get(ERROR_TAG),
+              "asked_again": tags.get(ASKED_AGAIN_TAG) == "true",
               "training": {k.split("/", 1)[1]: _parse_param(v) for k, v in run.data.params.items()
                            if k.startswith("train/")}}
     if "trainable_params" in record:
@@ -218,9 +232,21 @@ _FAILURES = {"TrainingDiverged": "diverged", "TrialOutOfMemory": "out_of_memory"
              "OutOfMemoryError": "out_of_memory", "MemoryError": "out_of_memory"}
 
 
+# Ray's words (GCS death causes, Ray 2.x) for a trial actor that died with its node or alone.
+_NODE_DIED = "because its node has died"
+_WORKER_DIED = ("because its worker process has died", "WorkerCrashedError")
+
+
 def classify_failure(traceback_text: str) -> tuple[str, str]:
     """(category, one-line reason) from a trial's traceback as Ray recorded it."""
     lines = [ln.strip() for ln in traceback_text.strip().splitlines() if ln.strip()]
+    # A lost trial's traceback is Ray's, not the trial's: its last line is the death cause.
+    if any(_NODE_DIED in ln for ln in lines):
+        cause = next(ln for ln in lines if _NODE_DIED in ln)
+        return NODE_LOST, f"the Ray node running this trial died ({cause})"
+    if any(w in ln for ln in lines for w in _WORKER_DIED) and "OutOfMemoryError" not in traceback_text:
+        cause = next(ln for ln in lines if any(w in ln for w in _WORKER_DIED))
+        return WORKER_LOST, f"the trial's worker process died ({cause[:300]})"
     # The innermost "module.ExceptionName: message" line names what really went wrong.
     raised = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Diverged|OutOfMemory|Interrupt)\b.*:", ln)]
     reason = raised[-1] if raised else (lines[-1] if lines else "unknown error")
