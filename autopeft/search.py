@@ -377,8 +377,10 @@ class _TrackingCallback(Callback):
     def __init__(self, tracker: Any) -> None:
         self.tracker = tracker
         self.searcher: _StudySearcher | None = None
+        self._dead_nodes: dict[str, set[str]] = {}  # per running trial: the nodes dead when it started
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        from autopeft.cluster import dead_nodes
         from autopeft.tracking import flatten
 
         config = dict(trial.config)
@@ -387,22 +389,32 @@ class _TrackingCallback(Callback):
         params = flatten({k: v for k, v in config.items() if k != "training"})
         params.update({f"train/{k}": v for k, v in config.get("training", {}).items()})
         self.tracker.trial_started(trial.trial_id, number, params, peft)
+        self._dead_nodes[trial.trial_id] = dead_nodes()  # to tell, if it is lost, whether its node died
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         keep = {k: v for k, v in result.items() if not k.startswith(_RAY_RESULT_KEYS)}
         self.tracker.trial_result(trial.trial_id, keep)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._dead_nodes.pop(trial.trial_id, None)
         self.tracker.trial_finished(trial.trial_id)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        from autopeft.tracking import classify_failure
+        from autopeft.cluster import lost_with_node
+        from autopeft.tracking import NODE_LOST, UNREACHABLE, WORKER_LOST, classify_failure
 
         error = _read_error(trial)
         if not self.tracker.has_run(trial.trial_id):  # died before it started (e.g. its node while placing it)
             self.on_trial_start(iteration, trials, trial)
-        asked_again = self.searcher.record_failure(trial.trial_id, classify_failure(error)[0]) if self.searcher else False
-        self.tracker.trial_finished(trial.trial_id, error=error, asked_again=asked_again)
+        category, reason = classify_failure(error)
+        if category == UNREACHABLE:  # Ray lost the trial's process and cannot say why yet
+            node = lost_with_node(self._dead_nodes.get(trial.trial_id, set()))
+            category = NODE_LOST if node else WORKER_LOST
+            reason = (f"the Ray node running this trial died ({reason})" if node else
+                      f"the trial's worker process died; its node lives ({reason})")
+        self._dead_nodes.pop(trial.trial_id, None)
+        asked_again = self.searcher.record_failure(trial.trial_id, category) if self.searcher else False
+        self.tracker.trial_finished(trial.trial_id, error=error, failure=(category, reason), asked_again=asked_again)
 
 
 def _read_error(trial: Any) -> str:

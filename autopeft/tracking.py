@@ -30,6 +30,9 @@ INTERRUPTED = "interrupted"  # its driver stopped or died first; always asked ag
 NODE_LOST = "node_lost"  # the Ray node running it died
 WORKER_LOST = "worker_lost"  # its worker process died (killed, crashed) while its node lived
 LOST_FAILURES = (NODE_LOST, WORKER_LOST)  # say nothing about the configuration: --retry-lost-trials asks it again
+# Not stored: Ray lost touch with the trial's process before it knew why; the driver then asks the
+# cluster whether the trial's node died (autopeft.cluster.lost_with_node) and records one of LOST_FAILURES.
+UNREACHABLE = "unreachable"
 FAILURES = ("exception", "diverged", "out_of_memory", INTERRUPTED, *LOST_FAILURES)
 KIND_TAG = "autopeft.kind"  # "search" | "trial"
 # Text fields of a trial's result kept as tags ``autopeft.<key>``: where and how it ran.
@@ -140,13 +143,17 @@ class SearchTracker:
     def has_run(self, trial_id: str) -> bool:
         return trial_id in self._trial_runs
 
-    def trial_finished(self, trial_id: str, error: str | None = None, asked_again: bool = False) -> None:
-        """End a trial's run: FINISHED, or FAILED with its reason tagged and traceback attached."""
+    def trial_finished(self, trial_id: str, error: str | None = None, failure: tuple[str, str] | None = None,
+                       asked_again: bool = False) -> None:
+        """End a trial's run: FINISHED, or FAILED with its reason tagged and traceback attached.
+
+        ``failure`` (category, reason) when the caller knows better than the traceback says.
+        """
         run_id = self._trial_runs.get(trial_id)
         if run_id is None:
             return
         if error is not None:
-            category, reason = classify_failure(error)
+            category, reason = failure or classify_failure(error)
             self.client.set_tag(run_id, FAILURE_TAG, category)
             self.client.set_tag(run_id, ERROR_TAG, reason[:5000])
             if asked_again:
@@ -155,13 +162,28 @@ class SearchTracker:
         self.client.set_terminated(run_id, "FAILED" if error is not None else "FINISHED")
 
     def mark_interrupted(self, numbers: Sequence[int]) -> None:
-        """Trials whose driver died or was stopped: KILLED, and said so."""
-        for run in self.trial_runs():
-            if run.data.tags.get(TRIAL_NUMBER_TAG) in {str(n) for n in numbers} and run.info.status == "RUNNING":
-                self.client.set_tag(run.info.run_id, FAILURE_TAG, INTERRUPTED)
-                self.client.set_tag(run.info.run_id, ERROR_TAG, "the search stopped before this trial finished; "
-                                    "it is asked again when the search resumes")
-                self.client.set_terminated(run.info.run_id, "KILLED")
+        """Trials whose driver died or was stopped: KILLED, and said so.
+
+        A trial stopped before its run was created (asked, not yet started) gets one here, so that
+        every trial of the study has exactly one run.
+        """
+        wanted = {str(n) for n in numbers}
+        if not wanted:
+            return
+        runs = {r.data.tags.get(TRIAL_NUMBER_TAG): r for r in self.trial_runs()
+                if r.data.tags.get(TRIAL_NUMBER_TAG) in wanted}
+        for number in sorted(wanted, key=int):
+            run = runs.get(number)
+            if run is not None and run.info.status != "RUNNING":
+                continue
+            run_id = run.info.run_id if run is not None else self.client.create_run(
+                self.experiment_id, run_name=f"{self.search_name}-t{int(number):03d}", tags={
+                    "mlflow.parentRunId": self.parent_id, SEARCH_TAG: self.search_name, KIND_TAG: "trial",
+                    TRIAL_NUMBER_TAG: number}).info.run_id
+            self.client.set_tag(run_id, FAILURE_TAG, INTERRUPTED)
+            self.client.set_tag(run_id, ERROR_TAG, "the search stopped before this trial finished; "
+                                "it is asked again when the search resumes")
+            self.client.set_terminated(run_id, "KILLED")
 
     def trial_runs(self) -> list:
         return self.client.search_runs(
@@ -235,6 +257,7 @@ _FAILURES = {"TrainingDiverged": "diverged", "TrialOutOfMemory": "out_of_memory"
 # Ray's words (GCS death causes, Ray 2.x) for a trial actor that died with its node or alone.
 _NODE_DIED = "because its node has died"
 _WORKER_DIED = ("because its worker process has died", "WorkerCrashedError")
+_UNREACHABLE = "ActorUnavailableError"
 
 
 def classify_failure(traceback_text: str) -> tuple[str, str]:
@@ -247,6 +270,8 @@ def classify_failure(traceback_text: str) -> tuple[str, str]:
     if any(w in ln for ln in lines for w in _WORKER_DIED) and "OutOfMemoryError" not in traceback_text:
         cause = next(ln for ln in lines if any(w in ln for w in _WORKER_DIED))
         return WORKER_LOST, f"the trial's worker process died ({cause[:300]})"
+    if any(_UNREACHABLE in ln for ln in lines):
+        return UNREACHABLE, next(ln for ln in lines if _UNREACHABLE in ln)[:300]
     # The innermost "module.ExceptionName: message" line names what really went wrong.
     raised = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Diverged|OutOfMemory|Interrupt)\b.*:", ln)]
     reason = raised[-1] if raised else (lines[-1] if lines else "unknown error")
