@@ -245,8 +245,8 @@ def run_search(settings: SearchSettings, show_progress: bool = True,
 
     remaining = settings.num_samples - len(studies.counted(study.trials))
     tracking = _TrackingCallback(tracker)
-    callbacks = [tracking, _ProgressCallback(settings.num_samples, prep.task.primary_metric,
-                                             show_progress, len(studies.counted(study.trials)))]
+    callbacks = [tracking, _ProgressCallback(settings.num_samples, prep.task.primary_metric, show_progress,
+                                             len(studies.counted(study.trials)), tracking.asked_again)]
     status = "FINISHED"
     started_ray = False
     try:
@@ -378,6 +378,7 @@ class _TrackingCallback(Callback):
         self.tracker = tracker
         self.searcher: _StudySearcher | None = None
         self._dead_nodes: dict[str, set[str]] = {}  # per running trial: the nodes dead when it started
+        self.asked_again: set[str] = set()  # lost trials whose configuration runs again (not progress)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         from autopeft.cluster import dead_nodes
@@ -414,6 +415,8 @@ class _TrackingCallback(Callback):
                       f"the trial's worker process died; its node lives ({reason})")
         self._dead_nodes.pop(trial.trial_id, None)
         asked_again = self.searcher.record_failure(trial.trial_id, category) if self.searcher else False
+        if asked_again:
+            self.asked_again.add(trial.trial_id)
         self.tracker.trial_finished(trial.trial_id, error=error, failure=(category, reason), asked_again=asked_again)
 
 
@@ -427,10 +430,12 @@ def _read_error(trial: Any) -> str:
 class _ProgressCallback(Callback):
     """A progress bar over trials with the best metric so far."""
 
-    def __init__(self, total: int, metric_name: str, enabled: bool, done: int = 0) -> None:
+    def __init__(self, total: int, metric_name: str, enabled: bool, done: int = 0,
+                 asked_again: set[str] | None = None) -> None:
         self.total, self.metric_name, self.enabled, self.done = total, metric_name, enabled, done
         self.best: float | None = None
         self.failed = 0
+        self.asked_again = asked_again if asked_again is not None else set()  # filled by _TrackingCallback
 
     def __enter__(self):
         if self.enabled:
@@ -461,5 +466,7 @@ class _ProgressCallback(Callback):
         self._update(advance=1)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.asked_again:  # its retry will advance the bar
+            return
         self.failed += 1
         self._update(advance=1)

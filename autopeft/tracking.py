@@ -257,7 +257,8 @@ _FAILURES = {"TrainingDiverged": "diverged", "TrialOutOfMemory": "out_of_memory"
 # Ray's words (GCS death causes, Ray 2.x) for a trial actor that died with its node or alone.
 _NODE_DIED = "because its node has died"
 _WORKER_DIED = ("because its worker process has died", "WorkerCrashedError")
-_UNREACHABLE = "ActorUnavailableError"
+# Ray's error file may hold the message without the exception's name.
+_UNREACHABLE = ("ActorUnavailableError", "The actor is temporarily unavailable")
 
 
 def classify_failure(traceback_text: str) -> tuple[str, str]:
@@ -270,8 +271,8 @@ def classify_failure(traceback_text: str) -> tuple[str, str]:
     if any(w in ln for ln in lines for w in _WORKER_DIED) and "OutOfMemoryError" not in traceback_text:
         cause = next(ln for ln in lines if any(w in ln for w in _WORKER_DIED))
         return WORKER_LOST, f"the trial's worker process died ({cause[:300]})"
-    if any(_UNREACHABLE in ln for ln in lines):
-        return UNREACHABLE, next(ln for ln in lines if _UNREACHABLE in ln)[:300]
+    if any(w in ln for ln in lines for w in _UNREACHABLE):
+        return UNREACHABLE, next(ln for ln in lines if any(w in ln for w in _UNREACHABLE))[:300]
     # The innermost "module.ExceptionName: message" line names what really went wrong.
     raised = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Diverged|OutOfMemory|Interrupt)\b.*:", ln)]
     reason = raised[-1] if raised else (lines[-1] if lines else "unknown error")

@@ -191,7 +191,7 @@ def _kill_node(node: services.Service) -> int:
     return len(procs)
 
 
-def test_a_dead_worker_node_loses_one_trial_which_is_asked_again(cluster, tiny_bert, finished):
+def test_a_dead_worker_node_loses_one_trial_which_is_asked_again(cluster, tiny_bert):
     import optuna
     from mlflow.tracking import MlflowClient
 
@@ -217,8 +217,8 @@ def test_a_dead_worker_node_loses_one_trial_which_is_asked_again(cluster, tiny_b
         if driver.poll() is None:
             driver.kill()
     assert driver.returncode == 0, out
-    print(f"search with a dead worker node: {time.monotonic() - t0:.0f} s")
-    assert "failed (node_lost)" in out
+    print(f"search with a dead worker node: {time.monotonic() - t0:.0f} s\n{out}")
+    assert "failed (node_lost)" in out, out
 
     trials = optuna.load_study(study_name=LOST_NAME, storage=cluster["storage"]).trials
     assert not [t for t in trials if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]

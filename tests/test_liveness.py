@@ -130,3 +130,19 @@ def test_an_ordinary_failure_is_not_asked_again(tmp_path):
     assert studies.record_failure(study, trial._trial_id, "exception", 5) is False
     study.tell(trial, state=TrialState.FAIL)
     assert studies.ask_within_target(study, 1, studies.this_process()) == studies.FULL
+
+
+@pytest.mark.parametrize("text, category", [
+    # Ray 2.60's words, as its error files hold them.
+    ("ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.\n\tclass_name: "
+     "ImplicitFunc\nThe actor died because its node has died. Node Id: b617a4", NODE_LOST),
+    ("The actor died unexpectedly before finishing this task.\nThe actor is dead because its worker process has "
+     "died. Worker exit type: SYSTEM_ERROR Worker exit detail: Worker unexpectedly exits", WORKER_LOST),
+    ("The actor dac3 is unavailable: The actor is temporarily unavailable: RpcError: RPC error: Socket closed "
+     "rpc_code: 14. The task may or may not have been executed on the actor.", "unreachable"),
+    ("Traceback ...\nValueError: the broken test method cannot be built (injected failure)", "exception"),
+])
+def test_a_lost_trial_is_told_from_a_failing_one(text, category):
+    from autopeft.tracking import classify_failure
+
+    assert classify_failure(text)[0] == category

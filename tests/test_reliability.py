@@ -186,7 +186,7 @@ def test_two_processes_share_one_study(tiny_bert, tiny_task, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], outs
     trials = optuna.load_study(study_name="shared", storage=f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}").trials
     numbers = [t.number for t in counted(trials)]
-    assert len(numbers) == len(set(numbers)) and 4 <= len(numbers) <= 5  # target 4; a last-moment race may add 1
+    assert len(numbers) == len(set(numbers)) == 4, "the ask at the target is atomic: never one extra"
     owners = {t.user_attrs["autopeft_owner"] for t in counted(trials)}
     assert len(owners) == 2, "both processes ran trials"
     client, parents, runs = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "shared")
