@@ -155,6 +155,15 @@ def test_every_trial_is_in_the_postgres_study(cluster, finished):
     assert sorted((t.values[0], t.values[1]) for t in complete) == tracked
 
 
+def test_drivers_racing_on_the_postgres_study_ask_exactly_the_target(cluster):
+    from test_liveness import TARGET, race_to_the_target
+
+    from autopeft.study import counted
+
+    trials = race_to_the_target(cluster["storage"], "race-to-the-target")  # the advisory lock
+    assert len(counted(trials)) == TARGET == len(trials)
+
+
 # ---------------------------------------------------------------------------- a worker node dies
 # Last in this module: it kills the worker node that the tests above count on.
 

@@ -25,10 +25,10 @@ def _new_study(tmp_path, name: str = "s") -> tuple[optuna.Study, str]:
     return study, url
 
 
-def _ask_until_done(url: str, owner: str, threads: int) -> None:
+def ask_until_done(url: str, name: str, owner: str, threads: int) -> None:
     """One driver: several threads asking (and finishing) trials until the study is full."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name="s", storage=studies.open_storage(url))
+    study = optuna.load_study(study_name=name, storage=studies.open_storage(url))
 
     def worker():
         while True:
@@ -47,19 +47,24 @@ def _ask_until_done(url: str, owner: str, threads: int) -> None:
         t.join()
 
 
-def test_drivers_racing_at_the_target_ask_exactly_the_target(tmp_path):
-    _new_study(tmp_path)
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    ctx = multiprocessing.get_context("spawn")  # two drivers: separate processes, separate connections
-    procs = [ctx.Process(target=_ask_until_done, args=(url, f"driver-{i}", 4)) for i in range(2)]
+def race_to_the_target(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    """Two drivers (processes, each with its own connections) of 4 threads each race to TARGET."""
+    optuna.create_study(storage=studies.open_storage(url), study_name=name)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=ask_until_done, args=(url, name, f"driver-{i}", 4)) for i in range(2)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(120)
     assert [p.exitcode for p in procs] == [0, 0]
-    trials = optuna.load_study(study_name="s", storage=url).trials
-    assert len(studies.counted(trials)) == TARGET == len(trials)
+    trials = optuna.load_study(study_name=name, storage=url).trials
     assert {t.user_attrs[studies.OWNER_ATTR] for t in trials} == {"driver-0", "driver-1"}
+    return trials
+
+
+def test_drivers_racing_at_the_target_ask_exactly_the_target(tmp_path):
+    trials = race_to_the_target(f"sqlite:///{tmp_path / 'optuna.db'}", "race")  # the lock file
+    assert len(studies.counted(trials)) == TARGET == len(trials)
 
 
 def test_at_the_target_a_driver_waits_for_running_trials_it_can_tell(tmp_path):
