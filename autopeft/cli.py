@@ -101,6 +101,7 @@ def search(
     experiment: str = typer.Option(_default(_S, "experiment"), help=_help(_S, "experiment")),
     ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help="Join an existing Ray cluster (default: start a local one)."),
     trial_memory_limit_mb: Optional[float] = typer.Option(None, help=_help(_S, "trial_memory_limit_mb")),
+    retry_lost_trials: int = typer.Option(_default(_S, "retry_lost_trials"), help=_help(_S, "retry_lost_trials")),
     resume: Optional[str] = typer.Option(None, help="Continue the search of this name with the settings it was started with (from --storage / --workdir)."),
 ) -> None:
     """Run a multi-objective search and print its Pareto front.
@@ -132,7 +133,8 @@ def search(
         num_samples=num_samples, max_concurrent_trials=max_concurrent_trials, cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial, sampler=sampler, objectives=keys, seed=seed,
         data_dir=data_dir, workdir=str(Path(workdir).resolve()), storage=storage, tracking_uri=tracking_uri,
-        experiment=experiment, ray_address=ray_address, trial_memory_limit_mb=trial_memory_limit_mb)
+        experiment=experiment, ray_address=ray_address, trial_memory_limit_mb=trial_memory_limit_mb,
+        retry_lost_trials=retry_lost_trials)
     _run_and_report(settings)
 
 

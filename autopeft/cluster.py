@@ -99,3 +99,34 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
         f"{gpus_per_trial:g} GPU (--cpus-per-trial, --gpus-per-trial); the nodes have {have}. Lower the "
         f"request or add nodes (set AUTOPEFT_SKIP_RESOURCE_CHECK=1 if the cluster autoscales)."
     )
+
+
+def dead_nodes() -> set[str]:
+    """The ids of the connected cluster's nodes that Ray knows dead."""
+    import ray
+
+    return {n["NodeID"] for n in ray.nodes() if not n.get("Alive")}
+
+
+# Ray declares a silent node dead after its health checks fail: 5 checks 3 s apart by default
+# (health_check_failure_threshold, health_check_period_ms), so about 15 s after it went quiet.
+NODE_DEATH_WAIT_S = 20.0
+
+
+def lost_with_node(dead_before: set[str], wait_s: float = NODE_DEATH_WAIT_S) -> bool:
+    """For a trial whose process Ray can no longer reach: did a node die since ``dead_before``?
+
+    A worker process that dies alone is reported by its node at once; a node that dies is only
+    declared dead by the head after its health checks fail. So wait up to ``wait_s`` for a node
+    death before calling it the worker's alone (this pauses the driver's loop, the running trials
+    go on).
+    """
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        if dead_nodes() - dead_before:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,27 +30,56 @@ def trial_dirname(trial: Any) -> str:
 
 
 class StudySearcher(OptunaSearch):
-    """Ray's OptunaSearch, plus two facts the study must keep: which driver asked each trial (so a
-    resumed search can tell its dead trials from a live cooperating process's), and the trial
-    target of the whole study (so several drivers stop together)."""
+    """Ray's OptunaSearch, plus what the study must keep: which driver asked each trial (so a
+    resumed search can tell its dead trials from a live cooperating process's), the trial target
+    of the whole study (asked atomically, so several drivers stop together at exactly the target),
+    and why each failed trial failed (a lost one's configuration is asked again)."""
 
-    def __init__(self, *args: Any, target: int, owner: str, **kwargs: Any) -> None:
+    # While the study is at its target and trials still run, Tune asks for a trial every step
+    # (10 a second): look at the study at most this often.
+    _WAIT_POLL_S = 1.0
+
+    def __init__(self, *args: Any, target: int, owner: str, retry_lost_trials: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._target, self._owner = target, owner
+        self._target, self._owner, self._retry_lost = target, owner, retry_lost_trials
+        self._failed: set[str] = set()  # failed, not yet told: record_failure comes first
+        self._waited_at = 0.0
 
     def suggest(self, trial_id: str):
-        from autopeft.study import OWNER_ATTR, counted
+        from autopeft.study import FULL, WAIT, ask_within_target
 
         if trial_id not in self._ot_trials:
-            if len(counted(self._ot_study.trials)) >= self._target:
+            if time.monotonic() - self._waited_at < self._WAIT_POLL_S:
+                return None
+            ot_trial = ask_within_target(self._ot_study, self._target, self._owner)
+            if ot_trial == FULL:
                 return Searcher.FINISHED
-            # Stamp the owner before sampling (many writes): a driver killed mid-sampling must
-            # still leave a trial that the next run recognises as its own dead one.
-            ot_trial = self._ot_study.ask()
-            ot_trial.set_user_attr(OWNER_ATTR, self._owner)
+            if ot_trial == WAIT:
+                self._waited_at = time.monotonic()
+                return None
             self._ot_trials[trial_id] = ot_trial
         config = super().suggest(trial_id)
         return {**config, "trial_number": self._ot_trials[trial_id].number}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        # Ray calls this before the callbacks' on_trial_error, which alone read the error; a
+        # failed trial's reason must be in the study before it is told FAIL (then it is frozen).
+        if error and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            self._failed.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result, error)
+
+    def record_failure(self, trial_id: str, category: str) -> bool:
+        """Record why ``trial_id`` failed, ask it again if it was lost, tell it FAIL; asked again?"""
+        from autopeft.study import record_failure
+
+        if trial_id not in self._failed:
+            return False
+        self._failed.discard(trial_id)
+        try:
+            return record_failure(self._ot_study, self._ot_trials[trial_id]._trial_id, category, self._retry_lost)
+        finally:
+            super().on_trial_complete(trial_id, error=True)
 
 
 # What Ray adds to every reported result; the rest is the trial's own report.
@@ -58,12 +88,16 @@ _RAY_RESULT_KEYS = ("config", "time_", "timestamp", "pid", "date", "hostname", "
 
 
 class TrackingCallback(Callback):
-    """Mirror Ray trial events into MLflow runs."""
+    """Mirror Ray trial events into MLflow runs (and each failure's reason into the study)."""
 
     def __init__(self, tracker: Any) -> None:
         self.tracker = tracker
+        self.searcher: StudySearcher | None = None
+        self._dead_nodes: dict[str, set[str]] = {}  # per running trial: the nodes dead when it started
+        self.asked_again: set[str] = set()  # lost trials whose configuration runs again (not progress)
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        from autopeft.cluster import dead_nodes
         from autopeft.tracking import flatten
 
         config = dict(trial.config)
@@ -72,16 +106,35 @@ class TrackingCallback(Callback):
         params = flatten({k: v for k, v in config.items() if k != "training"})
         params.update({f"train/{k}": v for k, v in config.get("training", {}).items()})
         self.tracker.trial_started(trial.trial_id, number, params, peft)
+        self._dead_nodes[trial.trial_id] = dead_nodes()  # to tell, if it is lost, whether its node died
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         keep = {k: v for k, v in result.items() if not k.startswith(_RAY_RESULT_KEYS)}
         self.tracker.trial_result(trial.trial_id, keep)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._dead_nodes.pop(trial.trial_id, None)
         self.tracker.trial_finished(trial.trial_id)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.tracker.trial_finished(trial.trial_id, error=_read_error(trial))
+        from autopeft.cluster import lost_with_node
+        from autopeft.schema import NODE_LOST, WORKER_LOST
+        from autopeft.tracking import UNREACHABLE, classify_failure
+
+        error = _read_error(trial)
+        if not self.tracker.has_run(trial.trial_id):  # died before it started (e.g. its node while placing it)
+            self.on_trial_start(iteration, trials, trial)
+        category, reason = classify_failure(error)
+        if category == UNREACHABLE:  # Ray lost the trial's process and cannot say why yet
+            node = lost_with_node(self._dead_nodes.get(trial.trial_id, set()))
+            category = NODE_LOST if node else WORKER_LOST
+            reason = (f"the Ray node running this trial died ({reason})" if node else
+                      f"the trial's worker process died; its node lives ({reason})")
+        self._dead_nodes.pop(trial.trial_id, None)
+        asked_again = self.searcher.record_failure(trial.trial_id, category) if self.searcher else False
+        if asked_again:
+            self.asked_again.add(trial.trial_id)
+        self.tracker.trial_finished(trial.trial_id, error=error, failure=(category, reason), asked_again=asked_again)
 
 
 def _read_error(trial: Any) -> str:
@@ -94,10 +147,12 @@ def _read_error(trial: Any) -> str:
 class ProgressCallback(Callback):
     """A progress bar over trials with the best metric so far."""
 
-    def __init__(self, total: int, metric_name: str, enabled: bool, done: int = 0) -> None:
+    def __init__(self, total: int, metric_name: str, enabled: bool, done: int = 0,
+                 asked_again: set[str] | None = None) -> None:
         self.total, self.metric_name, self.enabled, self.done = total, metric_name, enabled, done
         self.best: float | None = None
         self.failed = 0
+        self.asked_again = asked_again if asked_again is not None else set()  # filled by TrackingCallback
 
     def __enter__(self):
         if self.enabled:
@@ -128,5 +183,7 @@ class ProgressCallback(Callback):
         self._update(advance=1)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.asked_again:  # its retry will advance the bar
+            return
         self.failed += 1
         self._update(advance=1)

@@ -33,8 +33,9 @@ FORM_TAG = "autopeft.form"  # train run: how its output folder holds the model (
 MODEL_TAG = "autopeft.model"
 TASK_TAG = "autopeft.task"
 METRIC_NAME_TAG = "autopeft.metric_name"  # the task metric that the ``metric`` objective is
-FAILURE_TAG = "autopeft.failure"  # failed trial run: diverged | out_of_memory | exception | interrupted
+FAILURE_TAG = "autopeft.failure"  # failed trial run: one of FAILURES
 ERROR_TAG = "autopeft.error"  # failed trial run: the reason, one line
+ASKED_AGAIN_TAG = "autopeft.asked_again"  # lost trial run: "true" when its configuration was asked again
 SOURCE_RUN_TAG = "autopeft.source_run_id"  # train run: the trial run its config was exported from
 EVAL_SPLIT_TAG = "autopeft.eval_split"  # "dev" | "holdout": the split a run's metrics are on
 SELECT_SPLIT_TAG = "autopeft.select_split"  # train run: the split its best epoch was chosen on
@@ -49,6 +50,13 @@ RESULT_TAGS = ("node_id", "hostname", "device", "memory_measure", EVAL_SPLIT)
 
 def result_tag(key: str) -> str:
     return f"autopeft.{key}"
+
+# Why a trial failed: the values of FAILURE_TAG (and of the Optuna trial's autopeft_failure).
+INTERRUPTED = "interrupted"  # its driver stopped or died first; always asked again
+NODE_LOST = "node_lost"  # the Ray node running it died
+WORKER_LOST = "worker_lost"  # its worker process died (killed, crashed) while its node lived
+LOST_FAILURES = (NODE_LOST, WORKER_LOST)  # say nothing about the configuration: --retry-lost-trials asks it again
+FAILURES = ("exception", "diverged", "out_of_memory", INTERRUPTED, *LOST_FAILURES)
 
 # ----------------------------------------------------------------------------- params
 OBJECTIVES_PARAM = "objectives"  # parent run: objective keys, comma-separated, in study order
@@ -94,8 +102,9 @@ class TrialRecord(Mapping):
     status: str  # COMPLETE | FAILED | INTERRUPTED | RUNNING
     peft: str = ""  # the configuration, compact
     peft_words: str | None = None  # the configuration in words
-    failure: str | None = None
+    failure: str | None = None  # one of FAILURES
     error: str | None = None
+    asked_again: bool = False  # lost, and its configuration asked again (the retry counts instead)
     training: dict[str, Any] = field(default_factory=dict)  # sampled training settings
     values: dict[str, float] = field(default_factory=dict)
     pareto: bool = False  # set by pareto.mark_front over the search's objectives
@@ -136,7 +145,7 @@ def trial_record(run: Any) -> TrialRecord:
     return TrialRecord(
         trial=int(tags.get(TRIAL_NUMBER_TAG, -1)), run_id=run.info.run_id, status=status,
         peft=tags.get(PEFT_TAG, ""), peft_words=tags.get(PEFT_WORDS_TAG), failure=tags.get(FAILURE_TAG),
-        error=tags.get(ERROR_TAG),
+        error=tags.get(ERROR_TAG), asked_again=tags.get(ASKED_AGAIN_TAG) == "true",
         training={k[len(TRAINING_PREFIX):]: parse_param(v) for k, v in run.data.params.items()
                   if k.startswith(TRAINING_PREFIX)},
         values=values)

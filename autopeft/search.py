@@ -57,6 +57,9 @@ class SearchSettings:
     ray_address: str | None = None
     trial_memory_limit_mb: float | None = field(default=None, metadata=_field_help(
         "fail a trial whose peak training memory passes this many MB"))
+    retry_lost_trials: int = field(default=1, metadata=_field_help(
+        "ask a configuration again, up to this many times, when its trial dies with its Ray node or worker "
+        "process (0: count it as failed)"))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -117,6 +120,10 @@ def prepare(settings: SearchSettings) -> Prepared:
         raise ConfigError("--num-samples and --max-concurrent-trials must be at least 1")
     if settings.trial_memory_limit_mb is not None and settings.trial_memory_limit_mb <= 0:
         raise ConfigError("--trial-memory-limit-mb must be positive")
+    if settings.retry_lost_trials < 0:
+        raise ConfigError(f"--retry-lost-trials must be 0 or more, got {settings.retry_lost_trials}")
+    from autopeft.heartbeat import interval_s
+    interval_s()  # a malformed AUTOPEFT_HEARTBEAT_S fails here, not in the driver's thread
     objectives = settings.objective_entries()
     check_database_url(settings.storage_url(), "--storage")
     check_reachable(resolve_tracking_uri(settings.tracking_uri))
@@ -172,6 +179,7 @@ class Stores:
     study: Any  # optuna.Study
     sampler: Any
     owner: str  # this driver process, as stamped on the trials it asks
+    heartbeat: Any  # heartbeat.Heartbeat: beats for this driver's trials, reclaims dead drivers'
 
 
 def open_stores(prep: Prepared) -> Stores:
@@ -184,6 +192,7 @@ def open_stores(prep: Prepared) -> Stores:
 
     from autopeft import schema
     from autopeft import study as studies
+    from autopeft.heartbeat import Heartbeat
     from autopeft.tracking import SearchTracker
 
     settings = prep.settings
@@ -210,8 +219,11 @@ def open_stores(prep: Prepared) -> Stores:
         study.set_user_attr(studies.SETTINGS_ATTR, settings.to_dict())
         for point in prep.space.warm_start_points(prep.model.num_layers):
             study.enqueue_trial(point, skip_if_exists=True)
-    tracker.mark_interrupted([t.number for t in studies.reconcile(study)])
-    return Stores(tracker, storage, study, sampler, studies.this_process())
+    owner = studies.this_process()
+    # Reclaims dead drivers' trials now (resume, joining) and at every beat while this one runs.
+    heartbeat = Heartbeat(study, settings.storage_url(), owner, on_reclaimed=tracker.mark_interrupted)
+    heartbeat.reclaim()
+    return Stores(tracker, storage, study, sampler, owner, heartbeat)
 
 
 # ---------------------------------------------------------------------------- phase 3: run trials
@@ -232,7 +244,9 @@ def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> No
     if remaining <= 0:
         return
     started_ray = False
-    progress = ray_glue.ProgressCallback(settings.num_samples, prep.task.primary_metric, show_progress, done)
+    tracking = ray_glue.TrackingCallback(stores.tracker)
+    progress = ray_glue.ProgressCallback(settings.num_samples, prep.task.primary_metric, show_progress, done,
+                                         tracking.asked_again)
     try:
         if not ray.is_initialized():
             connect(settings.ray_address)
@@ -240,22 +254,26 @@ def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> No
         searcher = ray_glue.StudySearcher(
             space=prep.space.define_by_run(prep.model.num_layers), metric=list(prep.objectives),
             mode=[o.direction for o in prep.objectives.values()], sampler=stores.sampler, storage=stores.storage,
-            study_name=settings.name, seed=settings.seed, target=settings.num_samples, owner=stores.owner)
+            study_name=settings.name, seed=settings.seed, target=settings.num_samples, owner=stores.owner,
+            retry_lost_trials=settings.retry_lost_trials)
+        tracking.searcher = searcher  # records each failure in the study, with its reason
         trainable = tune.with_resources(
             tune.with_parameters(ray_trainable, context=prep.context.to_dict()),
             {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
+            # Unbounded: the searcher ends the search at the study's target (trials asked again, by
+            # this driver or a cooperating one, need samples beyond `remaining`).
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
                                         max_concurrent_trials=settings.max_concurrent_trials,
                                         trial_dirname_creator=ray_glue.trial_dirname),
             run_config=tune.RunConfig(
                 name=settings.name, storage_path=str((Path(settings.workdir) / "ray").resolve()),
-                callbacks=[ray_glue.TrackingCallback(stores.tracker), progress], verbose=0,
+                callbacks=[tracking, progress], verbose=0,
                 failure_config=tune.FailureConfig(max_failures=0)),
         )
         check_resources(settings.cpus_per_trial, settings.gpus_per_trial)
-        with progress:
+        with progress, stores.heartbeat:
             tuner.fit()
     finally:
         if started_ray:

@@ -4,7 +4,17 @@ A search's study holds its settings (so ``--resume NAME`` needs nothing else), a
 (``num_samples``), and per trial the driver process that asked for it. That is what lets a
 search survive its driver: trials left RUNNING by a dead driver are marked interrupted (FAIL with
 a user attribute) and asked again; trials of a live driver — a second process cooperating on the
-same study — are left alone.
+same study — are left alone. A driver is known dead when its process is gone (same host) or when
+it stopped beating (any host: see ``autopeft.heartbeat``).
+
+Trial user attributes written here:
+
+- ``autopeft_owner``: the driver that asked the trial (``this_process()``);
+- ``autopeft_heartbeat``: that driver beats for it (so a missing beat means a dead driver);
+- ``autopeft_failure``: on FAIL, why — the same category as MLflow's ``autopeft.failure`` tag;
+- ``autopeft_interrupted``: its driver stopped before it finished; asked again, not counted;
+- ``autopeft_asked_again``: lost with its node or process and asked again, not counted;
+- ``autopeft_retries``: on a trial asked again, how many lost trials of its configuration came before.
 """
 
 from __future__ import annotations
@@ -12,18 +22,32 @@ from __future__ import annotations
 import datetime
 import os
 import socket
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 import optuna
 import psutil
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.errors import ConfigError
-from autopeft.stores import open_with_retry, sqlite_path
+from autopeft.schema import INTERRUPTED, LOST_FAILURES
+from autopeft.stores import open_with_retry, sqlite_path, study_lock
 
 SETTINGS_ATTR = "autopeft_settings"
 OWNER_ATTR = "autopeft_owner"
+BEATS_ATTR = "autopeft_heartbeat"
+FAILURE_ATTR = "autopeft_failure"
 INTERRUPTED_ATTR = "autopeft_interrupted"
+ASKED_AGAIN_ATTR = "autopeft_asked_again"
+RETRIES_ATTR = "autopeft_retries"
+
+# What ask_within_target answers when it asks nothing.
+FULL = "full"  # the target is reached and every counted trial has finished: the search is done
+WAIT = "wait"  # the target is reached but some counted trials still run: one may be lost and asked again
+
+# A live driver stamps its trial within milliseconds of asking; one unstamped for longer was
+# asked by a driver that died in between.
+_UNSTAMPED_GRACE_S = 10.0
 
 
 def this_process() -> str:
@@ -46,38 +70,116 @@ def owner_alive(owner: str | None) -> bool | None:
 
 
 def counted(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
-    """Trials that count towards the target: asked and not interrupted (waiting ones not yet asked)."""
-    return [t for t in trials if t.state != TrialState.WAITING and not t.user_attrs.get(INTERRUPTED_ATTR)]
+    """Trials that count towards the target: asked and not replaced by a trial asked again
+    (interrupted ones, lost ones asked again); waiting ones are not asked yet."""
+    return [t for t in trials if t.state != TrialState.WAITING
+            and not t.user_attrs.get(INTERRUPTED_ATTR) and not t.user_attrs.get(ASKED_AGAIN_ATTR)]
 
 
-def reconcile(study: optuna.Study, owners_to_release: set[str] | None = None) -> list[FrozenTrial]:
+def driver_alive(trial: FrozenTrial, stale_trial_ids: Collection[int] = (), released: Collection[str] = (),
+                 now: datetime.datetime | None = None) -> bool | None:
+    """Whether the driver running ``trial`` is alive; None when no driver can tell.
+
+    Same host: its process, checked at once. Any host: its heartbeat (``stale_trial_ids``, trials
+    whose driver has not beaten for the grace period). A trial on another host without heartbeats
+    (asked by an autopeft older than them) cannot be told and is left alone.
+    """
+    owner = trial.user_attrs.get(OWNER_ATTR)
+    if owner is None:
+        now = now or datetime.datetime.now()
+        return trial.datetime_start is None or (now - trial.datetime_start).total_seconds() <= _UNSTAMPED_GRACE_S
+    if owner in released:
+        return False
+    here = owner_alive(owner)
+    if here is not None:
+        return here
+    if trial.user_attrs.get(BEATS_ATTR):
+        return trial._trial_id not in stale_trial_ids
+    return None
+
+
+def reconcile(study: optuna.Study, owners_to_release: set[str] | None = None,
+              stale_trial_ids: Collection[int] = ()) -> list[FrozenTrial]:
     """Mark RUNNING trials of dead drivers (or of ``owners_to_release``) interrupted and ask them again.
 
-    Returns the trials marked. Their parameters are re-enqueued so the search reruns them.
+    Returns the trials marked. Their parameters are re-enqueued so the search reruns them. Safe
+    when several drivers reconcile at once: a trial is marked by whichever finishes it first.
     """
     marked = []
     storage = study._storage  # Optuna has no public API to change another trial's state
     now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = t.user_attrs.get(OWNER_ATTR)
-        # A live driver stamps its trial within milliseconds of asking; one unstamped for longer
-        # was asked by a driver that died in between.
-        orphan = owner is None and t.datetime_start is not None and (now - t.datetime_start).total_seconds() > 10
-        if (owners_to_release and owner in owners_to_release) or owner_alive(owner) is False or orphan:
+        if driver_alive(t, stale_trial_ids, owners_to_release or (), now) is not False:
+            continue
+        try:
+            # Attributes first: a finished trial's cannot change.
             storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, True)
+            storage.set_trial_user_attr(t._trial_id, FAILURE_ATTR, INTERRUPTED)
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            if t.params:
-                study.enqueue_trial(t.params, skip_if_exists=False)
-            marked.append(t)
+        except UpdateFinishedTrialError:
+            continue  # another driver reclaimed it, or its own driver finished it, meanwhile
+        # A lost trial already asked again (its driver died before failing it) is not asked twice.
+        if t.params and not t.user_attrs.get(ASKED_AGAIN_ATTR):
+            retries = t.user_attrs.get(RETRIES_ATTR)
+            study.enqueue_trial(t.params, user_attrs={RETRIES_ATTR: retries} if retries else None,
+                                skip_if_exists=False)
+        marked.append(t)
     return marked
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage, retried: two processes creating one new SQLite file race on its tables."""
+def ask_within_target(study: optuna.Study, target: int, owner: str) -> optuna.Trial | str:
+    """Ask the study's next trial for ``owner`` unless it holds ``target`` counted trials.
+
+    Atomic across drivers (``study_lock``): two drivers at the target never both ask. Returns the
+    trial, stamped with its owner and its first heartbeat, else FULL or WAIT.
+    """
+    # Optuna wraps the RDB storage of a study in a cache; the lock needs the database behind it.
+    with study_lock(getattr(study._storage, "_backend", study._storage), study.study_name):
+        held = counted(study.get_trials(deepcopy=False))
+        if len(held) >= target:
+            # Wait for running trials, whoever runs them: a lost one is asked again and a dead
+            # driver's is reclaimed, and this driver must still be asking then. Trials nobody can
+            # tell alive (another host, no heartbeat) are not waited for.
+            running = [t for t in held if t.state == TrialState.RUNNING]
+            return WAIT if any(driver_alive(t) is not None for t in running) else FULL
+        trial = study.ask()
+        # Stamp the owner before sampling (many writes): a driver killed mid-sampling must still
+        # leave a trial that the next run recognises as a dead driver's.
+        trial.set_user_attr(OWNER_ATTR, owner)
+        trial.set_user_attr(BEATS_ATTR, True)
+        study._storage.record_heartbeat(trial._trial_id)
+        return trial
+
+
+def record_failure(study: optuna.Study, trial_id: int, category: str, retry_lost_trials: int) -> bool:
+    """Record why a RUNNING trial failed (before it is told FAIL) and ask a lost one again.
+
+    A trial lost with its node or process (``LOST_FAILURES``) says nothing about its
+    configuration: that configuration is asked again, up to ``retry_lost_trials`` times, and the
+    trial asked again counts instead of the lost one. Returns whether it was asked again.
+    """
+    storage = study._storage
+    trial = storage.get_trial(trial_id)
+    retries = trial.user_attrs.get(RETRIES_ATTR, 0)
+    again = category in LOST_FAILURES and retries < retry_lost_trials and bool(trial.params)
+    try:
+        storage.set_trial_user_attr(trial_id, FAILURE_ATTR, category)
+        if again:
+            storage.set_trial_user_attr(trial_id, ASKED_AGAIN_ATTR, True)
+    except UpdateFinishedTrialError:
+        return False  # reclaimed by another driver meanwhile (this one missed its beats): it decided
+    if again:
+        study.enqueue_trial(trial.params, user_attrs={RETRIES_ATTR: retries + 1}, skip_if_exists=False)
+    return again
+
+
+def open_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage, retried: two processes creating one new SQLite file race on its tables
+    (e.g. a reader that opened the new file first)."""
     import sqlalchemy.exc
 
-    # e.g. a reader that opened the new file first
-    return open_with_retry(url, lambda: optuna.storages.RDBStorage(url), retry_on=(sqlalchemy.exc.OperationalError,))
+    return open_with_retry(url, lambda: optuna.storages.RDBStorage(url, **kwargs),
+                           retry_on=(sqlalchemy.exc.OperationalError,))
 
 
 def stored_settings(name: str, storage_url: str) -> dict[str, Any]:

@@ -18,13 +18,17 @@ from typing import Any, Sequence
 
 from autopeft import schema
 from autopeft.errors import ConfigError
-from autopeft.schema import (ERROR_TAG, FAILURE_TAG, KIND_SEARCH, KIND_TAG, KIND_TRIAL, PARENT_TAG, PEFT_TAG,
-                             RESULT_TAGS, SEARCH_TAG, TRIAL_NUMBER_TAG, TRIAL_TAG, TrialRecord)
+from autopeft.schema import (ASKED_AGAIN_TAG, ERROR_TAG, FAILURE_TAG, INTERRUPTED, KIND_SEARCH, KIND_TAG, KIND_TRIAL,
+                             LOST_FAILURES, NODE_LOST, PARENT_TAG, PEFT_TAG, RESULT_TAGS, SEARCH_TAG, TRIAL_NUMBER_TAG,
+                             TRIAL_TAG, WORKER_LOST, TrialRecord)
 from autopeft.stores import absolute, open_with_retry, sqlite_path
 
 # Front CSV columns before and after the objectives (which come from the search's objective keys).
 _FRONT_LEAD = ("trial", "pareto")
 _FRONT_TAIL = ("trainable_percent", "train_seconds", "eval_seconds", "status", "peft", "run_id")
+# Not stored: Ray lost touch with the trial's process before it knew why; the driver then asks the
+# cluster whether the trial's node died (autopeft.cluster.lost_with_node) and records one of LOST_FAILURES.
+UNREACHABLE = "unreachable"
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -127,26 +131,50 @@ class SearchTracker:
         tags = [RunTag(schema.result_tag(k), str(v)) for k, v in result.items() if k in RESULT_TAGS]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
 
-    def trial_finished(self, trial_id: str, error: str | None = None) -> None:
-        """End a trial's run: FINISHED, or FAILED with its reason tagged and traceback attached."""
+    def has_run(self, trial_id: str) -> bool:
+        return trial_id in self._trial_runs
+
+    def trial_finished(self, trial_id: str, error: str | None = None, failure: tuple[str, str] | None = None,
+                       asked_again: bool = False) -> None:
+        """End a trial's run: FINISHED, or FAILED with its reason tagged and traceback attached.
+
+        ``failure`` (category, reason) when the caller knows better than the traceback says.
+        """
         run_id = self._trial_runs.get(trial_id)
         if run_id is None:
             return
         if error is not None:
-            category, reason = classify_failure(error)
+            category, reason = failure or classify_failure(error)
             self.client.set_tag(run_id, FAILURE_TAG, category)
             self.client.set_tag(run_id, ERROR_TAG, reason[:5000])
+            if asked_again:
+                self.client.set_tag(run_id, ASKED_AGAIN_TAG, "true")
             self.client.log_text(run_id, error, schema.TRACEBACK_ARTIFACT)
         self.client.set_terminated(run_id, "FAILED" if error is not None else "FINISHED")
 
     def mark_interrupted(self, numbers: Sequence[int]) -> None:
-        """Trials whose driver died or was stopped: KILLED, and said so."""
-        for run in self.trial_runs():
-            if run.data.tags.get(TRIAL_NUMBER_TAG) in {str(n) for n in numbers} and run.info.status == "RUNNING":
-                self.client.set_tag(run.info.run_id, FAILURE_TAG, "interrupted")
-                self.client.set_tag(run.info.run_id, ERROR_TAG, "the search stopped before this trial finished; "
-                                    "it is asked again when the search resumes")
-                self.client.set_terminated(run.info.run_id, "KILLED")
+        """Trials whose driver died or was stopped: KILLED, and said so.
+
+        A trial stopped before its run was created (asked, not yet started) gets one here, so that
+        every trial of the study has exactly one run.
+        """
+        wanted = {str(n) for n in numbers}
+        if not wanted:
+            return
+        runs = {r.data.tags.get(TRIAL_NUMBER_TAG): r for r in self.trial_runs()
+                if r.data.tags.get(TRIAL_NUMBER_TAG) in wanted}
+        for number in sorted(wanted, key=int):
+            run = runs.get(number)
+            if run is not None and run.info.status != "RUNNING":
+                continue
+            run_id = run.info.run_id if run is not None else self.client.create_run(
+                self.experiment_id, run_name=f"{self.search_name}-t{int(number):03d}", tags={
+                    PARENT_TAG: self.parent_id, SEARCH_TAG: self.search_name, KIND_TAG: KIND_TRIAL,
+                    TRIAL_NUMBER_TAG: number}).info.run_id
+            self.client.set_tag(run_id, FAILURE_TAG, INTERRUPTED)
+            self.client.set_tag(run_id, ERROR_TAG, "the search stopped before this trial finished; "
+                                "it is asked again when the search resumes")
+            self.client.set_terminated(run_id, "KILLED")
 
     def trial_runs(self) -> list:
         return trial_runs(self.client, self.experiment_id, self.parent_id)
@@ -178,6 +206,7 @@ class SearchTracker:
         now = int(time.time() * 1000)
         summary = {"trials_completed": len(done), "trials_failed": sum(r.status == "FAILED" for r in records),
                    "trials_interrupted": sum(r.status == "INTERRUPTED" for r in records),
+                   "trials_lost": sum(r.failure in LOST_FAILURES for r in records),
                    "pareto_size": sum(r.pareto for r in records)}
         if done:
             summary[f"best_{metric_name}"] = max(r["metric"] for r in done)
@@ -191,9 +220,25 @@ _FAILURES = {"TrainingDiverged": "diverged", "TrialOutOfMemory": "out_of_memory"
              "OutOfMemoryError": "out_of_memory", "MemoryError": "out_of_memory"}
 
 
+# Ray's words (GCS death causes, Ray 2.x) for a trial actor that died with its node or alone.
+_NODE_DIED = "because its node has died"
+_WORKER_DIED = ("because its worker process has died", "WorkerCrashedError")
+# Ray's error file may hold the message without the exception's name.
+_UNREACHABLE = ("ActorUnavailableError", "The actor is temporarily unavailable")
+
+
 def classify_failure(traceback_text: str) -> tuple[str, str]:
     """(category, one-line reason) from a trial's traceback as Ray recorded it."""
     lines = [ln.strip() for ln in traceback_text.strip().splitlines() if ln.strip()]
+    # A lost trial's traceback is Ray's, not the trial's: its last line is the death cause.
+    if any(_NODE_DIED in ln for ln in lines):
+        cause = next(ln for ln in lines if _NODE_DIED in ln)
+        return NODE_LOST, f"the Ray node running this trial died ({cause})"
+    if any(w in ln for ln in lines for w in _WORKER_DIED) and "OutOfMemoryError" not in traceback_text:
+        cause = next(ln for ln in lines if any(w in ln for w in _WORKER_DIED))
+        return WORKER_LOST, f"the trial's worker process died ({cause[:300]})"
+    if any(w in ln for ln in lines for w in _UNREACHABLE):
+        return UNREACHABLE, next(ln for ln in lines if any(w in ln for w in _UNREACHABLE))[:300]
     # The innermost "module.ExceptionName: message" line names what really went wrong.
     raised = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Diverged|OutOfMemory|Interrupt)\b.*:", ln)]
     reason = raised[-1] if raised else (lines[-1] if lines else "unknown error")

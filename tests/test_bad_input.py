@@ -84,6 +84,7 @@ OTHER_CASES = {  # id: (extra CLI args, words) — tmp_path is substituted for {
                                                 ["--holdout-size", "2.5", "0.1 or 500"]),
     "holdout as large as train": (["--task", "cb", "--select-on", "holdout", "--holdout-size", "250"],
                                   ["leaves nothing to train on", "250 rows", "--holdout-size"]),
+    "negative lost-trial retries": (["--retry-lost-trials", "-1"], ["--retry-lost-trials must be 0 or more"]),
 }
 
 
@@ -91,6 +92,12 @@ OTHER_CASES = {  # id: (extra CLI args, words) — tmp_path is substituted for {
 def test_other_bad_inputs(case, data_dir, tmp_path):
     args, words = OTHER_CASES[case]
     assert_clear(run([a.replace("{tmp}", str(tmp_path)) for a in args], data_dir, tmp_path), words)
+
+
+@pytest.mark.parametrize("value", ["often", "0", "-3"])
+def test_bad_heartbeat_interval(value, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOPEFT_HEARTBEAT_S", value)
+    assert_clear(run([], data_dir, tmp_path), [f"AUTOPEFT_HEARTBEAT_S={value!r}", "positive number of seconds"])
 
 
 def test_unloadable_model_folder(data_dir, tmp_path):

@@ -1,0 +1,153 @@
+"""The study's side of cluster faults, without Ray: the ask at the target is atomic across drivers,
+a driver's heartbeat tells its trials alive from a dead driver's on any host, and a lost trial's
+configuration is asked again as many times as the user allows."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autopeft import study as studies
+from autopeft.heartbeat import INTERVAL_ENV, Heartbeat
+from autopeft.schema import NODE_LOST, WORKER_LOST
+
+TARGET = 12
+
+
+def _new_study(tmp_path, name: str = "s") -> tuple[optuna.Study, str]:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=studies.open_storage(url), study_name=name, load_if_exists=True)
+    return study, url
+
+
+def ask_until_done(url: str, name: str, owner: str, threads: int) -> None:
+    """One driver: several threads asking (and finishing) trials until the study is full."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=name, storage=studies.open_storage(url))
+
+    def worker():
+        while True:
+            trial = studies.ask_within_target(study, TARGET, owner)
+            if trial == studies.FULL:
+                return
+            if trial == studies.WAIT:
+                time.sleep(0.01)
+                continue
+            study.tell(trial, trial.suggest_float("x", 0, 1))
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+
+
+def race_to_the_target(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    """Two drivers (processes, each with its own connections) of 4 threads each race to TARGET."""
+    optuna.create_study(storage=studies.open_storage(url), study_name=name)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=ask_until_done, args=(url, name, f"driver-{i}", 4)) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    trials = optuna.load_study(study_name=name, storage=url).trials
+    assert {t.user_attrs[studies.OWNER_ATTR] for t in trials} == {"driver-0", "driver-1"}
+    return trials
+
+
+def test_drivers_racing_at_the_target_ask_exactly_the_target(tmp_path):
+    trials = race_to_the_target(f"sqlite:///{tmp_path / 'optuna.db'}", "race")  # the lock file
+    assert len(studies.counted(trials)) == TARGET == len(trials)
+
+
+def test_at_the_target_a_driver_waits_for_running_trials_it_can_tell(tmp_path):
+    study, _ = _new_study(tmp_path)
+    mine = studies.ask_within_target(study, 2, studies.this_process())
+    foreign = studies.ask_within_target(study, 2, "elsewhere:1:1")
+    assert studies.ask_within_target(study, 2, studies.this_process()) == studies.WAIT
+    study.tell(mine, 1.0)
+    assert studies.ask_within_target(study, 2, studies.this_process()) == studies.WAIT, "a beating foreign trial"
+    # A trial of another host without heartbeats (an older autopeft) cannot be told: not waited for.
+    study._storage.set_trial_user_attr(foreign._trial_id, studies.BEATS_ATTR, False)
+    assert studies.ask_within_target(study, 2, studies.this_process()) == studies.FULL
+
+
+def test_heartbeat_tells_a_dead_driver_on_another_host_after_the_grace_period(tmp_path, monkeypatch):
+    monkeypatch.setenv(INTERVAL_ENV, "0.5")  # grace period: 6 beats = 3 s
+    study, url = _new_study(tmp_path)
+
+    def ask(owner: str):
+        trial = studies.ask_within_target(study, 10, owner)
+        trial.suggest_int("x", 0, 100)
+        return trial
+
+    dead, alive, done = ask("host-a:1:1"), ask("host-b:2:2"), ask("host-b:2:2")
+    study.tell(done, 0.5)
+    reclaimed: list[int] = []
+    with Heartbeat(study, url, "host-b:2:2", on_reclaimed=reclaimed.extend):  # host-b keeps beating
+        observer = Heartbeat(study, url, studies.this_process(), on_reclaimed=reclaimed.extend)
+        assert observer.reclaim() == [], "within the grace period nobody is reclaimed"
+        time.sleep(observer.grace + 1.5)
+        observer.reclaim()  # host-b's own thread may have reclaimed it first: each driver does
+    assert reclaimed == [dead.number], "the dead driver's trial, once"
+    trials = {t.number: t for t in study.trials}
+    assert trials[dead.number].state == TrialState.FAIL
+    assert trials[dead.number].user_attrs[studies.FAILURE_ATTR] == "interrupted"
+    assert trials[alive.number].state == TrialState.RUNNING, "a beating driver's trial is left alone"
+    waiting = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [trials[dead.number].params], "the dead driver's trial is asked again"
+    assert observer.reclaim() == [], "reclaimed once"
+
+
+@pytest.mark.parametrize("retries", [0, 1, 2])
+def test_a_lost_trials_configuration_is_asked_again_as_often_as_allowed(tmp_path, retries):
+    study, _ = _new_study(tmp_path)
+    owner = studies.this_process()
+    failures = [NODE_LOST, WORKER_LOST, NODE_LOST, NODE_LOST]
+    first = None
+    for category in failures:
+        trial = studies.ask_within_target(study, 1, owner)
+        if trial == studies.FULL:
+            break
+        x = trial.suggest_int("x", 0, 1000)
+        first = first if first is not None else x
+        assert x == first, "the configuration asked again is the lost one"
+        studies.record_failure(study, trial._trial_id, category, retries)
+        study.tell(trial, state=TrialState.FAIL)
+    trials = study.trials
+    assert len(trials) == retries + 1, "the lost configuration ran once plus its retries"
+    assert [t.user_attrs[studies.FAILURE_ATTR] for t in trials] == failures[:retries + 1]
+    assert len(studies.counted(trials)) == 1, "only the last one counts towards the target"
+    assert studies.ask_within_target(study, 1, owner) == studies.FULL
+
+
+def test_an_ordinary_failure_is_not_asked_again(tmp_path):
+    study, _ = _new_study(tmp_path)
+    trial = studies.ask_within_target(study, 1, studies.this_process())
+    trial.suggest_int("x", 0, 10)
+    assert studies.record_failure(study, trial._trial_id, "exception", 5) is False
+    study.tell(trial, state=TrialState.FAIL)
+    assert studies.ask_within_target(study, 1, studies.this_process()) == studies.FULL
+
+
+@pytest.mark.parametrize("text, category", [
+    # Ray 2.60's words, as its error files hold them.
+    ("ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.\n\tclass_name: "
+     "ImplicitFunc\nThe actor died because its node has died. Node Id: b617a4", NODE_LOST),
+    ("The actor died unexpectedly before finishing this task.\nThe actor is dead because its worker process has "
+     "died. Worker exit type: SYSTEM_ERROR Worker exit detail: Worker unexpectedly exits", WORKER_LOST),
+    ("The actor dac3 is unavailable: The actor is temporarily unavailable: RpcError: RPC error: Socket closed "
+     "rpc_code: 14. The task may or may not have been executed on the actor.", "unreachable"),
+    ("Traceback ...\nValueError: the broken test method cannot be built (injected failure)", "exception"),
+])
+def test_a_lost_trial_is_told_from_a_failing_one(text, category):
+    from autopeft.tracking import classify_failure
+
+    assert classify_failure(text)[0] == category
