@@ -262,6 +262,19 @@ def _parse_pick(value: str | None) -> tuple[bool, int | None]:
         raise ConfigError(f"--pick takes 'best' or a trial number, got {value!r}") from None
 
 
+def _constraint(name: str):
+    """The option of an objective's constraint (``--max-latency``), its help from the registry."""
+    objective = next(o for o in available_objectives().values() if o.limit == name)
+    bound = "at least" if objective.direction == "max" else "at most"
+    unit = f" ({objective.unit})" if objective.unit else ""
+    return typer.Option(None, help=f"Keep trials whose {objective.label} is {bound} this{unit}.")
+
+
+_LIMIT = typer.Option(None, help="Any objective's constraint as NAME=VALUE, e.g. max_latency=2 (names: "
+                                 + ", ".join(o.limit for o in available_objectives().values() if o.limit)
+                                 + ", and those of plugin objectives); repeatable.")
+
+
 def _limits(pairs: list[str] | None, **named: float | None) -> dict[str, float | None]:
     """The constraint flags plus ``--limit NAME=VALUE`` pairs, as ``results.pick`` takes them."""
     from autopeft.errors import ConfigError
@@ -289,13 +302,11 @@ def _load(search: str | None, tracking_uri: str | None, experiment: str):
 @friendly_errors
 def pareto(
     search: Optional[str] = typer.Argument(None, help="Search name or MLflow parent run id (default: the latest search)."),
-    max_params: Optional[int] = typer.Option(None, help="Keep trials with at most this many trainable parameters."),
-    max_memory: Optional[float] = typer.Option(None, help="Keep trials with at most this peak training memory (MB)."),
-    max_latency: Optional[float] = typer.Option(None, help="Keep trials with at most this inference latency (ms per example)."),
-    min_metric: Optional[float] = typer.Option(None, help="Keep trials with at least this metric."),
-    limit: Optional[list[str]] = typer.Option(None, help="Any objective's constraint as NAME=VALUE, e.g. max_latency=2 "
-                                                          "(names: min_metric, max_params, max_memory, max_latency, "
-                                                          "and those of plugin objectives); repeatable."),
+    max_params: Optional[int] = _constraint("max_params"),
+    max_memory: Optional[float] = _constraint("max_memory"),
+    max_latency: Optional[float] = _constraint("max_latency"),
+    min_metric: Optional[float] = _constraint("min_metric"),
+    limit: Optional[list[str]] = _LIMIT,
     pick: Optional[str] = _pick_option(),
     report: Optional[str] = typer.Option(None, help="Also write the interactive HTML Pareto report here (and log it to the search's run)."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
@@ -333,13 +344,11 @@ def export(
     search: Optional[str] = typer.Argument(None, help="Search name or MLflow parent run id (default: the latest search)."),
     output: str = typer.Option("autopeft_best.json", "--output", "-o", help="The export file to write."),
     pick: Optional[str] = typer.Option("best", help="'best' (highest metric within the constraints) or a trial number."),
-    max_params: Optional[int] = typer.Option(None, help="Keep trials with at most this many trainable parameters."),
-    max_memory: Optional[float] = typer.Option(None, help="Keep trials with at most this peak training memory (MB)."),
-    max_latency: Optional[float] = typer.Option(None, help="Keep trials with at most this inference latency (ms per example)."),
-    min_metric: Optional[float] = typer.Option(None, help="Keep trials with at least this metric."),
-    limit: Optional[list[str]] = typer.Option(None, help="Any objective's constraint as NAME=VALUE, e.g. max_latency=2 "
-                                                          "(names: min_metric, max_params, max_memory, max_latency, "
-                                                          "and those of plugin objectives); repeatable."),
+    max_params: Optional[int] = _constraint("max_params"),
+    max_memory: Optional[float] = _constraint("max_memory"),
+    max_latency: Optional[float] = _constraint("max_latency"),
+    min_metric: Optional[float] = _constraint("min_metric"),
+    limit: Optional[list[str]] = _LIMIT,
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
     experiment: str = typer.Option("autopeft", help="MLflow experiment."),
 ) -> None:
