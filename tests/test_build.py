@@ -75,7 +75,10 @@ CASES = {
 
 def test_cases_cover_every_method():
     covered = {e.method for c in CASES.values() for e in c.methods}
-    assert covered == set(available_methods())
+    # Every method autopeft ships; test plugins (tests/plugins) may have registered more.
+    shipped = {name for name, spec in available_methods().items()
+               if spec.config_cls.__module__.startswith("autopeft.methods.")}
+    assert covered == shipped
 
 
 @pytest.mark.parametrize("name", CASES)

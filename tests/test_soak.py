@@ -26,7 +26,6 @@ from optuna.trial import TrialState
 
 from autopeft import study as studies
 from autopeft.schema import ASKED_AGAIN_TAG, FAILURE_TAG, INTERRUPTED, TRIAL_NUMBER_TAG, WORKER_LOST
-from tests.plugins.chaos import FAILURE_OF
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
@@ -86,6 +85,8 @@ def _worker_lost(trials) -> list:
 
 
 def test_soak_every_trial_accounted_for_once(tiny_bert, tiny_task, tmp_path):
+    from tests.plugins.chaos import FAILURE_OF  # here: importing it registers its method
+
     space = tmp_path / "chaos.yaml"
     space.write_text(SPACE)
     storage = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
