@@ -8,6 +8,7 @@ search pay for (and are affected by) importing Ray.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -22,6 +23,7 @@ from ray.tune.search import Searcher  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from autopeft.objectives import METRIC  # noqa: E402
+from autopeft.schema import FIDELITY, RUNG, RUNGS  # noqa: E402
 
 
 def trial_dirname(trial: Any) -> str:
@@ -29,13 +31,48 @@ def trial_dirname(trial: Any) -> str:
 
 
 class StudySearcher(OptunaSearch):
-    """Ray's OptunaSearch, plus two facts the study must keep: which driver asked each trial (so a
-    resumed search can tell its dead trials from a live cooperating process's), and the trial
-    target of the whole study (so several drivers stop together)."""
+    """Ray's OptunaSearch, plus the facts the study must keep: which driver asked each trial (so a
+    resumed search can tell its dead trials from a live cooperating process's), the trial target
+    of the whole study (so several drivers stop together), under successive halving each rung's
+    values and the fidelity a trial's values were measured at, and the search's constraints
+    (``limits``: objective key -> (objective, bound)) as Optuna constraints, so the sampler
+    steers away from what breaks them."""
 
-    def __init__(self, *args: Any, target: int, owner: str, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, target: int, owner: str, limits: dict[str, tuple[Any, float]] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._target, self._owner = target, owner
+        self._target, self._owner, self._limits = target, owner, limits or {}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._keep_rung_values(trial_id, result)
+        super().on_trial_result(trial_id, result)
+
+    def _keep_rung_values(self, trial_id: str, result: dict) -> None:
+        from autopeft.study import RUNG_VALUES_ATTR
+
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and result.get(RUNG) is not None:
+            ot_trial.set_user_attr(f"{RUNG_VALUES_ATTR}{int(result[RUNG])}",
+                                   {k: result.get(k) for k in self.metric})
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        from autopeft.study import FIDELITY_ATTR, RUNG_ATTR, STOPPED_ATTR
+
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and result and not error and trial_id not in self._completed_trials:
+            if result.get(RUNG) is not None:  # told at the highest rung reached: say which
+                # Ray skips on_trial_result for the report its scheduler stops a trial on.
+                self._keep_rung_values(trial_id, result)
+                rung = int(result[RUNG])
+                ot_trial.set_user_attr(RUNG_ATTR, rung)
+                ot_trial.set_user_attr(FIDELITY_ATTR, float(result[FIDELITY]))
+                if rung < int(result[RUNGS]) - 1:
+                    ot_trial.set_user_attr(STOPPED_ATTR, rung)
+            for key, (objective, bound) in self._limits.items():
+                value = result.get(key)
+                if value is not None and math.isfinite(float(value)):
+                    ot_trial.set_constraint(key, objective.violation(float(value), bound))
+        super().on_trial_complete(trial_id, result, error)
 
     def suggest(self, trial_id: str):
         from autopeft.study import OWNER_ATTR, counted
@@ -75,10 +112,12 @@ class TrackingCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         keep = {k: v for k, v in result.items() if not k.startswith(_RAY_RESULT_KEYS)}
-        self.tracker.trial_result(trial.trial_id, keep)
+        self.tracker.trial_result(trial.trial_id, keep, step=int(keep.get(RUNG) or 0))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.tracker.trial_finished(trial.trial_id)
+        last = trial.last_result or {}
+        stopped = last.get(RUNG) is not None and int(last[RUNG]) < int(last[RUNGS]) - 1
+        self.tracker.trial_finished(trial.trial_id, stopped_at_rung=int(last[RUNG]) if stopped else None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.tracker.trial_finished(trial.trial_id, error=_read_error(trial))

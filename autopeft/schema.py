@@ -10,7 +10,10 @@ Runs of a search, in one MLflow experiment:
 - trial run (``autopeft.kind=trial``, nested): sampled params (``train/<field>`` for training
   settings), one metric per report number (objectives included), tags ``autopeft.trial``,
   ``autopeft.trial_number``, ``autopeft.peft``, ``autopeft.<RESULT_TAGS>``, and on failure
-  ``autopeft.failure`` / ``autopeft.error`` plus ``traceback.txt``.
+  ``autopeft.failure`` / ``autopeft.error`` plus ``traceback.txt``. Under successive halving each
+  rung's report is logged at step = rung, tags ``autopeft.rung`` / ``autopeft.fidelity`` hold
+  the highest rung reached, and a trial stopped below the top rung is FINISHED with
+  ``autopeft.stopped_at_rung``.
 - train run (``autopeft.kind=train``): ``autopeft train``, nested under the search it came from.
 """
 
@@ -35,8 +38,12 @@ FAILURE_TAG = "autopeft.failure"  # failed trial run: diverged | out_of_memory |
 ERROR_TAG = "autopeft.error"  # failed trial run: the reason, one line
 SOURCE_RUN_TAG = "autopeft.source_run_id"  # train run: the trial run its config was exported from
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
-# Text fields of a trial's report kept as tags ``autopeft.<key>``: where and how it ran.
-RESULT_TAGS = ("node_id", "hostname", "device", "memory_measure")
+# Successive halving: report keys (rung reached, rungs in all, share of the full budget) and
+# the tag a trial stopped below the top rung carries (its rung). Optuna user attrs reuse the keys.
+RUNG, RUNGS, FIDELITY = "rung", "rungs", "fidelity"
+STOPPED_TAG = "autopeft.stopped_at_rung"
+# Fields of a trial's report kept as tags ``autopeft.<key>``: where and how it ran, how far it got.
+RESULT_TAGS = ("node_id", "hostname", "device", "memory_measure", RUNG, FIDELITY)
 
 
 def result_tag(key: str) -> str:
@@ -83,7 +90,7 @@ class TrialRecord(Mapping):
 
     trial: int  # Optuna trial number
     run_id: str
-    status: str  # COMPLETE | FAILED | INTERRUPTED | RUNNING
+    status: str  # COMPLETE | STOPPED (successive halving, below the top rung) | FAILED | INTERRUPTED | RUNNING
     peft: str = ""  # the configuration in words
     failure: str | None = None
     error: str | None = None
@@ -121,6 +128,8 @@ def trial_record(run: Any) -> TrialRecord:
     status = RUN_STATUS.get(run.info.status, run.info.status)
     if status == "COMPLETE" and "metric" not in metrics:
         status = "FAILED"  # finished without a report: nothing to put on a front
+    if status == "COMPLETE" and STOPPED_TAG in tags:
+        status = "STOPPED"  # a low-fidelity result: the sampler learnt from it, fronts leave it out
     values = dict(metrics)
     if "trainable_params" in values:
         values["trainable_params"] = int(values["trainable_params"])

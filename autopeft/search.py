@@ -17,6 +17,7 @@ from typing import Any
 from autopeft.cluster import check_ray_address, check_resources, connect, on_cluster, trial_data_dir
 from autopeft.config import TrainBudget
 from autopeft.errors import ConfigError, DataError
+from autopeft.fidelity import DEFAULT_REDUCTION_FACTOR, DEFAULT_RUNGS, rung_fractions
 from autopeft.objectives import DEFAULT_OBJECTIVES, PEAK_MEMORY_MB, Objective, resolve_objectives
 from autopeft.results import SearchRecord
 from autopeft.samplers import DEFAULT_SAMPLER, SAMPLERS
@@ -26,6 +27,12 @@ from autopeft.trial import TrialContext
 
 def _field_help(text: str) -> dict[str, Any]:
     return {"help": text}
+
+
+SCHEDULERS = ("fifo", "sh")
+# Every trial at the full budget stays the default until benchmarks/multifidelity.py has been
+# run on the three tasks and shows successive halving ahead (benchmarks/README.md).
+DEFAULT_SCHEDULER = "fifo"
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,15 @@ class SearchSettings:
     ray_address: str | None = None
     trial_memory_limit_mb: float | None = field(default=None, metadata=_field_help(
         "fail a trial whose peak training memory passes this many MB"))
+    scheduler: str = field(default=DEFAULT_SCHEDULER, metadata=_field_help(
+        "fifo: every trial gets the full budget; sh: multi-objective successive halving (rungs over "
+        "training steps and scored rows; a trial goes on past a rung only if in the Pareto-ranked top 1/eta)"))
+    rungs: int = field(default=DEFAULT_RUNGS, metadata=_field_help(
+        "successive halving: number of rungs; the lowest gets 1/eta**(rungs-1) of the budget"))
+    reduction_factor: int = field(default=DEFAULT_REDUCTION_FACTOR, metadata=_field_help(
+        "successive halving: eta, each rung keeps the top 1/eta and gives it eta times the budget"))
+    limits: dict[str, float] = field(default_factory=dict, metadata=_field_help(
+        "constraints the sampler is told (max_params, max_memory, ...: an objective's limit name -> bound)"))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -116,7 +132,13 @@ def prepare(settings: SearchSettings) -> Prepared:
         raise ConfigError("--num-samples and --max-concurrent-trials must be at least 1")
     if settings.trial_memory_limit_mb is not None and settings.trial_memory_limit_mb <= 0:
         raise ConfigError("--trial-memory-limit-mb must be positive")
+    if settings.scheduler not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler {settings.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    if settings.rungs < 2 or settings.reduction_factor < 2:
+        raise ConfigError(f"--rungs and --reduction-factor must be at least 2, got {settings.rungs} and "
+                          f"{settings.reduction_factor}")
     objectives = settings.objective_entries()
+    limit_objectives(settings.limits)
     check_database_url(settings.storage_url(), "--storage")
     check_reachable(resolve_tracking_uri(settings.tracking_uri))
     task = load_task(settings.task)
@@ -136,8 +158,30 @@ def prepare(settings: SearchSettings) -> Prepared:
         notes.append(f"the data was not checked here (the workers resolve it): {exc}")
     ctx = TrialContext(_model_ref(settings.model), _task_ref(task, settings.task), settings.budget,
                        trial_data_dir(settings.data_dir, data_dir, settings.ray_address),
-                       settings.trial_memory_limit_mb)
+                       settings.trial_memory_limit_mb, *_rung_context(settings, objectives))
     return Prepared(settings, task, space, model, objectives, ctx, notes)
+
+
+def _rung_context(settings: SearchSettings, objectives: dict[str, Objective]) -> tuple[tuple[float, ...], tuple[str, ...]]:
+    if settings.scheduler != "sh":
+        return (), ()
+    return rung_fractions(settings.rungs, settings.reduction_factor), tuple(objectives)
+
+
+def limit_objectives(limits: dict[str, float]) -> dict[str, tuple[Objective, float]]:
+    """Search constraints by objective key: ``{"max_params": 5e4}`` -> ``{"trainable_params": (obj, 5e4)}``."""
+    from autopeft.objectives import available_objectives
+
+    known = {o.limit: o for o in available_objectives().values() if o.limit}
+    unknown = sorted(set(limits) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown constraint(s) {unknown}; known: {', '.join(sorted(known))}")
+    out = {}
+    for name, bound in limits.items():
+        if known[name].direction == "min" and not float(bound) > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {bound}")
+        out[known[name].key] = (known[name], float(bound))
+    return out
 
 
 def _model_ref(given: str) -> str:
@@ -190,6 +234,9 @@ def open_stores(prep: Prepared) -> Stores:
         "model": settings.model, "task": prep.task.name, "space": settings.space, "sampler": settings.sampler,
         "num_samples": settings.num_samples, schema.OBJECTIVES_PARAM: ",".join(prep.objectives),
         "seed": settings.seed, **{f"{schema.BUDGET_PREFIX}{k}": v for k, v in settings.budget.to_dict().items()},
+        "scheduler": settings.scheduler,
+        **({"rungs": settings.rungs, "reduction_factor": settings.reduction_factor} if settings.scheduler == "sh" else {}),
+        **{f"limit/{k}": v for k, v in settings.limits.items()},
         schema.TASK_REF_PARAM: prep.context.task,
     }, tags={schema.TASK_TAG: prep.task.name, schema.MODEL_TAG: settings.model,
              schema.METRIC_NAME_TAG: prep.task.primary_metric})
@@ -235,13 +282,14 @@ def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> No
         searcher = ray_glue.StudySearcher(
             space=prep.space.define_by_run(prep.model.num_layers), metric=list(prep.objectives),
             mode=[o.direction for o in prep.objectives.values()], sampler=stores.sampler, storage=stores.storage,
-            study_name=settings.name, seed=settings.seed, target=settings.num_samples, owner=stores.owner)
+            study_name=settings.name, seed=settings.seed, target=settings.num_samples, owner=stores.owner,
+            limits=limit_objectives(settings.limits))
         trainable = tune.with_resources(
             tune.with_parameters(ray_trainable, context=prep.context.to_dict()),
             {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(prep, stores), num_samples=remaining,
                                         max_concurrent_trials=settings.max_concurrent_trials,
                                         trial_dirname_creator=ray_glue.trial_dirname),
             run_config=tune.RunConfig(
@@ -255,6 +303,20 @@ def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> No
     finally:
         if started_ray:
             ray.shutdown()  # stops this driver's trials before finalize marks them
+
+
+def _scheduler(prep: Prepared, stores: Stores) -> Any:
+    """None (Ray's FIFO) or successive halving, its ledger seeded with the rungs the study already holds."""
+    if prep.settings.scheduler != "sh":
+        return None
+    from autopeft.fidelity import RungLedger
+    from autopeft.scheduler import ParetoHalvingScheduler
+    from autopeft.study import rung_values
+
+    ledger = RungLedger(prep.objectives, prep.settings.rungs, prep.settings.reduction_factor)
+    for number, rung, values in rung_values(stores.study.get_trials(deepcopy=False)):
+        ledger.record(str(number), rung, values)
+    return ParetoHalvingScheduler(ledger)
 
 
 # ---------------------------------------------------------------------------- phase 4: finalize

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import optuna
 import psutil
@@ -24,6 +24,10 @@ from autopeft.stores import open_with_retry, sqlite_path
 SETTINGS_ATTR = "autopeft_settings"
 OWNER_ATTR = "autopeft_owner"
 INTERRUPTED_ATTR = "autopeft_interrupted"
+# Successive halving, per trial: the objective values at rung k (``autopeft_rung_values_k``), the
+# highest rung reached and its share of the full budget, and the rung a stopped trial stopped at.
+RUNG_VALUES_ATTR = "autopeft_rung_values_"
+RUNG_ATTR, FIDELITY_ATTR, STOPPED_ATTR = "autopeft_rung", "autopeft_fidelity", "autopeft_stopped_at_rung"
 
 
 def this_process() -> str:
@@ -48,6 +52,17 @@ def owner_alive(owner: str | None) -> bool | None:
 def counted(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     """Trials that count towards the target: asked and not interrupted (waiting ones not yet asked)."""
     return [t for t in trials if t.state != TrialState.WAITING and not t.user_attrs.get(INTERRUPTED_ATTR)]
+
+
+def rung_values(trials: Iterable[FrozenTrial]) -> Iterator[tuple[int, int, dict[str, float]]]:
+    """(trial number, rung, objective values) of every rung report the study holds: what a
+    resumed search's scheduler decides against. Interrupted trials are left out: they run again."""
+    for t in trials:
+        if t.user_attrs.get(INTERRUPTED_ATTR):
+            continue
+        for key, values in t.user_attrs.items():
+            if key.startswith(RUNG_VALUES_ATTR):
+                yield t.number, int(key[len(RUNG_VALUES_ATTR):]), values
 
 
 def reconcile(study: optuna.Study, owners_to_release: set[str] | None = None) -> list[FrozenTrial]:

@@ -126,11 +126,14 @@ class SearchTracker:
         tags = [RunTag(schema.result_tag(k), str(v)) for k, v in result.items() if k in RESULT_TAGS]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
 
-    def trial_finished(self, trial_id: str, error: str | None = None) -> None:
-        """End a trial's run: FINISHED, or FAILED with its reason tagged and traceback attached."""
+    def trial_finished(self, trial_id: str, error: str | None = None, stopped_at_rung: int | None = None) -> None:
+        """End a trial's run: FINISHED (tagged with its rung if successive halving stopped it
+        early), or FAILED with its reason tagged and traceback attached."""
         run_id = self._trial_runs.get(trial_id)
         if run_id is None:
             return
+        if stopped_at_rung is not None:
+            self.client.set_tag(run_id, schema.STOPPED_TAG, str(stopped_at_rung))
         if error is not None:
             category, reason = classify_failure(error)
             self.client.set_tag(run_id, FAILURE_TAG, category)
@@ -177,6 +180,7 @@ class SearchTracker:
         now = int(time.time() * 1000)
         summary = {"trials_completed": len(done), "trials_failed": sum(r.status == "FAILED" for r in records),
                    "trials_interrupted": sum(r.status == "INTERRUPTED" for r in records),
+                   "trials_stopped": sum(r.status == "STOPPED" for r in records),
                    "pareto_size": sum(r.pareto for r in records)}
         if done:
             summary[f"best_{metric_name}"] = max(r["metric"] for r in done)

@@ -6,12 +6,15 @@ is the thin Ray Tune function around it.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from autopeft.config import PeftConfig, TrainBudget
-from autopeft.objectives import METRIC, PEAK_MEMORY_MB, TRAINABLE_PARAMS, measure_all
+from autopeft.objectives import METRIC, PEAK_MEMORY_MB, TRAINABLE_PARAMS, available_objectives, measure_all
+from autopeft.schema import FIDELITY, RUNG, RUNGS
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,11 @@ class TrialContext:
     budget: TrainBudget = field(default_factory=TrainBudget)
     data_dir: str | None = None
     memory_limit_mb: float | None = None  # peak training memory above which a trial fails
+    # Successive halving: each rung's share of the budget (``fidelity.rung_fractions``; empty =
+    # one report at the end), and the objectives to measure at the rungs below the top (the
+    # search's: a rung decides on them only, and measuring latency there would cost a model copy).
+    rungs: tuple[float, ...] = ()
+    rung_objectives: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "budget": self.budget.to_dict()}
@@ -30,7 +38,7 @@ class TrialContext:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrialContext":
         return cls(d["model"], d["task"], TrainBudget.from_dict(d["budget"]), d.get("data_dir"),
-                   d.get("memory_limit_mb"))
+                   d.get("memory_limit_mb"), tuple(d.get("rungs", ())), tuple(d.get("rung_objectives", ())))
 
 
 @dataclass
@@ -51,11 +59,14 @@ def pick_device(gpus: float = 0) -> str:
 
 
 def run_config(ctx: TrialContext, peft: PeftConfig, budget: TrainBudget | None = None,
-               device: str = "cpu", full_finetune: bool = False) -> dict[str, Any]:
+               device: str = "cpu", full_finetune: bool = False,
+               on_rung: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
     """Build, train and evaluate ``peft`` on ``ctx``; return the report of one trial.
 
     ``full_finetune`` trains every weight instead (``peft`` is then ignored): the reference the
-    benchmarks compare PEFT against, trained by the same loop.
+    benchmarks compare PEFT against, trained by the same loop. With ``ctx.rungs`` and ``on_rung``,
+    each rung below the top hands ``on_rung`` the report so far; False stops the trial there and
+    that report is returned (its ``rung`` says where).
     """
     from autopeft.build import build_full_model, build_model
     from autopeft.tasks import load_split, load_task
@@ -68,24 +79,50 @@ def run_config(ctx: TrialContext, peft: PeftConfig, budget: TrainBudget | None =
         built = build_full_model(ctx.model, task.num_labels, seed=budget.seed)
     else:
         built = build_model(ctx.model, peft, task.num_labels, seed=budget.seed)
+    stopped: list[dict[str, Any]] = []  # the report of the rung that stopped the trial
+
+    def at_rung(rung: int, partial: Any) -> bool:
+        # Measured objectives may change the model (latency merges LoRA): measure on a copy.
+        keys = [k for k in ctx.rung_objectives if available_objectives()[k].measure is not None]
+        model = copy.deepcopy(built.model) if keys else built.model
+        trained = TrainedTrial(dataclasses.replace(built, model=model), task, budget, device, partial)
+        report = _report(trained, measure_all(trained, keys), rung, ctx.rungs)
+        if on_rung(report):
+            return True
+        stopped.append(report)
+        return False
+
     result = train_and_evaluate(built.model, built.tokenizer, task, train, dev, budget, device=device,
-                                memory_limit_mb=ctx.memory_limit_mb)
-    measured = measure_all(TrainedTrial(built, task, budget, device, result))
-    return {
-        METRIC: result.metrics[task.primary_metric],
+                                memory_limit_mb=ctx.memory_limit_mb, rungs=ctx.rungs,
+                                on_rung=at_rung if on_rung is not None and ctx.rungs else None)
+    if stopped:
+        return stopped[0]
+    trained = TrainedTrial(built, task, budget, device, result)
+    return _report(trained, measure_all(trained), len(ctx.rungs) - 1 if ctx.rungs else None, ctx.rungs)
+
+
+def _report(trained: TrainedTrial, measured: dict[str, float], rung: int | None,
+            rungs: tuple[float, ...]) -> dict[str, Any]:
+    """A trial's report: every objective, the task's own metrics, timings, and where it stopped."""
+    built, result = trained.built, trained.result
+    report = {
+        METRIC: result.metrics[trained.task.primary_metric],
         **result.metrics,
         TRAINABLE_PARAMS: built.trainable_params,
         "trainable_percent": built.trainable_percent,
         "base_params": built.base_params,
         PEAK_MEMORY_MB: result.peak_memory_mb,
         "memory_measure": result.memory_measure,  # cuda_max_allocated on GPU, RSS on CPU
-        "device": device,
+        "device": trained.device,
         "train_seconds": result.train_seconds,
         "eval_seconds": result.eval_seconds,
         "train_loss": result.train_loss,
         "steps": result.steps,
         **measured,
     }
+    if rung is not None:  # successive halving: the rung reached and its share of the full budget
+        report.update({RUNG: rung, RUNGS: len(rungs), FIDELITY: rungs[rung]})
+    return report
 
 
 def ray_trainable(config: dict[str, Any], context: dict[str, Any]) -> None:
@@ -100,6 +137,13 @@ def ray_trainable(config: dict[str, Any], context: dict[str, Any]) -> None:
     ctx = TrialContext.from_dict(context)
     peft = PeftConfig.from_dict(config["peft_config"])
     budget = ctx.budget.replace(**config.get("training", {}))
-    report = run_config(ctx, peft, budget, device=pick_device(resources.get("GPU", 0)))
-    report["node_id"] = ray.get_runtime_context().get_node_id()
-    tune.report(report)
+    node = ray.get_runtime_context().get_node_id()
+
+    def at_rung(report: dict[str, Any]) -> bool:
+        # The scheduler answers by stopping this trial (Ray ends the thread inside report); a
+        # trial it lets go on simply continues training.
+        tune.report({**report, "node_id": node})
+        return True
+
+    report = run_config(ctx, peft, budget, device=pick_device(resources.get("GPU", 0)), on_rung=at_rung)
+    tune.report({**report, "node_id": node})
