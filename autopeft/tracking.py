@@ -24,7 +24,7 @@ from autopeft.stores import absolute, open_with_retry, sqlite_path
 
 # Front CSV columns before and after the objectives (which come from the search's objective keys).
 _FRONT_LEAD = ("trial", "pareto")
-_FRONT_TAIL = ("trainable_percent", "train_seconds", "eval_seconds", "status", "peft", "run_id")
+_FRONT_TAIL = ("trainable_percent", "train_seconds", "eval_seconds", "status", "fidelity", "peft", "run_id")
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:

@@ -106,3 +106,18 @@ def test_run_config_stops_where_on_rung_says(tiny_bert, tiny_task):
     assert [r["rung"] for r in seen] == [0, 1]
     assert report is seen[-1] and report["steps"] == 6 and report["fidelity"] == pytest.approx(1 / 3)
     assert report["latency_ms"] > 0, "the search's measured objectives are measured at each rung"
+
+
+def test_report_and_front_csv_show_fidelity(halved, tmp_path):
+    from autopeft.report import report_data, write_report
+
+    settings, result = halved
+    record = load_search("halved", result.tracking_uri)
+    data = report_data(record.trials, record.objectives)
+    assert {t.trial for t in data["stopped"]} == {t.trial for t in record.trials if t.status == "STOPPED"}
+    assert all(t.status == "COMPLETE" for t in data["trials"])
+    html = write_report(record.trials, record.objectives, record.metric_name, tmp_path / "r.html").read_text()
+    assert "stopped early (low fidelity)" in html and "rung 0 (stopped there)" in html
+    client = MlflowClient(result.tracking_uri)
+    csv_text = open(client.download_artifacts(result.parent_run_id, "pareto/pareto_front.csv")).read()
+    assert "fidelity" in csv_text.splitlines()[0]
