@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local clusters need no token
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow is our logger
@@ -24,6 +25,9 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from autopeft.objectives import METRIC  # noqa: E402
 from autopeft.schema import FIDELITY, RUNG, RUNGS  # noqa: E402
+
+
+_MAX_REFUSALS = 50
 
 
 def trial_dirname(trial: Any) -> str:
@@ -39,9 +43,57 @@ class StudySearcher(OptunaSearch):
     steers away from what breaks them."""
 
     def __init__(self, *args: Any, target: int, owner: str, limits: dict[str, tuple[Any, float]] | None = None,
-                 **kwargs: Any) -> None:
+                 vetting: Any = None, on_reuse: Callable[[int, int], None] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._target, self._owner, self._limits = target, owner, limits or {}
+        # reuse.Vetting: duplicates are answered from the study, too-small configs refused; both
+        # without a Ray trial. on_reuse(number, source number) records a reuse in MLflow.
+        self._vetting, self._on_reuse = vetting, on_reuse
+
+    def suggest(self, trial_id: str):
+        from autopeft.reuse import tell_refused, tell_reuse
+        from autopeft.study import OWNER_ATTR, counted
+
+        refusals = 0
+        while True:
+            if trial_id not in self._ot_trials:
+                if len(counted(self._ot_study.trials)) >= self._target:
+                    return Searcher.FINISHED
+                # Stamp the owner before sampling (many writes): a driver killed mid-sampling must
+                # still leave a trial that the next run recognises as its own dead one.
+                ot_trial = self._ot_study.ask()
+                ot_trial.set_user_attr(OWNER_ATTR, self._owner)
+                self._ot_trials[trial_id] = ot_trial
+            config = super().suggest(trial_id)
+            ot_trial = self._ot_trials[trial_id]
+            verdict, detail = ("run", None) if self._vetting is None else self._vetting.check(
+                self._ot_study.get_trials(deepcopy=False), ot_trial, config)
+            if verdict == "run":
+                return {**config, "trial_number": ot_trial.number}
+            del self._ot_trials[trial_id]  # answered without Ray: the next round asks a new trial
+            if verdict == "reuse":
+                tell_reuse(self._ot_study, ot_trial, detail)
+                if self._on_reuse is not None:
+                    self._on_reuse(ot_trial.number, detail.number)
+                continue
+            tell_refused(self._ot_study, ot_trial, detail)
+            refusals += 1
+            # Refusals are not counted, so a sampler stuck on refused configs would never reach
+            # the target: give up after this many in a row.
+            if refusals >= _MAX_REFUSALS:
+                warnings.warn(f"the sampler proposed {_MAX_REFUSALS} configurations in a row that the space "
+                              "refuses (min_trainable_params); the search stops here")
+                return Searcher.FINISHED
+
+    def save(self, checkpoint_path: str) -> None:
+        # Ray pickles the searcher's state into its experiment folder; the vetting and reuse hooks
+        # hold closures and the MLflow client, and a resumed search rebuilds them anyway.
+        hooks = self._vetting, self._on_reuse
+        self._vetting = self._on_reuse = None
+        try:
+            super().save(checkpoint_path)
+        finally:
+            self._vetting, self._on_reuse = hooks
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._keep_rung_values(trial_id, result)
@@ -73,20 +125,6 @@ class StudySearcher(OptunaSearch):
                 if value is not None and math.isfinite(float(value)):
                     ot_trial.set_constraint(key, objective.violation(float(value), bound))
         super().on_trial_complete(trial_id, result, error)
-
-    def suggest(self, trial_id: str):
-        from autopeft.study import OWNER_ATTR, counted
-
-        if trial_id not in self._ot_trials:
-            if len(counted(self._ot_study.trials)) >= self._target:
-                return Searcher.FINISHED
-            # Stamp the owner before sampling (many writes): a driver killed mid-sampling must
-            # still leave a trial that the next run recognises as its own dead one.
-            ot_trial = self._ot_study.ask()
-            ot_trial.set_user_attr(OWNER_ATTR, self._owner)
-            self._ot_trials[trial_id] = ot_trial
-        config = super().suggest(trial_id)
-        return {**config, "trial_number": self._ot_trials[trial_id].number}
 
 
 # What Ray adds to every reported result; the rest is the trial's own report.

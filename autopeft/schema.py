@@ -13,7 +13,8 @@ Runs of a search, in one MLflow experiment:
   ``autopeft.failure`` / ``autopeft.error`` plus ``traceback.txt``. Under successive halving each
   rung's report is logged at step = rung, tags ``autopeft.rung`` / ``autopeft.fidelity`` hold
   the highest rung reached, and a trial stopped below the top rung is FINISHED with
-  ``autopeft.stopped_at_rung``.
+  ``autopeft.stopped_at_rung``. A duplicate configuration is not trained: its run copies the
+  earlier trial's params, metrics and configuration and carries ``autopeft.reuse_of``.
 - train run (``autopeft.kind=train``): ``autopeft train``, nested under the search it came from.
 """
 
@@ -42,6 +43,7 @@ PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
 # the tag a trial stopped below the top rung carries (its rung). Optuna user attrs reuse the keys.
 RUNG, RUNGS, FIDELITY = "rung", "rungs", "fidelity"
 STOPPED_TAG = "autopeft.stopped_at_rung"
+REUSE_TAG = "autopeft.reuse_of"  # a trial answered from an earlier trial's result: that trial's number
 # Fields of a trial's report kept as tags ``autopeft.<key>``: where and how it ran, how far it got.
 RESULT_TAGS = ("node_id", "hostname", "device", "memory_measure", RUNG, FIDELITY)
 
@@ -90,7 +92,9 @@ class TrialRecord(Mapping):
 
     trial: int  # Optuna trial number
     run_id: str
-    status: str  # COMPLETE | STOPPED (successive halving, below the top rung) | FAILED | INTERRUPTED | RUNNING
+    # COMPLETE | STOPPED (successive halving, below the top rung) | REUSED (a duplicate of an
+    # earlier trial, its values copied; fronts hold the original) | FAILED | INTERRUPTED | RUNNING
+    status: str
     peft: str = ""  # the configuration in words
     failure: str | None = None
     error: str | None = None
@@ -130,6 +134,8 @@ def trial_record(run: Any) -> TrialRecord:
         status = "FAILED"  # finished without a report: nothing to put on a front
     if status == "COMPLETE" and STOPPED_TAG in tags:
         status = "STOPPED"  # a low-fidelity result: the sampler learnt from it, fronts leave it out
+    if status in ("COMPLETE", "STOPPED") and REUSE_TAG in tags:
+        status = "REUSED"
     values = dict(metrics)
     if "trainable_params" in values:
         values["trainable_params"] = int(values["trainable_params"])

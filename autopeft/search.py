@@ -283,7 +283,7 @@ def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> No
             space=prep.space.define_by_run(prep.model.num_layers), metric=list(prep.objectives),
             mode=[o.direction for o in prep.objectives.values()], sampler=stores.sampler, storage=stores.storage,
             study_name=settings.name, seed=settings.seed, target=settings.num_samples, owner=stores.owner,
-            limits=limit_objectives(settings.limits))
+            limits=limit_objectives(settings.limits), vetting=_vetting(prep), on_reuse=stores.tracker.trial_reused)
         trainable = tune.with_resources(
             tune.with_parameters(ray_trainable, context=prep.context.to_dict()),
             {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
@@ -303,6 +303,19 @@ def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> No
     finally:
         if started_ray:
             ray.shutdown()  # stops this driver's trials before finalize marks them
+
+
+def _vetting(prep: Prepared) -> Any:
+    """Duplicates answered from the study; configs below the space's minimum size refused."""
+    from autopeft.reuse import Vetting
+
+    count = None
+    if prep.space.min_trainable_params:
+        from autopeft.build import count_trainable_params
+
+        def count(peft: Any) -> int:
+            return count_trainable_params(prep.settings.model, peft, prep.task.num_labels, prep.model)
+    return Vetting(prep.settings.budget, prep.space.min_trainable_params, count)
 
 
 def _scheduler(prep: Prepared, stores: Stores) -> Any:

@@ -24,6 +24,7 @@ from autopeft.stores import open_with_retry, sqlite_path
 SETTINGS_ATTR = "autopeft_settings"
 OWNER_ATTR = "autopeft_owner"
 INTERRUPTED_ATTR = "autopeft_interrupted"
+REFUSED_ATTR = "autopeft_refused"  # a sampled config the space refused (reuse.py): not counted
 # Successive halving, per trial: the objective values at rung k (``autopeft_rung_values_k``), the
 # highest rung reached and its share of the full budget, and the rung a stopped trial stopped at.
 RUNG_VALUES_ATTR = "autopeft_rung_values_"
@@ -50,8 +51,9 @@ def owner_alive(owner: str | None) -> bool | None:
 
 
 def counted(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
-    """Trials that count towards the target: asked and not interrupted (waiting ones not yet asked)."""
-    return [t for t in trials if t.state != TrialState.WAITING and not t.user_attrs.get(INTERRUPTED_ATTR)]
+    """Trials that count towards the target: asked, not interrupted and not refused (waiting ones not yet asked)."""
+    return [t for t in trials if t.state != TrialState.WAITING and not t.user_attrs.get(INTERRUPTED_ATTR)
+            and REFUSED_ATTR not in t.user_attrs]
 
 
 def rung_values(trials: Iterable[FrozenTrial]) -> Iterator[tuple[int, int, dict[str, float]]]:

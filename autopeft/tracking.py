@@ -141,6 +141,27 @@ class SearchTracker:
             self.client.log_text(run_id, error, schema.TRACEBACK_ARTIFACT)
         self.client.set_terminated(run_id, "FAILED" if error is not None else "FINISHED")
 
+    def trial_reused(self, number: int, source: int) -> None:
+        """Record trial ``number`` as answered by trial ``source``'s result (no training): a
+        FINISHED run with the source's params, metrics, tags and configuration, tagged as a reuse."""
+        from mlflow.entities import Metric
+
+        runs = [r for r in self.trial_runs() if r.data.tags.get(TRIAL_NUMBER_TAG) == str(source)]
+        if not runs:
+            return
+        src = runs[0]
+        keep = {k: v for k, v in src.data.tags.items() if k.startswith("autopeft.") and k not in (TRIAL_TAG,)}
+        run = self.client.create_run(self.experiment_id, run_name=f"{self.search_name}-t{number:03d}", tags={
+            **keep, PARENT_TAG: self.parent_id, TRIAL_NUMBER_TAG: str(number), schema.REUSE_TAG: str(source)})
+        self._log_params(run.info.run_id, src.data.params)
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, 0) for k, v in src.data.metrics.items()]
+        for i in range(0, len(metrics), 1000):  # MLflow caps a batch at 1000 metrics
+            self.client.log_batch(run.info.run_id, metrics=metrics[i:i + 1000])
+        config = self.client.download_artifacts(src.info.run_id, schema.PEFT_CONFIG_ARTIFACT)
+        self.client.log_dict(run.info.run_id, json.loads(Path(config).read_text()), schema.PEFT_CONFIG_ARTIFACT)
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+
     def mark_interrupted(self, numbers: Sequence[int]) -> None:
         """Trials whose driver died or was stopped: KILLED, and said so."""
         for run in self.trial_runs():
@@ -181,6 +202,7 @@ class SearchTracker:
         summary = {"trials_completed": len(done), "trials_failed": sum(r.status == "FAILED" for r in records),
                    "trials_interrupted": sum(r.status == "INTERRUPTED" for r in records),
                    "trials_stopped": sum(r.status == "STOPPED" for r in records),
+                   "trials_reused": sum(r.status == "REUSED" for r in records),
                    "pareto_size": sum(r.pareto for r in records)}
         if done:
             summary[f"best_{metric_name}"] = max(r["metric"] for r in done)
