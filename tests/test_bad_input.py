@@ -79,6 +79,11 @@ OTHER_CASES = {  # id: (extra CLI args, words) — tmp_path is substituted for {
     "resume from an unknown storage kind": (["--resume", "x", "--storage", "notadb://x"], ["unknown database kind"]),
     "unknown objective": (["--objectives", "metric,speed"], ["unknown objective 'speed'", "latency_ms"]),
     "objectives without the metric": (["--objectives", "trainable_params,latency_ms"], ["must include 'metric'"]),
+    "unknown scheduler": (["--scheduler", "hyperband"], ["unknown scheduler 'hyperband'", "fifo", "sh"]),
+    "one rung": (["--scheduler", "sh", "--rungs", "1"], ["--rungs and --reduction-factor must be at least 2"]),
+    "reduction factor 1": (["--reduction-factor", "1"], ["--rungs and --reduction-factor must be at least 2"]),
+    "negative parameter ceiling": (["--max-params", "-5"], ["--max-params must be positive"]),
+    "zero memory ceiling": (["--max-memory", "0"], ["--max-memory must be positive"]),
 }
 
 
