@@ -70,6 +70,9 @@ class SearchSettings:
         "successive halving: number of rungs; the lowest gets 1/eta**(rungs-1) of the budget"))
     reduction_factor: int = field(default=DEFAULT_REDUCTION_FACTOR, metadata=_field_help(
         "successive halving: eta, each rung keeps the top 1/eta and gives it eta times the budget"))
+    reuse_workers: bool | None = field(default=None, metadata=_field_help(
+        "run trials one after another in the same worker processes (model code imported and data read once); "
+        "default: yes, unless peak_memory_mb is an objective on CPU, where a fresh process measures it best"))
     limits: dict[str, float] = field(default_factory=dict, metadata=_field_help(
         "constraints the sampler is told (max_params, max_memory, ...: an objective's limit name -> bound)"))
 
@@ -290,6 +293,7 @@ def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> No
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(prep, stores), num_samples=remaining,
+                                        reuse_actors=reuse_workers(settings),
                                         max_concurrent_trials=settings.max_concurrent_trials,
                                         trial_dirname_creator=ray_glue.trial_dirname),
             run_config=tune.RunConfig(
@@ -303,6 +307,16 @@ def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> No
     finally:
         if started_ray:
             ray.shutdown()  # stops this driver's trials before finalize marks them
+
+
+def reuse_workers(settings: SearchSettings) -> bool:
+    """Whether trials reuse worker processes (Ray actor reuse): the fixed cost of a trial falls
+    from process start + imports + data loading to building the model. On CPU the peak-memory
+    figure is RSS, which a reused process inflates with what the allocator kept, so a search that
+    optimises memory on CPU keeps one process per trial unless told otherwise."""
+    if settings.reuse_workers is not None:
+        return settings.reuse_workers
+    return settings.gpus_per_trial > 0 or PEAK_MEMORY_MB not in settings.objectives
 
 
 def _vetting(prep: Prepared) -> Any:
