@@ -101,6 +101,7 @@ def search(
     scheduler: str = typer.Option(_default(_S, "scheduler"), help=_help(_S, "scheduler")),
     rungs: int = typer.Option(_default(_S, "rungs"), help=_help(_S, "rungs")),
     reduction_factor: int = typer.Option(_default(_S, "reduction_factor"), help=_help(_S, "reduction_factor")),
+    top_seeds: int = typer.Option(_default(_S, "top_seeds"), help=_help(_S, "top_seeds")),
     reuse_workers: Optional[bool] = typer.Option(None, "--reuse-workers/--fresh-workers", help=_help(_S, "reuse_workers")),
     max_params: Optional[int] = typer.Option(None, help="Constraint the sampler is told: at most this many trainable parameters."),
     max_memory: Optional[float] = typer.Option(None, help="Constraint the sampler is told: at most this peak training memory (MB)."),
@@ -137,6 +138,7 @@ def search(
         data_dir=data_dir, workdir=str(Path(workdir).resolve()), storage=storage, tracking_uri=tracking_uri,
         experiment=experiment, ray_address=ray_address, trial_memory_limit_mb=trial_memory_limit_mb,
         scheduler=scheduler, rungs=rungs, reduction_factor=reduction_factor, reuse_workers=reuse_workers,
+        top_seeds=top_seeds,
         limits={k: v for k, v in (("max_params", max_params), ("max_memory", max_memory),
                                   ("max_latency", max_latency)) if v is not None})
     _run_and_report(settings)
@@ -280,6 +282,7 @@ def _load(search: str | None, tracking_uri: str | None, experiment: str):
 @friendly_errors
 def pareto(
     search: Optional[str] = typer.Argument(None, help="Search name or MLflow parent run id (default: the latest search)."),
+    top_seeds: int = typer.Option(_default(_S, "top_seeds"), help=_help(_S, "top_seeds")),
     reuse_workers: Optional[bool] = typer.Option(None, "--reuse-workers/--fresh-workers", help=_help(_S, "reuse_workers")),
     max_params: Optional[int] = typer.Option(None, help="Keep trials with at most this many trainable parameters."),
     max_memory: Optional[float] = typer.Option(None, help="Keep trials with at most this peak training memory (MB)."),
@@ -322,6 +325,7 @@ def export(
     search: Optional[str] = typer.Argument(None, help="Search name or MLflow parent run id (default: the latest search)."),
     output: str = typer.Option("autopeft_best.json", "--output", "-o", help="The export file to write."),
     pick: Optional[str] = typer.Option("best", help="'best' (highest metric within the constraints) or a trial number."),
+    top_seeds: int = typer.Option(_default(_S, "top_seeds"), help=_help(_S, "top_seeds")),
     reuse_workers: Optional[bool] = typer.Option(None, "--reuse-workers/--fresh-workers", help=_help(_S, "reuse_workers")),
     max_params: Optional[int] = typer.Option(None, help="Keep trials with at most this many trainable parameters."),
     max_memory: Optional[float] = typer.Option(None, help="Keep trials with at most this peak training memory (MB)."),

@@ -70,6 +70,9 @@ class SearchSettings:
         "successive halving: number of rungs; the lowest gets 1/eta**(rungs-1) of the budget"))
     reduction_factor: int = field(default=DEFAULT_REDUCTION_FACTOR, metadata=_field_help(
         "successive halving: eta, each rung keeps the top 1/eta and gives it eta times the budget"))
+    top_seeds: int = field(default=1, metadata=_field_help(
+        "seeds each config is trained with at the full budget (the top rung under sh); its metric is their "
+        "mean and the spread is reported (metric_std, metric_min, metric_seed<i>)"))
     reuse_workers: bool | None = field(default=None, metadata=_field_help(
         "run trials one after another in the same worker processes (model code imported and data read once); "
         "default: yes, unless peak_memory_mb is an objective on CPU, where a fresh process measures it best"))
@@ -137,6 +140,8 @@ def prepare(settings: SearchSettings) -> Prepared:
         raise ConfigError("--trial-memory-limit-mb must be positive")
     if settings.scheduler not in SCHEDULERS:
         raise ConfigError(f"unknown scheduler {settings.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    if settings.top_seeds < 1:
+        raise ConfigError(f"--top-seeds must be at least 1, got {settings.top_seeds}")
     if settings.rungs < 2 or settings.reduction_factor < 2:
         raise ConfigError(f"--rungs and --reduction-factor must be at least 2, got {settings.rungs} and "
                           f"{settings.reduction_factor}")
@@ -161,7 +166,7 @@ def prepare(settings: SearchSettings) -> Prepared:
         notes.append(f"the data was not checked here (the workers resolve it): {exc}")
     ctx = TrialContext(_model_ref(settings.model), _task_ref(task, settings.task), settings.budget,
                        trial_data_dir(settings.data_dir, data_dir, settings.ray_address),
-                       settings.trial_memory_limit_mb, *_rung_context(settings, objectives))
+                       settings.trial_memory_limit_mb, *_rung_context(settings, objectives), settings.top_seeds)
     return Prepared(settings, task, space, model, objectives, ctx, notes)
 
 
@@ -237,7 +242,7 @@ def open_stores(prep: Prepared) -> Stores:
         "model": settings.model, "task": prep.task.name, "space": settings.space, "sampler": settings.sampler,
         "num_samples": settings.num_samples, schema.OBJECTIVES_PARAM: ",".join(prep.objectives),
         "seed": settings.seed, **{f"{schema.BUDGET_PREFIX}{k}": v for k, v in settings.budget.to_dict().items()},
-        "scheduler": settings.scheduler,
+        "scheduler": settings.scheduler, "top_seeds": settings.top_seeds,
         **({"rungs": settings.rungs, "reduction_factor": settings.reduction_factor} if settings.scheduler == "sh" else {}),
         **{f"limit/{k}": v for k, v in settings.limits.items()},
         schema.TASK_REF_PARAM: prep.context.task,

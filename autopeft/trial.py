@@ -32,6 +32,9 @@ class TrialContext:
     # search's: a rung decides on them only, and measuring latency there would cost a model copy).
     rungs: tuple[float, ...] = ()
     rung_objectives: tuple[str, ...] = ()
+    # Seeds a config is trained with at the full budget (the top rung): its metric is their mean,
+    # the spread is reported beside it. One seed's result at a short budget is luck as often as not.
+    seeds: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "budget": self.budget.to_dict()}
@@ -39,7 +42,8 @@ class TrialContext:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrialContext":
         return cls(d["model"], d["task"], TrainBudget.from_dict(d["budget"]), d.get("data_dir"),
-                   d.get("memory_limit_mb"), tuple(d.get("rungs", ())), tuple(d.get("rung_objectives", ())))
+                   d.get("memory_limit_mb"), tuple(d.get("rungs", ())), tuple(d.get("rung_objectives", ())),
+                   d.get("seeds", 1))
 
 
 @dataclass
@@ -97,7 +101,28 @@ def run_config(ctx: TrialContext, peft: PeftConfig, budget: TrainBudget | None =
     if stopped:
         return stopped[0]
     trained = TrainedTrial(built, task, budget, device, result)
-    return _report(trained, measure_all(trained), len(ctx.rungs) - 1 if ctx.rungs else None, ctx.rungs)
+    report = _report(trained, measure_all(trained), len(ctx.rungs) - 1 if ctx.rungs else None, ctx.rungs)
+    if ctx.seeds > 1:
+        others = [run_config(dataclasses.replace(ctx, rungs=(), seeds=1), peft, budget.replace(seed=budget.seed + i),
+                             device, full_finetune) for i in range(1, ctx.seeds)]
+        report.update(over_seeds([report, *others]))
+    return report
+
+
+def over_seeds(reports: list[dict[str, Any]]) -> dict[str, float]:
+    """One config trained with several seeds, as one result: the metric is the mean (what the
+    front ranks), its spread (std, min, max, each seed's) beside it, memory the largest, and
+    the training and scoring time of all runs together."""
+    import statistics
+
+    metrics = [r[METRIC] for r in reports]
+    out: dict[str, float] = {f"{METRIC}_seed{i}": m for i, m in enumerate(metrics)}
+    out.update({METRIC: statistics.fmean(metrics), f"{METRIC}_std": statistics.stdev(metrics),
+                f"{METRIC}_min": min(metrics), f"{METRIC}_max": max(metrics), "seeds": len(reports),
+                PEAK_MEMORY_MB: max(r[PEAK_MEMORY_MB] for r in reports),
+                "train_seconds": sum(r["train_seconds"] for r in reports),
+                "eval_seconds": sum(r["eval_seconds"] for r in reports)})
+    return out
 
 
 @functools.lru_cache(maxsize=4)

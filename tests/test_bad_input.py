@@ -82,6 +82,7 @@ OTHER_CASES = {  # id: (extra CLI args, words) — tmp_path is substituted for {
     "unknown scheduler": (["--scheduler", "hyperband"], ["unknown scheduler 'hyperband'", "fifo", "sh"]),
     "one rung": (["--scheduler", "sh", "--rungs", "1"], ["--rungs and --reduction-factor must be at least 2"]),
     "reduction factor 1": (["--reduction-factor", "1"], ["--rungs and --reduction-factor must be at least 2"]),
+    "zero top seeds": (["--top-seeds", "0"], ["--top-seeds must be at least 1"]),
     "negative parameter ceiling": (["--max-params", "-5"], ["--max-params must be positive"]),
     "zero memory ceiling": (["--max-memory", "0"], ["--max-memory must be positive"]),
 }

@@ -121,3 +121,21 @@ def test_report_and_front_csv_show_fidelity(halved, tmp_path):
     client = MlflowClient(result.tracking_uri)
     csv_text = open(client.download_artifacts(result.parent_run_id, "pareto/pareto_front.csv")).read()
     assert "fidelity" in csv_text.splitlines()[0]
+
+
+def test_the_top_rung_scores_a_config_over_several_seeds(tiny_bert, tiny_task):
+    from autopeft.trial import over_seeds
+
+    budget = TrainBudget(train_examples=48, eval_examples=48)
+    peft = PeftConfig.from_dict({"methods": [{"method": "lora", "layers": [0, 1, 2], "rank": 2, "alpha": 16,
+                                              "targets": ["query", "value"]}]})
+    one = [run_config(TrialContext(tiny_bert, tiny_task, budget.replace(seed=s)), peft) for s in (0, 1)]
+    both = run_config(TrialContext(tiny_bert, tiny_task, budget, seeds=2), peft)
+    assert both["metric_seed0"] == one[0]["metric"] and both["metric_seed1"] == one[1]["metric"]
+    assert both["metric"] == pytest.approx((one[0]["metric"] + one[1]["metric"]) / 2)
+    assert both["metric_min"] == min(r["metric"] for r in one) and both["seeds"] == 2
+    assert both["train_seconds"] > one[0]["train_seconds"] * 0.5
+    spread = over_seeds([{"metric": 0.905, "peak_memory_mb": 1, "train_seconds": 1, "eval_seconds": 1},
+                         {"metric": 0.607, "peak_memory_mb": 2, "train_seconds": 1, "eval_seconds": 1}])
+    assert spread["metric"] == pytest.approx(0.756) and spread["metric_std"] == pytest.approx(0.2107, abs=1e-4)
+    assert spread["peak_memory_mb"] == 2 and spread["train_seconds"] == 2
