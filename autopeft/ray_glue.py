@@ -198,6 +198,8 @@ class ProgressCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(METRIC)
+        if result.get(RUNG) is not None and int(result[RUNG]) < int(result[RUNGS]) - 1:
+            return  # a low rung's metric is not a result to show as the best
         if value is not None and (self.best is None or value > self.best):
             self.best = value
 
