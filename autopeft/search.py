@@ -328,12 +328,10 @@ def _vetting(prep: Prepared) -> Any:
     """Duplicates answered from the study; configs below the space's minimum size refused."""
     from autopeft.reuse import Vetting
 
-    count = None
-    if prep.space.min_trainable_params:
-        from autopeft.build import count_trainable_params
+    def count(peft: Any) -> int:
+        from autopeft.build import count_trainable_params  # imports adapters: only when a space asks
 
-        def count(peft: Any) -> int:
-            return count_trainable_params(prep.settings.model, peft, prep.task.num_labels, prep.model)
+        return count_trainable_params(prep.settings.model, peft, prep.task.num_labels, prep.model)
     return Vetting(prep.settings.budget, prep.space.min_trainable_params, count)
 
 

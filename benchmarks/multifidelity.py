@@ -198,11 +198,7 @@ def main() -> None:
     ap.add_argument("--rungs", type=int, default=3)
     ap.add_argument("--reduction-factor", type=int, default=3)
     ap.add_argument("--expected-trials", type=int, default=40, help="sizes the samplers' random start-up phase")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--data-dir", default=os.environ.get("AUTOPEFT_DATA_DIR"))
-    args = ap.parse_args()
-    if not args.data_dir:
-        sys.exit("give --data-dir or AUTOPEFT_DATA_DIR (a folder laid out like GLUE's, e.g. ../shared/data)")
+    args = common.parse_with_data_dir(ap)
     methods = args.methods.split(",")
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -252,13 +248,8 @@ def _plot(curves: dict, path: Path) -> None:
             if t == task and c:
                 ax.step([x for x, _ in c], [y / best for _, y in c], where="post", color=colours.get(m), alpha=0.8,
                         label=m if seed == 0 else None)
-        ax.axhline(TARGET, ls="--", color="black", lw=0.8)
-        ax.set_title(task)
-        ax.set_xlabel("CPU-seconds")
-        ax.set_ylabel("full-fidelity hypervolume / best")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+        ax.set_title(f"{task} (full-fidelity trials)")
+    common.finish_hv_plot(fig, axes[0], TARGET, "CPU-seconds", path)
 
 
 if __name__ == "__main__":
