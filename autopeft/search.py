@@ -64,7 +64,7 @@ class SearchSettings:
     trial_memory_limit_mb: float | None = field(default=None, metadata=_field_help(
         "fail a trial whose peak training memory passes this many MB"))
     scheduler: str = field(default=DEFAULT_SCHEDULER, metadata=_field_help(
-        "fifo: every trial gets the full budget; sh: multi-objective successive halving (rungs over "
+        "trial scheduler. fifo: every trial gets the full budget; sh: multi-objective successive halving (rungs over "
         "training steps and scored rows; a trial goes on past a rung only if in the Pareto-ranked top 1/eta)"))
     rungs: int = field(default=DEFAULT_RUNGS, metadata=_field_help(
         "successive halving: number of rungs; the lowest gets 1/eta**(rungs-1) of the budget"))
