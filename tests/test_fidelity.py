@@ -75,3 +75,24 @@ def test_rung_ladder():
     assert rung_rows(1 / 9, 48) == 48
     with pytest.raises(ValueError):
         rung_fractions(3, 1)
+
+
+def test_a_resumed_ledger_is_seeded_from_the_rung_values_the_study_holds():
+    import optuna
+
+    from autopeft.study import INTERRUPTED_ATTR, RUNG_VALUES_ATTR, rung_values
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for attrs in ({f"{RUNG_VALUES_ATTR}0": {"metric": 0.9, "trainable_params": 10},
+                   f"{RUNG_VALUES_ATTR}1": {"metric": 0.91, "trainable_params": 10}},
+                  {f"{RUNG_VALUES_ATTR}0": {"metric": 0.5, "trainable_params": 99}, INTERRUPTED_ATTR: True}):
+        t = study.ask()
+        for k, v in attrs.items():
+            t.set_user_attr(k, v)
+    assert sorted(rung_values(study.trials)) == [(0, 0, {"metric": 0.9, "trainable_params": 10}),
+                                                 (0, 1, {"metric": 0.91, "trainable_params": 10})]
+    ledger = RungLedger(resolve_objectives("metric,trainable_params"))
+    for number, rung, values in rung_values(study.trials):
+        ledger.record(str(number), rung, values)
+    # The dead driver's trial 0 is still the one to beat at rung 0: a worse newcomer stops.
+    assert not ledger.decide("7", 0, {"metric": 0.8, "trainable_params": 20})
