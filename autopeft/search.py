@@ -156,8 +156,9 @@ def prepare(settings: SearchSettings) -> Prepared:
     notes: list[str] = []
     try:
         data_dir = resolve_data_dir(settings.data_dir)
-        for split in ("train", "dev"):  # fail now, not in every trial
-            load_split(task, split, data_dir)
+        train = load_split(task, "train", data_dir)  # fail now, not in every trial
+        load_split(task, "dev", data_dir)
+        _check_rungs(settings, train)
     except DataError as exc:
         if not on_cluster(settings.ray_address):
             raise
@@ -168,6 +169,17 @@ def prepare(settings: SearchSettings) -> Prepared:
                        trial_data_dir(settings.data_dir, data_dir, settings.ray_address),
                        settings.trial_memory_limit_mb, *_rung_context(settings, objectives), settings.top_seeds)
     return Prepared(settings, task, space, model, objectives, ctx, notes)
+
+
+def _check_rungs(settings: SearchSettings, train: Any) -> None:
+    """Each rung needs a step of its own; a budget of fewer steps than rungs is refused here, not
+    in every trial (a space that samples the batch size may still shorten some trials)."""
+    if settings.scheduler != "sh":
+        return
+    total = settings.budget.total_steps(len(train))
+    if total < settings.rungs:
+        raise ConfigError(f"--rungs {settings.rungs} needs at least {settings.rungs} training steps, and the budget "
+                          f"gives {total}; lower --rungs or raise --train-examples / --epochs")
 
 
 def _rung_context(settings: SearchSettings, objectives: dict[str, Objective]) -> tuple[tuple[float, ...], tuple[str, ...]]:

@@ -130,9 +130,7 @@ def _train(model, tokenizer, task, train, dev, budget, device, on_epoch, memory_
     dev_data = tokenize(subsample(dev, budget.eval_examples, budget.seed), tokenizer, budget.max_seq_length)
 
     steps_per_epoch = math.ceil(len(train_data) / budget.batch_size)
-    total = math.ceil(steps_per_epoch * budget.epochs)
-    if budget.max_steps is not None:
-        total = min(total, budget.max_steps)
+    total = budget.total_steps(len(train_data))
     warmup = int(budget.warmup_ratio * total)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=budget.learning_rate, weight_decay=budget.weight_decay)

@@ -77,6 +77,15 @@ def test_rung_ladder():
         rung_fractions(3, 1)
 
 
+def test_budget_total_steps():
+    from autopeft.config import TrainBudget
+
+    assert TrainBudget(train_examples=2048, batch_size=16).total_steps(67_349) == 128
+    assert TrainBudget(train_examples=None, batch_size=16, epochs=3).total_steps(96) == 18
+    assert TrainBudget(train_examples=100, batch_size=16, epochs=1.5).total_steps(50) == 6  # ceil(4 * 1.5)
+    assert TrainBudget(train_examples=2048, max_steps=10).total_steps(67_349) == 10
+
+
 def test_a_resumed_ledger_is_seeded_from_the_rung_values_the_study_holds():
     import optuna
 
