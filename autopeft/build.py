@@ -110,13 +110,34 @@ def load_base(model_name: str, num_labels: int, info: ModelInfo | None = None):
 def build_model(model_name: str, peft: PeftConfig, num_labels: int, seed: int = 0,
                 info: ModelInfo | None = None) -> BuiltModel:
     """Load the base model, apply ``peft``, and freeze everything but PEFT parameters and the head."""
-    import adapters
-
     info = info or inspect_model(model_name)
     peft.check_model(info.num_layers)
     torch.manual_seed(seed)  # the head and the PEFT modules are initialised from this seed
     model, tokenizer, info = load_base(model_name, num_labels, info)
     base_params = count_all(model)
+
+    names = _apply(model, peft, info)
+    trainable = count_trainable(model)
+    return BuiltModel(model, tokenizer, info, names, base_params, trainable)
+
+
+def count_trainable_params(model_name: str, peft: PeftConfig, num_labels: int, info: ModelInfo | None = None) -> int:
+    """What ``build_model(...).trainable_params`` would be, without loading a weight: the model is
+    built on the meta device (shapes only), so a search driver can check a sampled config at once."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    info = info or inspect_model(model_name)
+    peft.check_model(info.num_layers)
+    config = AutoConfig.from_pretrained(info.path, num_labels=num_labels)
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+        _apply(model, peft, info)
+    return count_trainable(model)
+
+
+def _apply(model: nn.Module, peft: PeftConfig, info: ModelInfo) -> list[str]:
+    """Add ``peft``'s adapters to ``model`` and freeze all but them and the head; their names."""
+    import adapters
 
     adapters.init(model)
     configs = adapters_configs(peft, info.num_layers, info.hidden_size)
@@ -131,10 +152,8 @@ def build_model(model_name: str, peft: PeftConfig, num_labels: int, seed: int = 
         model.train_adapter(setup)
     else:
         model.requires_grad_(False)
-
     _mark_head_and_base_trainable(model, peft)
-    trainable = count_trainable(model)
-    return BuiltModel(model, tokenizer, info, names, base_params, trainable)
+    return names
 
 
 def build_full_model(model_name: str, num_labels: int, seed: int = 0, info: ModelInfo | None = None) -> BuiltModel:

@@ -102,6 +102,14 @@ def search(
     ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help="Join an existing Ray cluster (default: start a local one)."),
     trial_memory_limit_mb: Optional[float] = typer.Option(None, help=_help(_S, "trial_memory_limit_mb")),
     retry_lost_trials: int = typer.Option(_default(_S, "retry_lost_trials"), help=_help(_S, "retry_lost_trials")),
+    scheduler: str = typer.Option(_default(_S, "scheduler"), help=_help(_S, "scheduler")),
+    rungs: int = typer.Option(_default(_S, "rungs"), help=_help(_S, "rungs")),
+    reduction_factor: int = typer.Option(_default(_S, "reduction_factor"), help=_help(_S, "reduction_factor")),
+    top_seeds: int = typer.Option(_default(_S, "top_seeds"), help=_help(_S, "top_seeds")),
+    reuse_workers: Optional[bool] = typer.Option(None, "--reuse-workers/--fresh-workers", help=_help(_S, "reuse_workers")),
+    max_params: Optional[int] = typer.Option(None, help="Constraint the sampler is told: at most this many trainable parameters."),
+    max_memory: Optional[float] = typer.Option(None, help="Constraint the sampler is told: at most this peak training memory (MB)."),
+    max_latency: Optional[float] = typer.Option(None, help="Constraint the sampler is told: at most this latency (ms/example)."),
     resume: Optional[str] = typer.Option(None, help="Continue the search of this name with the settings it was started with (from --storage / --workdir)."),
 ) -> None:
     """Run a multi-objective search and print its Pareto front.
@@ -134,7 +142,10 @@ def search(
         gpus_per_trial=gpus_per_trial, sampler=sampler, objectives=keys, seed=seed,
         data_dir=data_dir, workdir=str(Path(workdir).resolve()), storage=storage, tracking_uri=tracking_uri,
         experiment=experiment, ray_address=ray_address, trial_memory_limit_mb=trial_memory_limit_mb,
-        retry_lost_trials=retry_lost_trials)
+        retry_lost_trials=retry_lost_trials, scheduler=scheduler, rungs=rungs, reduction_factor=reduction_factor,
+        reuse_workers=reuse_workers, top_seeds=top_seeds,
+        limits={k: v for k, v in (("max_params", max_params), ("max_memory", max_memory),
+                                  ("max_latency", max_latency)) if v is not None})
     _run_and_report(settings)
 
 
@@ -145,8 +156,10 @@ def _run_and_report(settings) -> None:
     for note in prepared.notes:
         console.print(f"[yellow]note:[/] {_escape(note)}", highlight=False)
     console.print(f"search [bold]{settings.name}[/]: {settings.num_samples} trials of {settings.model} on "
-                  f"{settings.task}, space {settings.space}, sampler {settings.sampler}, scored on "
-                  f"{_selection_text(settings.budget)}")
+                  f"{settings.task}, space {settings.space}, sampler {settings.sampler}"
+                  + (f", successive halving ({settings.rungs} rungs, eta {settings.reduction_factor})"
+                     if settings.scheduler == "sh" else "")
+                  + f", scored on {_selection_text(settings.budget)}")
     try:
         result = run_search(settings, prepared=prepared)
     except KeyboardInterrupt:
@@ -159,8 +172,9 @@ def _run_and_report(settings) -> None:
         console.print("no trial completed, so there is no Pareto front")
     failed = [r for r in result.trials if r.status == "FAILED"]
     done = sum(r.status == "COMPLETE" for r in result.trials)
-    console.print(f"{done} trials completed, {len(failed)} failed. MLflow: {result.tracking_uri} "
-                  f"(parent run {result.parent_run_id})")
+    stopped = sum(r.status == "STOPPED" for r in result.trials)
+    console.print(f"{done} trials completed" + (f", {stopped} stopped early by successive halving" if stopped else "")
+                  + f", {len(failed)} failed. MLflow: {result.tracking_uri} (parent run {result.parent_run_id})")
     for r in failed:
         console.print(f"  trial {r['trial']} failed ({r['failure']}): {_escape(str(r['error']))[:300]}")
 

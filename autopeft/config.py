@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, TypeVar
 
@@ -177,6 +178,12 @@ class TrainBudget:
 
     def replace(self, **changes: Any) -> "TrainBudget":
         return dataclasses.replace(self, **changes)
+
+    def total_steps(self, split_size: int) -> int:
+        """Optimizer steps a run takes on a training split of ``split_size`` examples."""
+        n = split_size if self.train_examples is None else min(self.train_examples, split_size)
+        total = math.ceil(math.ceil(n / self.batch_size) * self.epochs)
+        return total if self.max_steps is None else min(total, self.max_steps)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

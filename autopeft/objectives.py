@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Callable
 
 from autopeft.errors import ConfigError
@@ -60,6 +60,12 @@ class Objective:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return False
         return value >= bound if self.direction == "max" else value <= bound
+
+    def violation(self, value: float, bound: float) -> float:
+        """How far ``value`` is past ``bound``, relative to it: <= 0 meets it (Optuna's constraint
+        convention). Relative, so a parameter ceiling and a latency ceiling weigh alike."""
+        over = value - bound if self.direction == "min" else bound - value
+        return over / abs(bound) if bound else over
 
     def scaled(self, value: float) -> float:
         """The value as hypervolume and plots compare it: log10 for log-scale objectives."""
@@ -113,12 +119,13 @@ def directions(objectives: dict[str, Objective]) -> dict[str, str]:
     return {k: o.direction for k, o in objectives.items()}
 
 
-def measure_all(trained: "TrainedTrial") -> dict[str, float]:
-    """Every registered objective that has a measurement, measured on a trained trial, with the
-    details each measurement reports beside its value."""
+def measure_all(trained: "TrainedTrial", keys: Iterable[str] | None = None) -> dict[str, float]:
+    """Every registered objective that has a measurement (or those of ``keys``), measured on a
+    trained trial, with the details each measurement reports beside its value."""
     out: dict[str, float] = {}
+    wanted = None if keys is None else set(keys)
     for key, obj in available_objectives().items():
-        if obj.measure is None:
+        if obj.measure is None or (wanted is not None and key not in wanted):
             continue
         value = obj.measure(trained)
         out.update({k: float(v) for k, v in value.items()} if isinstance(value, Mapping) else {key: float(value)})

@@ -22,7 +22,8 @@ def plot_pareto(records: Sequence, metric_name: str, path: str | Path, objective
 
     path = Path(path)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    done = [r for r in records if r.get("metric") is not None]
+    # Full-fidelity trials only: a successive-halving trial stopped early has low-fidelity values.
+    done = [r for r in records if r.get("metric") is not None and r.get("status", "COMPLETE") == "COMPLETE"]
     mem = [r.get(colour.key) or 0.0 for r in done]
     vmin, vmax = (min(mem), max(mem)) if mem else (0, 1)
     dominated = [r for r in done if not r["pareto"]]

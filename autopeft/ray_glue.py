@@ -8,11 +8,13 @@ search pay for (and are affected by) importing Ray.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local clusters need no token
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow is our logger
@@ -23,6 +25,10 @@ from ray.tune.search import Searcher  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from autopeft.objectives import METRIC  # noqa: E402
+from autopeft.schema import FIDELITY, RUNG, RUNGS  # noqa: E402
+
+
+_MAX_REFUSALS = 50
 
 
 def trial_dirname(trial: Any) -> str:
@@ -30,43 +36,111 @@ def trial_dirname(trial: Any) -> str:
 
 
 class StudySearcher(OptunaSearch):
-    """Ray's OptunaSearch, plus what the study must keep: which driver asked each trial (so a
+    """Ray's OptunaSearch, plus the facts the study must keep: which driver asked each trial (so a
     resumed search can tell its dead trials from a live cooperating process's), the trial target
-    of the whole study (asked atomically, so several drivers stop together at exactly the target),
-    and why each failed trial failed (a lost one's configuration is asked again)."""
+    of the whole study (asked atomically, so several drivers stop together at exactly the
+    target), why each failed trial failed (a lost one's configuration is asked again), under
+    successive halving each rung's values and the fidelity a trial's values were measured at, and
+    the search's constraints (``limits``: objective key -> (objective, bound)) as Optuna
+    constraints, so the sampler steers away from what breaks them."""
 
     # While the study is at its target and trials still run, Tune asks for a trial every step
     # (10 a second): look at the study at most this often.
     _WAIT_POLL_S = 1.0
 
-    def __init__(self, *args: Any, target: int, owner: str, retry_lost_trials: int = 0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, target: int, owner: str, retry_lost_trials: int = 0,
+                 limits: dict[str, tuple[Any, float]] | None = None, vetting: Any = None,
+                 on_reuse: Callable[[int, int], None] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._target, self._owner, self._retry_lost = target, owner, retry_lost_trials
+        self._target, self._owner, self._limits = target, owner, limits or {}
+        self._retry_lost = retry_lost_trials
         self._failed: set[str] = set()  # failed, not yet told: record_failure comes first
         self._waited_at = 0.0
+        # reuse.Vetting: duplicates are answered from the study, too-small configs refused; both
+        # without a Ray trial. on_reuse(number, source number) records a reuse in MLflow.
+        self._vetting, self._on_reuse = vetting, on_reuse
 
     def suggest(self, trial_id: str):
+        from autopeft.reuse import tell_refused, tell_reuse
         from autopeft.study import FULL, WAIT, ask_within_target
 
-        if trial_id not in self._ot_trials:
-            if time.monotonic() - self._waited_at < self._WAIT_POLL_S:
-                return None
-            ot_trial = ask_within_target(self._ot_study, self._target, self._owner)
-            if ot_trial == FULL:
+        refusals = 0
+        while True:
+            if trial_id not in self._ot_trials:
+                if time.monotonic() - self._waited_at < self._WAIT_POLL_S:
+                    return None
+                ot_trial = ask_within_target(self._ot_study, self._target, self._owner)
+                if ot_trial == FULL:
+                    return Searcher.FINISHED
+                if ot_trial == WAIT:
+                    self._waited_at = time.monotonic()
+                    return None
+                self._ot_trials[trial_id] = ot_trial
+            config = super().suggest(trial_id)
+            ot_trial = self._ot_trials[trial_id]
+            verdict, detail = ("run", None) if self._vetting is None else self._vetting.check(
+                self._ot_study.get_trials(deepcopy=False), ot_trial, config)
+            if verdict == "run":
+                return {**config, "trial_number": ot_trial.number}
+            del self._ot_trials[trial_id]  # answered without Ray: the next round asks a new trial
+            if verdict == "reuse":
+                tell_reuse(self._ot_study, ot_trial, detail)
+                if self._on_reuse is not None:
+                    self._on_reuse(ot_trial.number, detail.number)
+                continue
+            tell_refused(self._ot_study, ot_trial, detail)
+            refusals += 1
+            # Refusals are not counted, so a sampler stuck on refused configs would never reach
+            # the target: give up after this many in a row.
+            if refusals >= _MAX_REFUSALS:
+                warnings.warn(f"the sampler proposed {_MAX_REFUSALS} configurations in a row that the space "
+                              "refuses (min_trainable_params); the search stops here")
                 return Searcher.FINISHED
-            if ot_trial == WAIT:
-                self._waited_at = time.monotonic()
-                return None
-            self._ot_trials[trial_id] = ot_trial
-        config = super().suggest(trial_id)
-        return {**config, "trial_number": self._ot_trials[trial_id].number}
+
+    def save(self, checkpoint_path: str) -> None:
+        # Ray pickles the searcher's state into its experiment folder; the vetting and reuse hooks
+        # hold closures and the MLflow client, and a resumed search rebuilds them anyway.
+        hooks = self._vetting, self._on_reuse
+        self._vetting = self._on_reuse = None
+        try:
+            super().save(checkpoint_path)
+        finally:
+            self._vetting, self._on_reuse = hooks
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._keep_rung_values(trial_id, result)
+        super().on_trial_result(trial_id, result)
+
+    def _keep_rung_values(self, trial_id: str, result: dict) -> None:
+        from autopeft.study import RUNG_VALUES_ATTR
+
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and result.get(RUNG) is not None:
+            ot_trial.set_user_attr(f"{RUNG_VALUES_ATTR}{int(result[RUNG])}",
+                                   {k: result.get(k) for k in self.metric})
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        from autopeft.study import FIDELITY_ATTR, RUNG_ATTR, STOPPED_ATTR
+
         # Ray calls this before the callbacks' on_trial_error, which alone read the error; a
         # failed trial's reason must be in the study before it is told FAIL (then it is frozen).
         if error and trial_id in self._ot_trials and trial_id not in self._completed_trials:
             self._failed.add(trial_id)
             return
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and result and not error and trial_id not in self._completed_trials:
+            if result.get(RUNG) is not None:  # told at the highest rung reached: say which
+                # Ray skips on_trial_result for the report its scheduler stops a trial on.
+                self._keep_rung_values(trial_id, result)
+                rung = int(result[RUNG])
+                ot_trial.set_user_attr(RUNG_ATTR, rung)
+                ot_trial.set_user_attr(FIDELITY_ATTR, float(result[FIDELITY]))
+                if rung < int(result[RUNGS]) - 1:
+                    ot_trial.set_user_attr(STOPPED_ATTR, rung)
+            for key, (objective, bound) in self._limits.items():
+                value = result.get(key)
+                if value is not None and math.isfinite(float(value)):
+                    ot_trial.set_constraint(key, objective.violation(float(value), bound))
         super().on_trial_complete(trial_id, result, error)
 
     def record_failure(self, trial_id: str, category: str) -> bool:
@@ -110,11 +184,13 @@ class TrackingCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         keep = {k: v for k, v in result.items() if not k.startswith(_RAY_RESULT_KEYS)}
-        self.tracker.trial_result(trial.trial_id, keep)
+        self.tracker.trial_result(trial.trial_id, keep, step=int(keep.get(RUNG) or 0))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._dead_nodes.pop(trial.trial_id, None)
-        self.tracker.trial_finished(trial.trial_id)
+        last = trial.last_result or {}
+        stopped = last.get(RUNG) is not None and int(last[RUNG]) < int(last[RUNGS]) - 1
+        self.tracker.trial_finished(trial.trial_id, stopped_at_rung=int(last[RUNG]) if stopped else None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         from autopeft.cluster import lost_with_node
@@ -176,6 +252,8 @@ class ProgressCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(METRIC)
+        if result.get(RUNG) is not None and int(result[RUNG]) < int(result[RUNGS]) - 1:
+            return  # a low rung's metric is not a result to show as the best
         if value is not None and (self.best is None or value > self.best):
             self.best = value
 

@@ -28,11 +28,15 @@ def colour_objective(objectives: dict[str, Objective]) -> Objective:
 
 
 def report_data(trials: Sequence[Any], objectives: dict[str, Objective]) -> dict[str, Any]:
-    """What the report draws: completed trials in trial order, and the hypervolume after each."""
-    done = sorted((t for t in trials if t.get("metric") is not None and t.get("trainable_params")),
-                  key=lambda t: t["trial"])
+    """What the report draws: full-fidelity trials in trial order, the hypervolume after each, and
+    the trials successive halving stopped below the top rung (drawn apart: their values are
+    low-fidelity, so they neither join the front nor move the hypervolume)."""
+    scored = [t for t in trials if t.get("metric") is not None and t.get("trainable_params")]
+    done = sorted((t for t in scored if t.get("status", "COMPLETE") == "COMPLETE"), key=lambda t: t["trial"])
+    stopped = sorted((t for t in scored if t.get("status") == "STOPPED"), key=lambda t: t["trial"])
     points = [[o.scaled(t[k]) if t.get(k) is not None else math.nan for k, o in objectives.items()] for t in done]
-    return {"trials": done, "hypervolume": hypervolume_history(points, [o.direction for o in objectives.values()])}
+    return {"trials": done, "stopped": stopped,
+            "hypervolume": hypervolume_history(points, [o.direction for o in objectives.values()])}
 
 
 def write_report(trials: Sequence[Any], objectives: dict[str, Objective], metric_name: str,
@@ -60,6 +64,13 @@ def write_report(trials: Sequence[Any], objectives: dict[str, Objective], metric
                         colorscale="Viridis", cmin=cmin, cmax=cmax, showscale=on_front,
                         colorbar=dict(title=colour.unit or colour.label, x=1.02) if on_front else None,
                         line=dict(width=1.5 if on_front else 0, color="black"))), row=1, col=1)
+    if data["stopped"]:
+        fig.add_trace(go.Scatter(
+            x=[t["trainable_params"] for t in data["stopped"]], y=[t["metric"] for t in data["stopped"]],
+            mode="markers", name="stopped early (low fidelity)", opacity=0.35,
+            text=[_hover(t, metric_name, objectives) for t in data["stopped"]], hoverinfo="text",
+            customdata=[t["trial"] for t in data["stopped"]], marker=dict(size=8, symbol="x", color="grey")),
+            row=1, col=1)
     front = sorted((t for t in done if t.get("pareto")), key=lambda t: t["trainable_params"])
     if front:
         fig.add_trace(go.Scatter(x=[t["trainable_params"] for t in front], y=[t["metric"] for t in front],
@@ -133,6 +144,9 @@ def _hover(t: Any, metric_name: str, objectives: dict[str, Objective]) -> str:
     if PEAK_MEMORY_MB not in objectives:
         extra.append(get_objective(PEAK_MEMORY_MB))
     lines += [f"{o.label} {o.format(t.get(o.key))} {o.unit}".rstrip() for o in extra if t.get(o.key) is not None]
+    if t.get("fidelity") is not None:  # successive halving: how much of the budget it had
+        stop = " (stopped there)" if t.get("status") == "STOPPED" else ""
+        lines.append(f"fidelity {t['fidelity']:.3g} of the budget, rung {int(t['rung'])}{stop}")
     config = "<br>   + ".join(str(t.get("peft", "")).split(" + "))
     return f"<b>trial {t['trial']}</b><br>" + "<br>".join(lines) + f"<br>{config}"
 

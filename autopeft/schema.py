@@ -10,7 +10,11 @@ Runs of a search, in one MLflow experiment:
 - trial run (``autopeft.kind=trial``, nested): sampled params (``train/<field>`` for training
   settings), one metric per report number (objectives included), tags ``autopeft.trial``,
   ``autopeft.trial_number``, ``autopeft.peft``, ``autopeft.<RESULT_TAGS>``, and on failure
-  ``autopeft.failure`` / ``autopeft.error`` plus ``traceback.txt``.
+  ``autopeft.failure`` / ``autopeft.error`` plus ``traceback.txt``. Under successive halving each
+  rung's report is logged at step = rung, tags ``autopeft.rung`` / ``autopeft.fidelity`` hold
+  the highest rung reached, and a trial stopped below the top rung is FINISHED with
+  ``autopeft.stopped_at_rung``. A duplicate configuration is not trained: its run copies the
+  earlier trial's params, metrics and configuration and carries ``autopeft.reuse_of``.
 - train run (``autopeft.kind=train``): ``autopeft train``, nested under the search it came from.
 """
 
@@ -42,10 +46,15 @@ SELECT_SPLIT_TAG = "autopeft.select_split"  # train run: the split its best epoc
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
 # MLflow 3's UI opens a model-training experiment on its runs (otherwise on the GenAI traces overview).
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
-# Text fields of a trial's report kept as tags ``autopeft.<key>``: where and how it ran, and the
-# split its metrics are on (EVAL_SPLIT).
+# Successive halving: report keys (rung reached, rungs in all, share of the full budget) and
+# the tag a trial stopped below the top rung carries (its rung). Optuna user attrs reuse the keys.
+RUNG, RUNGS, FIDELITY = "rung", "rungs", "fidelity"
+STOPPED_TAG = "autopeft.stopped_at_rung"
+REUSE_TAG = "autopeft.reuse_of"  # a trial answered from an earlier trial's result: that trial's number
+# Fields of a trial's report kept as tags ``autopeft.<key>``: where and how it ran, how far it got,
+# and the split its metrics are on (EVAL_SPLIT).
 EVAL_SPLIT = "eval_split"  # report key: "dev" or "holdout"
-RESULT_TAGS = ("node_id", "hostname", "device", "memory_measure", EVAL_SPLIT)
+RESULT_TAGS = ("node_id", "hostname", "device", "memory_measure", RUNG, FIDELITY, EVAL_SPLIT)
 
 
 def result_tag(key: str) -> str:
@@ -99,7 +108,9 @@ class TrialRecord(Mapping):
 
     trial: int  # Optuna trial number
     run_id: str
-    status: str  # COMPLETE | FAILED | INTERRUPTED | RUNNING
+    # COMPLETE | STOPPED (successive halving, below the top rung) | REUSED (a duplicate of an
+    # earlier trial, its values copied; fronts hold the original) | FAILED | INTERRUPTED | RUNNING
+    status: str
     peft: str = ""  # the configuration, compact
     peft_words: str | None = None  # the configuration in words
     failure: str | None = None  # one of FAILURES
@@ -139,6 +150,10 @@ def trial_record(run: Any) -> TrialRecord:
     status = RUN_STATUS.get(run.info.status, run.info.status)
     if status == "COMPLETE" and "metric" not in metrics:
         status = "FAILED"  # finished without a report: nothing to put on a front
+    if status == "COMPLETE" and STOPPED_TAG in tags:
+        status = "STOPPED"  # a low-fidelity result: the sampler learnt from it, fronts leave it out
+    if status in ("COMPLETE", "STOPPED") and REUSE_TAG in tags:
+        status = "REUSED"
     values = dict(metrics)
     if "trainable_params" in values:
         values["trainable_params"] = int(values["trainable_params"])

@@ -18,6 +18,7 @@ from typing import Any
 from autopeft.cluster import check_ray_address, check_resources, connect, on_cluster, trial_data_dir
 from autopeft.config import TrainBudget
 from autopeft.errors import ConfigError, DataError
+from autopeft.fidelity import DEFAULT_REDUCTION_FACTOR, DEFAULT_RUNGS, rung_fractions
 from autopeft.objectives import DEFAULT_OBJECTIVES, METRIC, PEAK_MEMORY_MB, Objective, resolve_objectives
 from autopeft.results import SearchRecord
 from autopeft.samplers import DEFAULT_SAMPLER, SAMPLERS
@@ -27,6 +28,12 @@ from autopeft.trial import TrialContext
 
 def _field_help(text: str) -> dict[str, Any]:
     return {"help": text}
+
+
+SCHEDULERS = ("fifo", "sh")
+# Every trial at the full budget stays the default until benchmarks/multifidelity.py has been
+# run on the three tasks and shows successive halving ahead (benchmarks/README.md).
+DEFAULT_SCHEDULER = "fifo"
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,21 @@ class SearchSettings:
     retry_lost_trials: int = field(default=1, metadata=_field_help(
         "ask a configuration again, up to this many times, when its trial dies with its Ray node or worker "
         "process (0: count it as failed)"))
+    scheduler: str = field(default=DEFAULT_SCHEDULER, metadata=_field_help(
+        "trial scheduler. fifo: every trial gets the full budget; sh: multi-objective successive halving (rungs over "
+        "training steps and scored rows; a trial goes on past a rung only if in the Pareto-ranked top 1/eta)"))
+    rungs: int = field(default=DEFAULT_RUNGS, metadata=_field_help(
+        "successive halving: number of rungs; the lowest gets 1/eta**(rungs-1) of the budget"))
+    reduction_factor: int = field(default=DEFAULT_REDUCTION_FACTOR, metadata=_field_help(
+        "successive halving: eta, each rung keeps the top 1/eta and gives it eta times the budget"))
+    top_seeds: int = field(default=1, metadata=_field_help(
+        "seeds each config is trained with at the full budget (the top rung under sh); its metric is their "
+        "mean and the spread is reported (metric_std, metric_min, metric_seed<i>)"))
+    reuse_workers: bool | None = field(default=None, metadata=_field_help(
+        "run trials one after another in the same worker processes (model code imported and data read once); "
+        "default: yes, unless peak_memory_mb is an objective on CPU, where a fresh process measures it best"))
+    limits: dict[str, float] = field(default_factory=dict, metadata=_field_help(
+        "constraints the sampler is told (max_params, max_memory, ...: an objective's limit name -> bound)"))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
@@ -124,7 +146,15 @@ def prepare(settings: SearchSettings) -> Prepared:
         raise ConfigError(f"--retry-lost-trials must be 0 or more, got {settings.retry_lost_trials}")
     from autopeft.heartbeat import interval_s
     interval_s()  # a malformed AUTOPEFT_HEARTBEAT_S fails here, not in the driver's thread
+    if settings.scheduler not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler {settings.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    if settings.top_seeds < 1:
+        raise ConfigError(f"--top-seeds must be at least 1, got {settings.top_seeds}")
+    if settings.rungs < 2 or settings.reduction_factor < 2:
+        raise ConfigError(f"--rungs and --reduction-factor must be at least 2, got {settings.rungs} and "
+                          f"{settings.reduction_factor}")
     objectives = settings.objective_entries()
+    limit_objectives(settings.limits)
     check_database_url(settings.storage_url(), "--storage")
     check_reachable(resolve_tracking_uri(settings.tracking_uri))
     task = load_task(settings.task)
@@ -135,7 +165,8 @@ def prepare(settings: SearchSettings) -> Prepared:
     try:
         data_dir = resolve_data_dir(settings.data_dir)
         b = settings.budget  # the trials' splits, holdout included: fail now, not in every trial
-        load_splits(task, data_dir, b.select_on, b.holdout_size, b.holdout_seed)
+        splits = load_splits(task, data_dir, b.select_on, b.holdout_size, b.holdout_seed)
+        _check_rungs(settings, splits.train)
     except DataError as exc:
         if not on_cluster(settings.ray_address):
             raise
@@ -144,8 +175,41 @@ def prepare(settings: SearchSettings) -> Prepared:
         notes.append(f"the data was not checked here (the workers resolve it): {exc}")
     ctx = TrialContext(_model_ref(settings.model), _task_ref(task, settings.task), settings.budget,
                        trial_data_dir(settings.data_dir, data_dir, settings.ray_address),
-                       settings.trial_memory_limit_mb)
+                       settings.trial_memory_limit_mb, *_rung_context(settings, objectives), settings.top_seeds)
     return Prepared(settings, task, space, model, objectives, ctx, notes)
+
+
+def _check_rungs(settings: SearchSettings, train: Any) -> None:
+    """Each rung needs a step of its own; a budget of fewer steps than rungs is refused here, not
+    in every trial (a space that samples the batch size may still shorten some trials)."""
+    if settings.scheduler != "sh":
+        return
+    total = settings.budget.total_steps(len(train))
+    if total < settings.rungs:
+        raise ConfigError(f"--rungs {settings.rungs} needs at least {settings.rungs} training steps, and the budget "
+                          f"gives {total}; lower --rungs or raise --train-examples / --epochs")
+
+
+def _rung_context(settings: SearchSettings, objectives: dict[str, Objective]) -> tuple[tuple[float, ...], tuple[str, ...]]:
+    if settings.scheduler != "sh":
+        return (), ()
+    return rung_fractions(settings.rungs, settings.reduction_factor), tuple(objectives)
+
+
+def limit_objectives(limits: dict[str, float]) -> dict[str, tuple[Objective, float]]:
+    """Search constraints by objective key: ``{"max_params": 5e4}`` -> ``{"trainable_params": (obj, 5e4)}``."""
+    from autopeft.objectives import available_objectives
+
+    known = {o.limit: o for o in available_objectives().values() if o.limit}
+    unknown = sorted(set(limits) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown constraint(s) {unknown}; known: {', '.join(sorted(known))}")
+    out = {}
+    for name, bound in limits.items():
+        if known[name].direction == "min" and not float(bound) > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {bound}")
+        out[known[name].key] = (known[name], float(bound))
+    return out
 
 
 def _model_ref(given: str) -> str:
@@ -200,6 +264,9 @@ def open_stores(prep: Prepared) -> Stores:
         "model": settings.model, "task": prep.task.name, "space": settings.space, "sampler": settings.sampler,
         "num_samples": settings.num_samples, schema.OBJECTIVES_PARAM: ",".join(prep.objectives),
         "seed": settings.seed, **{f"{schema.BUDGET_PREFIX}{k}": v for k, v in settings.budget.to_dict().items()},
+        "scheduler": settings.scheduler, "top_seeds": settings.top_seeds,
+        **({"rungs": settings.rungs, "reduction_factor": settings.reduction_factor} if settings.scheduler == "sh" else {}),
+        **{f"limit/{k}": v for k, v in settings.limits.items()},
         schema.TASK_REF_PARAM: prep.context.task,
     }, tags={schema.TASK_TAG: prep.task.name, schema.MODEL_TAG: settings.model,
              schema.METRIC_NAME_TAG: prep.task.primary_metric, schema.EVAL_SPLIT_TAG: settings.budget.select_on})
@@ -255,7 +322,8 @@ def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> No
             space=prep.space.define_by_run(prep.model.num_layers), metric=list(prep.objectives),
             mode=[o.direction for o in prep.objectives.values()], sampler=stores.sampler, storage=stores.storage,
             study_name=settings.name, seed=settings.seed, target=settings.num_samples, owner=stores.owner,
-            retry_lost_trials=settings.retry_lost_trials)
+            retry_lost_trials=settings.retry_lost_trials,
+            limits=limit_objectives(settings.limits), vetting=_vetting(prep), on_reuse=stores.tracker.trial_reused)
         tracking.searcher = searcher  # records each failure in the study, with its reason
         trainable = tune.with_resources(
             tune.with_parameters(ray_trainable, context=prep.context.to_dict()),
@@ -263,8 +331,10 @@ def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> No
         tuner = tune.Tuner(
             trainable,
             # Unbounded: the searcher ends the search at the study's target (trials asked again, by
-            # this driver or a cooperating one, need samples beyond `remaining`).
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
+            # this driver or a cooperating one, and duplicates answered without Ray, need samples
+            # beyond `remaining`).
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(prep, stores), num_samples=-1,
+                                        reuse_actors=reuse_workers(settings),
                                         max_concurrent_trials=settings.max_concurrent_trials,
                                         trial_dirname_creator=ray_glue.trial_dirname),
             run_config=tune.RunConfig(
@@ -278,6 +348,41 @@ def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> No
     finally:
         if started_ray:
             ray.shutdown()  # stops this driver's trials before finalize marks them
+
+
+def reuse_workers(settings: SearchSettings) -> bool:
+    """Whether trials reuse worker processes (Ray actor reuse): the fixed cost of a trial falls
+    from process start + imports + data loading to building the model. On CPU the peak-memory
+    figure is RSS, which a reused process inflates with what the allocator kept, so a search that
+    optimises memory on CPU keeps one process per trial unless told otherwise."""
+    if settings.reuse_workers is not None:
+        return settings.reuse_workers
+    return settings.gpus_per_trial > 0 or PEAK_MEMORY_MB not in settings.objectives
+
+
+def _vetting(prep: Prepared) -> Any:
+    """Duplicates answered from the study; configs below the space's minimum size refused."""
+    from autopeft.reuse import Vetting
+
+    def count(peft: Any) -> int:
+        from autopeft.build import count_trainable_params  # imports adapters: only when a space asks
+
+        return count_trainable_params(prep.settings.model, peft, prep.task.num_labels, prep.model)
+    return Vetting(prep.settings.budget, prep.space.min_trainable_params, count)
+
+
+def _scheduler(prep: Prepared, stores: Stores) -> Any:
+    """None (Ray's FIFO) or successive halving, its ledger seeded with the rungs the study already holds."""
+    if prep.settings.scheduler != "sh":
+        return None
+    from autopeft.fidelity import RungLedger
+    from autopeft.scheduler import ParetoHalvingScheduler
+    from autopeft.study import rung_values
+
+    ledger = RungLedger(prep.objectives, prep.settings.rungs, prep.settings.reduction_factor)
+    for number, rung, values in rung_values(stores.study.get_trials(deepcopy=False)):
+        ledger.record(str(number), rung, values)
+    return ParetoHalvingScheduler(ledger)
 
 
 # ---------------------------------------------------------------------------- phase 4: finalize

@@ -17,6 +17,7 @@ Schema (every key optional unless said)::
         <param>: <domain>          # the method's parameters (size/rank/length, alpha, targets, ...)
     training:                      # optional: training settings to search too
       learning_rate: <domain>      #   sampled as "train/learning_rate"
+    min_trainable_params: 1000     # refuse sampled configs training fewer parameters (head included)
     warm_start:                    # configurations evaluated first (e.g. known-good baselines):
       - {"seq_bn/layer*/size": 64} #   flat parameter values; "layer*" expands to every layer;
                                    #   parameters not given are sampled as usual
@@ -217,6 +218,9 @@ class SearchSpace:
     warm_start: tuple[dict[str, Any], ...] = ()
     source: str = "<memory>"
     lines: dict[str, int] = field(default_factory=dict, compare=False)  # dotted key -> line in its file
+    # Sampled configs training fewer parameters (head included) are refused before they run: e.g.
+    # the head-only config, which a size-0 everywhere point of a per-layer space can produce.
+    min_trainable_params: int = 0
 
     def check_model(self, num_layers: int) -> None:
         for m in self.methods:
@@ -345,10 +349,13 @@ def parse_space(data: Any, source: str = "<memory>", name: str | None = None,
 def _parse_space(data: Any, source: str, name: str | None, lines: Mapping[str, int]) -> SearchSpace:
     if not isinstance(data, Mapping):
         raise SpaceError("", "a search space is a YAML mapping with a 'methods' key")
-    unknown = sorted(set(data) - {"description", "methods", "training", "warm_start"})
+    unknown = sorted(set(data) - {"description", "methods", "training", "warm_start", "min_trainable_params"})
     if unknown:
         raise SpaceError(unknown[0], f"unknown top-level key(s) {unknown}; allowed: description, methods, training, "
-                                     f"warm_start")
+                                     f"warm_start, min_trainable_params")
+    min_trainable = data.get("min_trainable_params", 0)
+    if not isinstance(min_trainable, int) or isinstance(min_trainable, bool) or min_trainable < 0:
+        raise SpaceError("min_trainable_params", f"min_trainable_params must be a whole number >= 0, got {min_trainable!r}")
     methods_raw = data.get("methods")
     if not isinstance(methods_raw, Mapping) or not methods_raw:
         raise SpaceError("methods", "'methods' must map at least one PEFT method to its settings")
@@ -385,6 +392,7 @@ def _parse_space(data: Any, source: str, name: str | None, lines: Mapping[str, i
         warm_start=tuple(dict(p) for p in warm),
         source=source,
         lines=dict(lines),
+        min_trainable_params=min_trainable,
     )
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
-from typing import Any, Collection, Iterable
+from typing import Any, Collection, Iterable, Iterator
 
 import optuna
 import psutil
@@ -40,6 +40,11 @@ FAILURE_ATTR = "autopeft_failure"
 INTERRUPTED_ATTR = "autopeft_interrupted"
 ASKED_AGAIN_ATTR = "autopeft_asked_again"
 RETRIES_ATTR = "autopeft_retries"
+REFUSED_ATTR = "autopeft_refused"  # a sampled config the space refused (reuse.py): not counted
+# Successive halving, per trial: the objective values at rung k (``autopeft_rung_values_k``), the
+# highest rung reached and its share of the full budget, and the rung a stopped trial stopped at.
+RUNG_VALUES_ATTR = "autopeft_rung_values_"
+RUNG_ATTR, FIDELITY_ATTR, STOPPED_ATTR = "autopeft_rung", "autopeft_fidelity", "autopeft_stopped_at_rung"
 
 # What ask_within_target answers when it asks nothing.
 FULL = "full"  # the target is reached and every counted trial has finished: the search is done
@@ -71,9 +76,22 @@ def owner_alive(owner: str | None) -> bool | None:
 
 def counted(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     """Trials that count towards the target: asked and not replaced by a trial asked again
-    (interrupted ones, lost ones asked again); waiting ones are not asked yet."""
+    (interrupted ones, lost ones asked again), and not refused by the space; waiting ones are not
+    asked yet."""
     return [t for t in trials if t.state != TrialState.WAITING
-            and not t.user_attrs.get(INTERRUPTED_ATTR) and not t.user_attrs.get(ASKED_AGAIN_ATTR)]
+            and not t.user_attrs.get(INTERRUPTED_ATTR) and not t.user_attrs.get(ASKED_AGAIN_ATTR)
+            and REFUSED_ATTR not in t.user_attrs]
+
+
+def rung_values(trials: Iterable[FrozenTrial]) -> Iterator[tuple[int, int, dict[str, float]]]:
+    """(trial number, rung, objective values) of every rung report the study holds: what a
+    resumed search's scheduler decides against. Interrupted trials are left out: they run again."""
+    for t in trials:
+        if t.user_attrs.get(INTERRUPTED_ATTR):
+            continue
+        for key, values in t.user_attrs.items():
+            if key.startswith(RUNG_VALUES_ATTR):
+                yield t.number, int(key[len(RUNG_VALUES_ATTR):]), values
 
 
 def driver_alive(trial: FrozenTrial, stale_trial_ids: Collection[int] = (), released: Collection[str] = (),

@@ -25,7 +25,7 @@ from autopeft.stores import absolute, open_with_retry, sqlite_path
 
 # Front CSV columns before and after the objectives (which come from the search's objective keys).
 _FRONT_LEAD = ("trial", "pareto")
-_FRONT_TAIL = ("trainable_percent", "train_seconds", "eval_seconds", "status", "peft", "run_id")
+_FRONT_TAIL = ("trainable_percent", "train_seconds", "eval_seconds", "status", "fidelity", "peft", "run_id")
 # Not stored: Ray lost touch with the trial's process before it knew why; the driver then asks the
 # cluster whether the trial's node died (autopeft.cluster.lost_with_node) and records one of LOST_FAILURES.
 UNREACHABLE = "unreachable"
@@ -135,14 +135,17 @@ class SearchTracker:
         return trial_id in self._trial_runs
 
     def trial_finished(self, trial_id: str, error: str | None = None, failure: tuple[str, str] | None = None,
-                       asked_again: bool = False) -> None:
-        """End a trial's run: FINISHED, or FAILED with its reason tagged and traceback attached.
+                       asked_again: bool = False, stopped_at_rung: int | None = None) -> None:
+        """End a trial's run: FINISHED (tagged with its rung if successive halving stopped it
+        early), or FAILED with its reason tagged and traceback attached.
 
         ``failure`` (category, reason) when the caller knows better than the traceback says.
         """
         run_id = self._trial_runs.get(trial_id)
         if run_id is None:
             return
+        if stopped_at_rung is not None:
+            self.client.set_tag(run_id, schema.STOPPED_TAG, str(stopped_at_rung))
         if error is not None:
             category, reason = failure or classify_failure(error)
             self.client.set_tag(run_id, FAILURE_TAG, category)
@@ -151,6 +154,27 @@ class SearchTracker:
                 self.client.set_tag(run_id, ASKED_AGAIN_TAG, "true")
             self.client.log_text(run_id, error, schema.TRACEBACK_ARTIFACT)
         self.client.set_terminated(run_id, "FAILED" if error is not None else "FINISHED")
+
+    def trial_reused(self, number: int, source: int) -> None:
+        """Record trial ``number`` as answered by trial ``source``'s result (no training): a
+        FINISHED run with the source's params, metrics, tags and configuration, tagged as a reuse."""
+        from mlflow.entities import Metric
+
+        runs = [r for r in self.trial_runs() if r.data.tags.get(TRIAL_NUMBER_TAG) == str(source)]
+        if not runs:
+            return
+        src = runs[0]
+        keep = {k: v for k, v in src.data.tags.items() if k.startswith("autopeft.") and k not in (TRIAL_TAG,)}
+        run = self.client.create_run(self.experiment_id, run_name=f"{self.search_name}-t{number:03d}", tags={
+            **keep, PARENT_TAG: self.parent_id, TRIAL_NUMBER_TAG: str(number), schema.REUSE_TAG: str(source)})
+        self._log_params(run.info.run_id, src.data.params)
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, 0) for k, v in src.data.metrics.items()]
+        for i in range(0, len(metrics), 1000):  # MLflow caps a batch at 1000 metrics
+            self.client.log_batch(run.info.run_id, metrics=metrics[i:i + 1000])
+        config = self.client.download_artifacts(src.info.run_id, schema.PEFT_CONFIG_ARTIFACT)
+        self.client.log_dict(run.info.run_id, json.loads(Path(config).read_text()), schema.PEFT_CONFIG_ARTIFACT)
+        self.client.set_terminated(run.info.run_id, "FINISHED")
 
     def mark_interrupted(self, numbers: Sequence[int]) -> None:
         """Trials whose driver died or was stopped: KILLED, and said so.
@@ -207,6 +231,8 @@ class SearchTracker:
         summary = {"trials_completed": len(done), "trials_failed": sum(r.status == "FAILED" for r in records),
                    "trials_interrupted": sum(r.status == "INTERRUPTED" for r in records),
                    "trials_lost": sum(r.failure in LOST_FAILURES for r in records),
+                   "trials_stopped": sum(r.status == "STOPPED" for r in records),
+                   "trials_reused": sum(r.status == "REUSED" for r in records),
                    "pareto_size": sum(r.pareto for r in records)}
         if done:
             summary[f"best_{metric_name}"] = max(r["metric"] for r in done)

@@ -6,12 +6,13 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from autopeft.config import TrainBudget
 from autopeft.errors import AutopeftError
+from autopeft.fidelity import rung_rows, rung_steps
 from autopeft.memory import PeakMemory, TrialOutOfMemory
 from autopeft.tasks import Split, TaskSpec, compute_metrics
 
@@ -34,6 +35,14 @@ class Batches:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def sample(self, n: int, seed: int) -> "Batches":
+        """``n`` examples drawn with ``seed`` (all when ``n`` covers them); files are often sorted,
+        so a prefix would not stand for the split."""
+        if n >= len(self):
+            return self
+        idx = sorted(random.Random(seed).sample(range(len(self)), n))
+        return Batches([self.input_ids[i] for i in idx], [self.labels[i] for i in idx])
 
     def batch(self, idx: list[int], pad_id: int, regression: bool) -> dict[str, torch.Tensor]:
         rows = [self.input_ids[i] for i in idx]
@@ -156,7 +165,9 @@ def train_and_evaluate(model: torch.nn.Module, tokenizer: Any, task: TaskSpec, t
                        budget: TrainBudget, device: torch.device | str = "cpu",
                        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
                        memory_limit_mb: float | None = None,
-                       on_step: Callable[[int, int, float], None] | None = None) -> TrainResult:
+                       on_step: Callable[[int, int, float], None] | None = None,
+                       rungs: Sequence[float] = (),
+                       on_rung: Callable[[int, TrainResult], bool] | None = None) -> TrainResult:
     """Train the trainable parameters of ``model`` under ``budget``; score it on ``dev``.
 
     ``dev`` is whatever split scores the run: the task's dev split, or the held-out selection
@@ -168,15 +179,20 @@ def train_and_evaluate(model: torch.nn.Module, tokenizer: Any, task: TaskSpec, t
     Raises TrainingDiverged on a NaN/exploding loss and TrialOutOfMemory past ``memory_limit_mb``
     (peak training memory, measured as PeakMemory does) or when the device runs out.
     ``on_step(step, total, loss)``, when given, is called after each optimizer step (progress bars).
+    ``rungs`` (shares of the budget, the last 1.0; ``fidelity.rung_fractions``) with ``on_rung``:
+    at each rung but the last, ``rung_rows`` of the scoring split are scored and
+    ``on_rung(rung, result so far)`` is called; training goes on (same weights, optimizer and
+    schedule) if it returns True, else that result is returned.
     """
     try:
         return _train(model, tokenizer, task, train, dev, budget, torch.device(device), on_epoch, memory_limit_mb,
-                      on_step)
+                      on_step, rungs, on_rung)
     except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
         raise TrialOutOfMemory(f"out of memory on {device}: {exc}; lower the batch size or the size") from None
 
 
-def _train(model, tokenizer, task, train, dev, budget, device, on_epoch, memory_limit_mb, on_step) -> TrainResult:
+def _train(model, tokenizer, task, train, dev, budget, device, on_epoch, memory_limit_mb, on_step,
+           rungs=(), on_rung=None) -> TrainResult:
     model.to(device)
     pad_id = tokenizer.pad_token_id
     train_data = tokenize(subsample(train, budget.train_examples, budget.seed), tokenizer, budget.max_seq_length)
@@ -187,9 +203,7 @@ def _train(model, tokenizer, task, train, dev, budget, device, on_epoch, memory_
         train_data = Batches(train_data.input_ids, scale.standardise(train_data.labels))
 
     steps_per_epoch = math.ceil(len(train_data) / budget.batch_size)
-    total = math.ceil(steps_per_epoch * budget.epochs)
-    if budget.max_steps is not None:
-        total = min(total, budget.max_steps)
+    total = budget.total_steps(len(train_data))
     warmup = int(budget.warmup_ratio * total)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=budget.learning_rate, weight_decay=budget.weight_decay)
@@ -205,6 +219,9 @@ def _train(model, tokenizer, task, train, dev, budget, device, on_epoch, memory_
     step, epoch, losses, history = 0, 0, [], []
     t0 = time.perf_counter()
     eval_seconds = 0.0
+    # Rungs below the top: step -> rung index. The schedule above spans the full budget, so a
+    # trial that goes on continues the very run it would have been without rungs.
+    rung_at = {s: k for k, s in enumerate(rung_steps(rungs, total)[:-1])} if rungs and on_rung else {}
     with PeakMemory(device, limit_mb=memory_limit_mb) as mem:
         while step < total:
             model.train()
@@ -235,6 +252,18 @@ def _train(model, tokenizer, task, train, dev, budget, device, on_epoch, memory_
                 step += 1
                 if on_step is not None:
                     on_step(step, total, value)
+                if step in rung_at:
+                    k = rung_at[step]
+                    te = time.perf_counter()
+                    rows = dev_data.sample(rung_rows(rungs[k], len(dev_data)), budget.seed)
+                    metrics = evaluate(model, rows, task, pad_id, budget.batch_size * 2, device, scale)
+                    eval_seconds += time.perf_counter() - te
+                    model.train()
+                    tail = losses[-max(1, steps_per_epoch):]
+                    partial = TrainResult(metrics, sum(tail) / len(tail), step, time.perf_counter() - t0 - eval_seconds,
+                                          eval_seconds, mem.current_peak_mb(), mem.kind, history, scale)
+                    if not on_rung(k, partial):
+                        return partial
             epoch += 1
             if on_epoch is not None:
                 te = time.perf_counter()

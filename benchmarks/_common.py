@@ -234,3 +234,26 @@ def log_mlflow(run_name: str, params: dict[str, Any], metrics: dict[str, float],
         mlflow.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)})
         for path in artifacts:
             mlflow.log_artifact(str(path))
+
+
+def finish_hv_plot(fig: Any, axes: Iterable[Any], level: float, xlabel: str, path: Path) -> None:
+    """The hypervolume-progress plots' common ending: the target level as a dashed line on each
+    axis, labels and legend, saved as a PNG."""
+    for ax in axes:
+        ax.axhline(level, ls="--", color="black", lw=0.8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("hypervolume / best final hypervolume")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def parse_with_data_dir(ap: Any) -> Any:
+    """Add the options every quality benchmark takes (--workers, --data-dir) and parse; no data
+    folder is one line and exit code 2 (argparse's own error)."""
+    ap.add_argument("--workers", type=int, default=2, help="runs at a time, one process and one thread each")
+    ap.add_argument("--data-dir", default=os.environ.get("AUTOPEFT_DATA_DIR"))
+    args = ap.parse_args()
+    if not args.data_dir:
+        ap.error("give --data-dir or AUTOPEFT_DATA_DIR (a folder laid out like GLUE's, e.g. ../shared/data)")
+    return args

@@ -5,9 +5,13 @@ Side by side, in one run, on the embedded model and real SST-2:
      torch loop (benchmarks/_bare_loop.py) in a fresh process with one thread;
   2. autopeft: a 1-trial search (Ray Tune + Optuna + MLflow) of the same configuration, budget and
      thread count; the trial's wall time is its MLflow run (from Ray starting it to its result);
-  3. throughput: N identical trials with --max-concurrent-trials 1, then 2.
+  3. throughput: N identical trials with --max-concurrent-trials 1, then 2;
+  4. fixed cost per trial (its MLflow run's wall time minus its training and scoring seconds:
+     process start, imports, data and model load, reporting), N trials one at a time in fresh
+     worker processes (--fresh-workers) and in reused ones (--reuse-workers), side by side.
 
     AUTOPEFT_DATA_DIR=../shared/data python benchmarks/overhead.py [--train-examples 512] [--trials 4]
+    AUTOPEFT_DATA_DIR=../shared/data python benchmarks/overhead.py --only fixed-cost --trials 4
 
 Prints ratios; writes benchmarks/results/overhead.csv and logs to MLflow (experiment
 autopeft-benchmarks, ./mlflow.db unless MLFLOW_TRACKING_URI is set).
@@ -42,12 +46,17 @@ def bare(data_dir: str, budget: TrainBudget) -> dict:
     return {**json.loads(out.stdout.strip().splitlines()[-1]), "wall_seconds": time.perf_counter() - t0}
 
 
-def search(root: Path, name: str, data_dir: str, budget: TrainBudget, trials: int, concurrent: int) -> dict:
+def search(root: Path, name: str, data_dir: str, budget: TrainBudget, trials: int, concurrent: int,
+           reuse_workers: bool | None = None) -> dict:
+    # N trials of one configuration: a learning rate within 0.2% of the budget's keeps each a run
+    # of its own (an identical config would be answered from the first, untrained: reuse.py).
     space = root / "fixed.yaml"
-    space.write_text(SPACE)
+    space.write_text(SPACE + f"training:\n  learning_rate: {{low: {budget.learning_rate * 0.999}, "
+                             f"high: {budget.learning_rate * 1.001}}}\n")
     settings = SearchSettings(name=name, task="sst2", space=str(space), budget=budget, num_samples=trials,
                               max_concurrent_trials=concurrent, cpus_per_trial=1, data_dir=data_dir,
-                              workdir=str(root / name), tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+                              workdir=str(root / name), tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+                              reuse_workers=reuse_workers)
     t0 = time.perf_counter()
     result = run_search(settings, show_progress=False)
     wall = time.perf_counter() - t0
@@ -56,7 +65,14 @@ def search(root: Path, name: str, data_dir: str, budget: TrainBudget, trials: in
     client = MlflowClient(result.tracking_uri)
     runs = [client.get_run(r["run_id"]) for r in result.trials]
     trial_walls = [(r.info.end_time - r.info.start_time) / 1000 for r in runs]
+    # Fixed cost: the trial's wall time less training, scoring and measuring the objectives after
+    # training (latency: a per-config measurement, not overhead). setup_seconds is the part the
+    # trial itself saw (data and model loading); the rest is process start, Ray and reporting.
+    fixed = [w - t["train_seconds"] - t["eval_seconds"] - t.get("measure_seconds", 0.0)
+             for w, t in zip(trial_walls, result.trials)]
     return {"wall_seconds": wall, "trial_wall_seconds": sum(trial_walls) / len(trial_walls),
+            "fixed_seconds": fixed, "setup_seconds": [t.get("setup_seconds") for t in result.trials],
+            "measure_seconds": [t.get("measure_seconds") for t in result.trials],
             "train_seconds": sum(r["train_seconds"] for r in result.trials) / len(runs),
             "eval_seconds": sum(r["eval_seconds"] for r in result.trials) / len(runs),
             "accuracy": sum(r["metric"] for r in result.trials) / len(runs), "trials": len(runs)}
@@ -67,10 +83,16 @@ def main() -> None:
     ap.add_argument("--train-examples", type=int, default=512)
     ap.add_argument("--trials", type=int, default=4)
     ap.add_argument("--data-dir", default=os.environ.get("AUTOPEFT_DATA_DIR"))
+    ap.add_argument("--only", choices=("all", "fixed-cost"), default="all",
+                    help="fixed-cost: only the per-trial fixed cost, fresh vs reused worker processes")
+    ap.add_argument("--eval-examples", type=int, default=None, help="dev rows scored (default: all 872)")
     args = ap.parse_args()
     if not args.data_dir:
         sys.exit("give --data-dir or AUTOPEFT_DATA_DIR (a folder laid out like GLUE's)")
-    budget = TrainBudget(train_examples=args.train_examples)
+    budget = TrainBudget(train_examples=args.train_examples, eval_examples=args.eval_examples)
+    fixed_cost(args, budget)
+    if args.only == "fixed-cost":
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -103,6 +125,34 @@ def main() -> None:
         w.writerow(["measure", "ratio", "detail"])
         w.writerows(rows)
     _log(rows, b, one)
+
+
+def fixed_cost(args: argparse.Namespace, budget: TrainBudget) -> None:
+    """Fresh vs reused worker processes, N trials one at a time: the per-trial fixed cost."""
+    import statistics
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = search(Path(tmp), "fresh", args.data_dir, budget, args.trials, 1, reuse_workers=False)
+        reused = search(Path(tmp), "reused", args.data_dir, budget, args.trials, 1, reuse_workers=True)
+    rows = []
+    for name, r in (("fresh worker per trial", fresh), ("reused workers", reused)):
+        later = r["fixed_seconds"][1:] or r["fixed_seconds"]  # the first trial of both starts a worker
+        rows.append((name, statistics.median(r["fixed_seconds"]), statistics.median(later),
+                     " ".join(f"{x:.1f}" for x in r["fixed_seconds"]),
+                     " ".join(f"{x:.1f}" for x in r["setup_seconds"]),
+                     " ".join(f"{x:.1f}" for x in r["measure_seconds"])))
+    print(f"\nfixed cost per trial ({args.trials} trials one at a time, {args.train_examples} examples, "
+          f"{platform.node()} {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}): seconds")
+    print(f"{'':24s} {'median':>7s} {'median after the 1st':>21s}   per trial | in-trial setup | measuring")
+    for name, med, med_later, each, setup, measure in rows:
+        print(f"{name:24s} {med:7.2f} {med_later:21.2f}   {each} | {setup} | {measure}")
+    out = HERE / "results" / "overhead_fixed_cost.csv"
+    out.parent.mkdir(exist_ok=True)
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["workers", "median_fixed_seconds", "median_fixed_seconds_after_first", "per_trial",
+                    "setup_seconds", "measure_seconds"])
+        w.writerows(rows)
 
 
 def _log(rows, b, one) -> None:

@@ -107,11 +107,7 @@ def main() -> None:
     ap.add_argument("--task", default="sst2")
     ap.add_argument("--train-examples", type=int, default=384)
     ap.add_argument("--eval-examples", type=int, default=200, help="dev rows scored per trial (SST-2 has 872)")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--data-dir", default=os.environ.get("AUTOPEFT_DATA_DIR"))
-    args = ap.parse_args()
-    if not args.data_dir:
-        sys.exit("give --data-dir or AUTOPEFT_DATA_DIR (a folder laid out like GLUE's, e.g. ../shared/data)")
+    args = common.parse_with_data_dir(ap)
     common.RESULTS.mkdir(exist_ok=True)
     samplers = args.samplers.split(",")
     t0 = time.perf_counter()
@@ -169,12 +165,7 @@ def _plot(curves: dict, best: float, path: Path) -> None:
     for (s, seed), c in curves.items():
         ax.plot(range(1, len(c) + 1), [v / best for v in c], color=colours.get(s), alpha=0.8,
                 label=s if seed == 0 else None)
-    ax.axhline(0.9, ls="--", color="black", lw=0.8)
-    ax.set_xlabel("trial")
-    ax.set_ylabel("hypervolume / best final hypervolume")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    common.finish_hv_plot(fig, [ax], 0.9, "trial", path)
 
 
 if __name__ == "__main__":

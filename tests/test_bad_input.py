@@ -85,6 +85,14 @@ OTHER_CASES = {  # id: (extra CLI args, words) — tmp_path is substituted for {
     "holdout as large as train": (["--task", "cb", "--select-on", "holdout", "--holdout-size", "250"],
                                   ["leaves nothing to train on", "250 rows", "--holdout-size"]),
     "negative lost-trial retries": (["--retry-lost-trials", "-1"], ["--retry-lost-trials must be 0 or more"]),
+    "unknown scheduler": (["--scheduler", "hyperband"], ["unknown scheduler 'hyperband'", "fifo", "sh"]),
+    "one rung": (["--scheduler", "sh", "--rungs", "1"], ["--rungs and --reduction-factor must be at least 2"]),
+    "more rungs than steps": (["--scheduler", "sh", "--rungs", "4", "--train-examples", "32", "--batch-size", "16"],
+                              ["--rungs 4 needs at least 4 training steps", "gives 2"]),
+    "reduction factor 1": (["--reduction-factor", "1"], ["--rungs and --reduction-factor must be at least 2"]),
+    "zero top seeds": (["--top-seeds", "0"], ["--top-seeds must be at least 1"]),
+    "negative parameter ceiling": (["--max-params", "-5"], ["--max-params must be positive"]),
+    "zero memory ceiling": (["--max-memory", "0"], ["--max-memory must be positive"]),
 }
 
 

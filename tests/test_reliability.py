@@ -17,8 +17,8 @@ from optuna.trial import TrialState
 
 from autopeft.config import TrainBudget
 from autopeft.search import SearchSettings, run_search
-from autopeft.study import INTERRUPTED_ATTR, counted
-from autopeft.schema import FAILURE_TAG, KIND_TAG, SEARCH_TAG
+from autopeft.study import INTERRUPTED_ATTR, RUNG_ATTR, STOPPED_ATTR, counted
+from autopeft.schema import FAILURE_TAG, KIND_TAG, SEARCH_TAG, STOPPED_TAG
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
@@ -122,16 +122,17 @@ def _wait_for_running_run(uri: str, name: str, timeout: float = 120) -> None:
     raise AssertionError("no trial run started in MLflow")
 
 
-def _search_args(tiny_bert, tiny_task, root: Path, name: str, samples: int = 4) -> list[str]:
-    return ["--name", name, "--model", tiny_bert, "--task", tiny_task, "--space", "hybrid",
+def _search_args(tiny_bert, tiny_task, root: Path, name: str, samples: int = 4, scheduler: str = "fifo") -> list[str]:
+    return ["--scheduler", scheduler, "--name", name, "--model", tiny_bert, "--task", tiny_task, "--space", "hybrid",
             "--num-samples", str(samples), "--max-concurrent-trials", "1", "--train-examples", "96",
             "--eval-examples", "48", "--epochs", "3", "--workdir", str(root / "runs"),
             "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}"]
 
 
-def test_kill_9_then_resume(tiny_bert, tiny_task, tmp_path):
+@pytest.mark.parametrize("scheduler", ["fifo", "sh"])
+def test_kill_9_then_resume(tiny_bert, tiny_task, tmp_path, scheduler):
     storage = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
-    proc = _cli(*_search_args(tiny_bert, tiny_task, tmp_path, "killed"))
+    proc = _cli(*_search_args(tiny_bert, tiny_task, tmp_path, "killed", scheduler=scheduler))
     _wait_for("killed", storage, lambda states: "COMPLETE" in states and "RUNNING" in states)
     _wait_for_running_run(f"sqlite:///{tmp_path / 'mlflow.db'}", "killed")
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
@@ -161,6 +162,12 @@ def test_kill_9_then_resume(tiny_bert, tiny_task, tmp_path):
     assert all(r.data.tags[FAILURE_TAG] == "interrupted" for r in killed)
     assert not [r for r in runs if r.info.status == "RUNNING"]
     assert sum(r.info.status == "FINISHED" for r in runs) == 4
+    if scheduler == "sh":  # every finished trial says how far it got, in Optuna and in MLflow
+        finished = {int(r.data.tags["autopeft.trial_number"]): r for r in runs if r.info.status == "FINISHED"}
+        for number, run in finished.items():
+            rung = trials[number].user_attrs[RUNG_ATTR]
+            assert run.data.tags["autopeft.rung"] == str(rung)
+            assert (STOPPED_TAG in run.data.tags) == (rung < 2) == (STOPPED_ATTR in trials[number].user_attrs)
 
 
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tiny_bert, tiny_task, tmp_path):

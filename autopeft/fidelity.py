@@ -1,0 +1,155 @@
+"""Multi-fidelity, multi-objective successive halving: pure ranking functions and the rung ledger.
+
+A trial's budget is cut into rungs: at rung k it has trained ``fraction(k) = eta**(k - R + 1)`` of
+its full budget's steps (R rungs, the last one the full budget) and scores a matching share of the
+selection rows. At every rung but the last, the trial goes on only if it ranks in the top
+``ceil(n / eta)`` of the ``n`` trials that have reached that rung so far (itself included):
+asynchronous successive halving (ASHA, Li et al. 2020) in its stopping form, as Ray Tune's
+``AsyncHyperBandScheduler`` runs it, with its single-metric ranking replaced by MO-ASHA's
+(Schmucker et al. 2021, arXiv 2106.12639; Syne Tune's ``MOASHA``): non-dominated sorting over the
+search's objectives, ties inside the front that straddles the cut broken by crowding distance
+(NSGA-II), so the promoted trials spread along the front instead of clustering at one end.
+
+``ceil`` rather than ASHA's ``floor``: an asynchronous scheduler must decide at once, and with
+``floor`` the first ``eta - 1`` trials at a rung (nothing to compare with yet) would all stop; with
+``ceil`` a trial goes on while it is the best seen there, as Ray Tune's percentile cut-off does.
+
+Everything here is plain Python over numbers (no Ray, no Optuna): ``scheduler.py`` wraps the
+ledger for Ray Tune, and the benchmark drives it directly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from autopeft.objectives import Objective
+from autopeft.pareto import dominates
+
+DEFAULT_REDUCTION_FACTOR = 3
+DEFAULT_RUNGS = 3
+# Fewer selection rows than this make a rung's metric mostly noise (one row = 1% of accuracy at
+# 100 rows, and a binary task's sampling std is ~5% there): low rungs score at least this many.
+MIN_RUNG_ROWS = 100
+
+
+def rung_fractions(rungs: int, eta: int) -> tuple[float, ...]:
+    """The share of the full budget at each rung, lowest first; the last is 1.0."""
+    if rungs < 1 or eta < 2:
+        raise ValueError(f"need at least 1 rung and a reduction factor of at least 2, got {rungs}, {eta}")
+    return tuple(float(eta) ** (k - rungs + 1) for k in range(rungs))
+
+
+def rung_steps(fractions: Sequence[float], total_steps: int) -> tuple[int, ...]:
+    """Training steps done at each rung for a trial whose full budget is ``total_steps``.
+
+    At least one step per rung and strictly increasing, so a tiny budget still passes every rung
+    in order (the last rung is always the full budget)."""
+    steps: list[int] = []
+    for k, f in enumerate(fractions):
+        s = total_steps if k == len(fractions) - 1 else max(1, round(f * total_steps))
+        steps.append(max(s, steps[-1] + 1 if steps else 1))
+    if steps[-1] != total_steps:
+        raise ValueError(f"{total_steps} training steps cannot hold {len(fractions)} rungs; lower --rungs")
+    return tuple(steps)
+
+
+def rung_rows(fraction: float, total_rows: int) -> int:
+    """Selection rows scored at a rung: its share of the split, at least MIN_RUNG_ROWS (or all)."""
+    return min(total_rows, max(MIN_RUNG_ROWS, math.ceil(fraction * total_rows)))
+
+
+# ----------------------------------------------------------------------------- ranking
+
+
+def nondominated_sort(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[list[int]]:
+    """Indices of ``points`` in successive fronts: front 0 is non-dominated, front 1 is
+    non-dominated once front 0 is removed, and so on (each front in input order)."""
+    remaining = list(range(len(points)))
+    fronts: list[list[int]] = []
+    while remaining:
+        front = [i for i in remaining
+                 if not any(dominates(points[j], points[i], directions) for j in remaining if j != i)]
+        fronts.append(front)
+        remaining = [i for i in remaining if i not in front]
+    return fronts
+
+
+def crowding_distance(points: Sequence[Sequence[float]], front: Sequence[int]) -> dict[int, float]:
+    """NSGA-II crowding distance of each index of ``front``: per objective, the gap between its
+    two neighbours over that objective's span in the front, summed; the extremes get infinity so
+    the ends of the front are always kept."""
+    if len(front) <= 2:
+        return {i: math.inf for i in front}
+    dist = {i: 0.0 for i in front}
+    for k in range(len(points[front[0]])):
+        ordered = sorted(front, key=lambda i: (points[i][k], i))
+        lo, hi = points[ordered[0]][k], points[ordered[-1]][k]
+        dist[ordered[0]] = dist[ordered[-1]] = math.inf
+        if hi == lo or not math.isfinite(hi - lo):  # one value, or a NaN report ranked last
+            continue
+        for a, i, b in zip(ordered, ordered[1:], ordered[2:]):
+            dist[i] += (points[b][k] - points[a][k]) / (hi - lo)
+    return dist
+
+
+def pareto_order(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[int]:
+    """All indices, best first: by front, inside a front by crowding distance (larger first),
+    ties by index (the earlier trial first, so the order is deterministic)."""
+    order: list[int] = []
+    for front in nondominated_sort(points, directions):
+        dist = crowding_distance(points, front)
+        order += sorted(front, key=lambda i: (-dist[i], i))
+    return order
+
+
+def promoted(points: Sequence[Sequence[float]], candidate: int, eta: int, directions: Sequence[str]) -> bool:
+    """Whether ``points[candidate]`` is in the top ``ceil(len(points) / eta)`` by ``pareto_order``."""
+    quota = math.ceil(len(points) / eta)
+    return pareto_order(points, directions).index(candidate) < quota
+
+
+# ----------------------------------------------------------------------------- the ledger
+
+
+@dataclass
+class RungLedger:
+    """What every trial scored at every rung it reached, and the promotion decision.
+
+    ``objectives`` are the search's (their order and directions); values are compared as the
+    hypervolume compares them (``Objective.scaled``: log10 for parameter counts), so crowding
+    distance measures a tenfold parameter saving like a tenfold one anywhere on the axis.
+    """
+
+    objectives: Mapping[str, Objective]
+    rungs: int = DEFAULT_RUNGS
+    eta: int = DEFAULT_REDUCTION_FACTOR
+    records: list[dict[str, tuple[float, ...]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        rung_fractions(self.rungs, self.eta)  # validates
+        self.records = [dict() for _ in range(self.rungs)]
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objectives.values()]
+
+    def vector(self, values: Mapping[str, float]) -> tuple[float, ...]:
+        """The objectives of a report in ranking form. A report missing one, or holding a NaN, is
+        worst on every objective: a trial without a metric must not be kept for its small size."""
+        raw = [values.get(key) for key in self.objectives]
+        if any(v is None or not math.isfinite(float(v)) for v in raw):
+            return tuple(-math.inf if o.direction == "max" else math.inf for o in self.objectives.values())
+        return tuple(o.scaled(float(v)) for v, o in zip(raw, self.objectives.values()))
+
+    def record(self, trial: str, rung: int, values: Mapping[str, float]) -> None:
+        self.records[rung][trial] = self.vector(values)
+
+    def decide(self, trial: str, rung: int, values: Mapping[str, float]) -> bool:
+        """Record ``trial``'s values at ``rung`` and say whether it goes on (the top rung always does)."""
+        self.record(trial, rung, values)
+        if rung >= self.rungs - 1:
+            return True
+        ids = list(self.records[rung])
+        return promoted([self.records[rung][t] for t in ids], ids.index(trial), self.eta, self.directions)

@@ -1,0 +1,86 @@
+"""No paid duplicates: a sampled configuration that a finished trial of the study already
+evaluated is not trained again, and one below the space's minimum trainable size is not trained
+at all. Plain functions over the Optuna study (no Ray): ``ray_glue.StudySearcher`` calls them
+between sampling a trial and handing it to Ray Tune.
+
+Two trials are the same evaluation when they build the same model (``PeftConfig.canonical()``:
+entry order and splitting do not matter) and train it the same way (the search's budget with the
+trial's sampled training settings applied).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from optuna.trial import FrozenTrial, TrialState
+
+from autopeft.config import PeftConfig, TrainBudget
+from autopeft.study import FIDELITY_ATTR, INTERRUPTED_ATTR, REFUSED_ATTR, RUNG_ATTR, STOPPED_ATTR
+
+CONFIG_KEY_ATTR = "autopeft_config_key"  # every asked trial: what it evaluates
+REUSE_ATTR = "autopeft_reuse_of"  # a reused trial: the number of the trial whose result it holds
+# Attributes a reuse copies from its source, so the sampler sees the same fidelity.
+COPIED_ATTRS = (RUNG_ATTR, FIDELITY_ATTR, STOPPED_ATTR)
+
+
+def config_key(config: dict[str, Any], budget: TrainBudget) -> str:
+    """One text per (model built, training run) of a sampled Ray config."""
+    peft = PeftConfig.from_dict(config["peft_config"]).canonical()
+    training = budget.replace(**config.get("training", {})).to_dict()
+    return json.dumps({"peft": json.loads(peft), "training": training}, sort_keys=True)
+
+
+def evaluated(trials: list[FrozenTrial], key: str) -> FrozenTrial | None:
+    """The earliest finished, original (not itself reused) trial that evaluated ``key``."""
+    for t in sorted(trials, key=lambda t: t.number):
+        if (t.state == TrialState.COMPLETE and t.user_attrs.get(CONFIG_KEY_ATTR) == key
+                and REUSE_ATTR not in t.user_attrs and not t.user_attrs.get(INTERRUPTED_ATTR)):
+            return t
+    return None
+
+
+def tell_reuse(study: Any, trial: Any, source: FrozenTrial) -> None:
+    """Finish ``trial`` (asked, sampled) with ``source``'s values, fidelity and constraints."""
+    trial.set_user_attr(REUSE_ATTR, source.number)
+    for attr in COPIED_ATTRS:
+        if attr in source.user_attrs:
+            trial.set_user_attr(attr, source.user_attrs[attr])
+    for name, value in source.constraints.items():
+        trial.set_constraint(name, value)
+    study.tell(trial, source.values)
+
+
+def tell_refused(study: Any, trial: Any, reason: str) -> None:
+    """Finish ``trial`` as refused: FAIL (samplers learn nothing false from it), not counted."""
+    trial.set_user_attr(REFUSED_ATTR, reason)
+    study.tell(trial, state=TrialState.FAIL)
+
+
+@dataclass
+class Vetting:
+    """What happens to a sampled trial before Ray runs it: ``run`` it, ``reuse`` a finished
+    trial's result, or ``refuse`` it (fewer trainable parameters than the space allows)."""
+
+    budget: TrainBudget
+    min_trainable_params: int = 0
+    count: Callable[[PeftConfig], int] | None = None  # trainable parameters of a config (build.count_trainable_params)
+    _counts: dict[str, int] = field(default_factory=dict)
+
+    def check(self, trials: list[FrozenTrial], trial: Any, config: dict[str, Any]) -> tuple[str, Any]:
+        """("run", None), ("reuse", source trial) or ("refuse", reason); stamps the trial's key."""
+        key = config_key(config, self.budget)
+        trial.set_user_attr(CONFIG_KEY_ATTR, key)
+        source = evaluated(trials, key)
+        if source is not None:
+            return "reuse", source
+        if self.min_trainable_params and self.count is not None:
+            peft = PeftConfig.from_dict(config["peft_config"])
+            canonical = peft.canonical()
+            if canonical not in self._counts:
+                self._counts[canonical] = self.count(peft)
+            if self._counts[canonical] < self.min_trainable_params:
+                return "refuse", (f"{peft.describe()} trains {self._counts[canonical]:,} parameters, below the "
+                                  f"space's min_trainable_params {self.min_trainable_params:,}")
+        return "run", None

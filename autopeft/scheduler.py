@@ -1,0 +1,40 @@
+"""The Ray Tune side of successive halving: a trial scheduler that asks the rung ledger
+(``fidelity.RungLedger``) at every rung report whether the trial goes on.
+
+Stopping-based and asynchronous (as Ray Tune's ASHA): a trial never waits for others. One that
+goes on keeps training in the same process from where it is (weights, optimizer and learning-rate
+schedule in memory), so promotion costs nothing; one that stops ends there and its last report is
+its result. The decisions a dead driver made are not lost: the searcher stores each rung's values
+in the Optuna study (``study.RUNG_VALUES_ATTR``) and a resumed search seeds its ledger from them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from autopeft.fidelity import RungLedger
+from autopeft.schema import RUNG
+
+
+class ParetoHalvingScheduler(FIFOScheduler):
+    """FIFO trial order; at each rung report, CONTINUE or STOP by the ledger's Pareto ranking."""
+
+    # Every rung report must reach ``on_trial_result``: a buffered batch could skip a rung.
+    _supports_buffered_results = False
+
+    def __init__(self, ledger: RungLedger) -> None:
+        super().__init__()
+        self.ledger = ledger
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if result.get(RUNG) is None:
+            return TrialScheduler.CONTINUE
+        # The ledger knows trials by Optuna number: the name a resumed search also has for them.
+        keep = self.ledger.decide(str(trial.config["trial_number"]), int(result[RUNG]), result)
+        return TrialScheduler.CONTINUE if keep else TrialScheduler.STOP
+
+    def debug_string(self) -> str:
+        seen = ", ".join(f"rung {k}: {len(r)}" for k, r in enumerate(self.ledger.records))
+        return f"ParetoHalvingScheduler(eta={self.ledger.eta}; trials seen per rung: {seen})"

@@ -1,0 +1,256 @@
+"""Does successive halving reach a good full-fidelity front for less CPU than every trial at the
+full budget?
+
+Four ways to spend the same CPU budget on the same space, task and training budget:
+``gp`` and ``random`` (every trial at the full budget, as ``autopeft search --scheduler fifo``),
+``sh+gp`` and ``sh+random`` (multi-objective successive halving, as ``--scheduler sh``: the same
+rung ledger, ``fidelity.RungLedger``, decides at each rung; a trial that goes on keeps training).
+Each run is one process with one torch thread, asking a real Optuna study
+(benchmarks/results/multifidelity.db, so a stopped run resumes, its ledger reseeded from the
+study as a resumed search does) and running each trial with ``autopeft.trial.run_config``,
+duplicates answered from the study (``reuse.Vetting``) as in a search. A run stops once its trials
+have used ``--cpu-budget`` CPU-seconds (process time, training + scoring + building).
+
+Hypervolume is over the full-fidelity trials only (stopped trials are not results), in
+(1 - metric, log10 trainable params), one reference point per task: the worst metric and the
+largest count seen in any run of that task, plus a margin. For each run: the CPU-seconds at which
+its hypervolume first reaches 95% of the best final hypervolume of any run on that task. The
+issue's target: the median (over seeds) for ``sh+gp`` at most one third of ``gp``'s.
+
+    AUTOPEFT_DATA_DIR=../shared/data .venv/bin/python benchmarks/multifidelity.py \\
+        [--tasks sst2,mr,sickr] [--seeds 3] [--cpu-budget 2400] [--methods gp,random,sh+gp,sh+random]
+
+Writes multifidelity_trials.csv (every trial), multifidelity.csv (the table) and multifidelity.png
+(hypervolume / best against CPU-seconds) under benchmarks/results (AUTOPEFT_BENCH_RESULTS moves
+them), and logs one MLflow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402
+
+METHODS = ("gp", "random", "sh+gp", "sh+random")
+# The issue's suite; without MR and SICK-R tasks installed, SST-2 and STS-B stand in.
+PREFERRED_TASKS, FALLBACK_TASK = ("sst2", "mr", "sickr"), "stsb"
+TARGET = 0.95
+
+
+def default_tasks() -> list[str]:
+    from autopeft.tasks import available_tasks
+
+    have = set(available_tasks())
+    tasks = [t for t in PREFERRED_TASKS if t in have]
+    return tasks if len(tasks) == len(PREFERRED_TASKS) else tasks + [FALLBACK_TASK] * (FALLBACK_TASK not in tasks)
+
+
+def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> list[dict]:
+    """Trials of one (task, method, seed) until ``args.cpu_budget`` CPU-seconds are spent."""
+    import optuna
+    import torch
+
+    from autopeft.config import PeftConfig, TrainBudget
+    from autopeft.fidelity import RungLedger, rung_fractions
+    from autopeft.models import inspect_model
+    from autopeft.objectives import resolve_objectives
+    from autopeft.reuse import Vetting, tell_reuse
+    from autopeft.samplers import SAMPLERS
+    from autopeft.spaces import load_space
+    from autopeft.study import FIDELITY_ATTR, RUNG_ATTR, RUNG_VALUES_ATTR, STOPPED_ATTR, rung_values
+    from autopeft.trial import TrialContext, run_config
+
+    common._quiet_worker()
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    halving, sampler = method.startswith("sh+"), method.removeprefix("sh+")
+    space = load_space(args.space)
+    num_layers = inspect_model(common.MODEL).num_layers
+    sample = space.define_by_run(num_layers)
+    budget = TrainBudget(train_examples=args.train_examples, eval_examples=args.eval_examples, seed=seed)
+    objectives = resolve_objectives("metric,trainable_params")
+    fractions = rung_fractions(args.rungs, args.reduction_factor) if halving else ()
+    ctx = TrialContext(common.MODEL, task, budget, args.data_dir, rungs=fractions, rung_objectives=tuple(objectives))
+    study = optuna.create_study(
+        storage=f"sqlite:///{common.RESULTS / 'multifidelity.db'}", study_name=f"{args.space}-{task}-{method}-{seed}",
+        directions=["maximize", "minimize"], sampler=SAMPLERS[sampler](seed, args.expected_trials),
+        load_if_exists=True)
+    for t in study.get_trials(states=[optuna.trial.TrialState.RUNNING]):  # left by a stopped run
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    if not study.trials:
+        for point in space.warm_start_points(num_layers):  # as the search does
+            study.enqueue_trial(point)
+    ledger = RungLedger(objectives, args.rungs, args.reduction_factor)
+    for number, rung, values in rung_values(study.trials):
+        ledger.record(str(number), rung, values)
+    vetting = Vetting(budget)
+
+    def spent() -> float:
+        return sum(t.user_attrs.get("cpu_seconds", 0.0) for t in study.trials)
+
+    while spent() < args.cpu_budget:
+        trial = study.ask()
+        config = sample(trial)
+        verdict, source = vetting.check(study.trials, trial, config)
+        if verdict == "reuse":  # free, as in a search
+            trial.set_user_attr("cpu_seconds", 0.0)
+            tell_reuse(study, trial, source)
+            continue
+
+        def at_rung(report: dict, number: int = trial.number, trial=trial) -> bool:
+            values = {k: report[k] for k in objectives}
+            trial.set_user_attr(f"{RUNG_VALUES_ATTR}{report['rung']}", values)
+            return ledger.decide(str(number), report["rung"], values)
+
+        cpu0 = time.process_time()
+        try:
+            report = run_config(ctx, PeftConfig.from_dict(config["peft_config"]), budget.replace(**config["training"]),
+                                on_rung=at_rung if halving else None)
+        except Exception as exc:  # a failed trial is recorded and the run goes on, as in autopeft search
+            trial.set_user_attr("cpu_seconds", time.process_time() - cpu0)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            print(f"{task} {method} seed {seed} trial {trial.number} failed: {exc}", flush=True)
+            continue
+        trial.set_user_attr("cpu_seconds", time.process_time() - cpu0)
+        if halving:
+            trial.set_user_attr(RUNG_ATTR, report["rung"])
+            trial.set_user_attr(FIDELITY_ATTR, report["fidelity"])
+            if report["rung"] < args.rungs - 1:
+                trial.set_user_attr(STOPPED_ATTR, report["rung"])
+        study.tell(trial, [report["metric"], report["trainable_params"]])
+        print(f"{task} {method} seed {seed} trial {trial.number}: {report['metric']:.4f} "
+              f"{report['trainable_params']} params, fidelity {report.get('fidelity', 1.0):.3f}, "
+              f"{spent():.0f}/{args.cpu_budget:.0f} CPU-s", flush=True)
+    rows, cpu = [], 0.0
+    for t in sorted(study.trials, key=lambda t: t.number):
+        cpu += t.user_attrs.get("cpu_seconds", 0.0)
+        if t.state != optuna.trial.TrialState.COMPLETE:
+            continue
+        rows.append({"task": task, "method": method, "seed": seed, "trial": t.number, "metric": t.values[0],
+                     "trainable_params": int(t.values[1]), "fidelity": t.user_attrs.get(FIDELITY_ATTR, 1.0),
+                     "full_fidelity": STOPPED_ATTR not in t.user_attrs, "cpu_seconds": round(cpu, 1)})
+    return rows
+
+
+def hv_curves(rows: list[dict]) -> dict[tuple[str, str, int], list[tuple[float, float]]]:
+    """(task, method, seed) -> [(cumulative CPU-seconds, hypervolume of the full-fidelity front)]."""
+    from autopeft.pareto import hypervolume
+
+    curves = {}
+    for task in sorted({r["task"] for r in rows}):
+        full = [r for r in rows if r["task"] == task and r["full_fidelity"]]
+        if not full:
+            continue
+        ref = (1 - min(r["metric"] for r in full) + 0.01, max(math.log10(r["trainable_params"]) for r in full) + 0.1)
+        for key in sorted({(r["method"], r["seed"]) for r in rows if r["task"] == task}):
+            run = sorted((r for r in rows if (r["task"], r["method"], r["seed"]) == (task, *key)),
+                         key=lambda r: r["trial"])
+            points, curve = [], []
+            for r in run:
+                if r["full_fidelity"]:
+                    points.append((1 - r["metric"], math.log10(r["trainable_params"])))
+                curve.append((r["cpu_seconds"], hypervolume(points, ref)))
+            curves[(task, *key)] = curve
+    return curves
+
+
+def cpu_to_reach(curve: list[tuple[float, float]], level: float) -> float:
+    return next((cpu for cpu, hv in curve if hv >= level), math.inf)
+
+
+def table(curves: dict, methods: list[str], seeds: int) -> list[dict]:
+    out = []
+    for task in sorted({k[0] for k in curves}):
+        best = max(c[-1][1] for k, c in curves.items() if k[0] == task and c)
+        gp = [cpu_to_reach(curves.get((task, "gp", s), []), TARGET * best) for s in range(seeds)]
+        for m in methods:
+            runs = [curves.get((task, m, s), []) for s in range(seeds)]
+            reach = [cpu_to_reach(c, TARGET * best) for c in runs]
+            med = statistics.median(reach)
+            out.append({"task": task, "method": m,
+                        "cpu_to_95pct": " ".join("-" if math.isinf(x) else f"{x:.0f}" for x in reach),
+                        "median_cpu_to_95pct": med,
+                        "vs_gp": round(med / statistics.median(gp), 3) if math.isfinite(med) and gp
+                        and math.isfinite(statistics.median(gp)) else math.nan,
+                        "final_hv_over_best": round(statistics.fmean(c[-1][1] / best if c else 0.0 for c in runs), 4),
+                        "trials": sum(len(c) for c in runs)})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", default=None, help="comma-separated (default: sst2,mr,sickr, else sst2,stsb)")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--cpu-budget", type=float, default=2400.0, help="CPU-seconds of trials per run")
+    ap.add_argument("--space", default="autopeft")
+    ap.add_argument("--train-examples", type=int, default=2048)
+    ap.add_argument("--eval-examples", type=int, default=None, help="scored rows at the full budget (default all)")
+    ap.add_argument("--rungs", type=int, default=3)
+    ap.add_argument("--reduction-factor", type=int, default=3)
+    ap.add_argument("--expected-trials", type=int, default=40, help="sizes the samplers' random start-up phase")
+    args = common.parse_with_data_dir(ap)
+    methods = args.methods.split(",")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        sys.exit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    tasks = args.tasks.split(",") if args.tasks else default_tasks()
+    common.RESULTS.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    jobs = [(task, m, seed) for task in tasks for m in methods for seed in range(args.seeds)]
+    with ProcessPoolExecutor(args.workers, common.SPAWN) as pool:
+        futures = [pool.submit(run_method, task, m, seed, args) for task, m, seed in jobs]
+        rows = [r for f in futures for r in f.result()]
+    wall = time.perf_counter() - t0
+    trials_csv = common.RESULTS / "multifidelity_trials.csv"
+    common.write_csv(trials_csv, rows)
+    curves = hv_curves(rows)
+    summary = table(curves, methods, args.seeds)
+    table_csv = common.RESULTS / "multifidelity.csv"
+    common.write_csv(table_csv, summary)
+    print(f"\n{platform.node()}: {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; space {args.space}, "
+          f"{args.train_examples} train examples, {args.rungs} rungs, eta {args.reduction_factor}, "
+          f"{args.cpu_budget:.0f} CPU-s per run, {args.seeds} seeds, {wall:.0f} s wall")
+    print("| task | method | CPU-s to 95% of best HV (per seed) | median | / gp | final HV / best | trials |")
+    print("|---|---|---|---|---|---|---|")
+    for r in summary:
+        print(f"| {r['task']} | {r['method']} | {r['cpu_to_95pct']} | {r['median_cpu_to_95pct']:.0f} | "
+              f"{r['vs_gp']} | {r['final_hv_over_best']:.3f} | {r['trials']} |")
+    png = common.RESULTS / "multifidelity.png"
+    _plot(curves, png)
+    common.log_mlflow("multifidelity", {k: getattr(args, k) for k in ("seeds", "cpu_budget", "space", "train_examples",
+                                                                       "rungs", "reduction_factor")},
+                      {f"{r['task']}.{r['method']}.vs_gp": r["vs_gp"] for r in summary},
+                      [trials_csv, table_csv, png])
+
+
+def _plot(curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({k[0] for k in curves})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    colours = dict(zip(METHODS, ("tab:red", "tab:gray", "tab:blue", "tab:green")))
+    for ax, task in zip(axes[0], tasks):
+        best = max(c[-1][1] for k, c in curves.items() if k[0] == task and c) or 1.0
+        for (t, m, seed), c in sorted(curves.items()):
+            if t == task and c:
+                ax.step([x for x, _ in c], [y / best for _, y in c], where="post", color=colours.get(m), alpha=0.8,
+                        label=m if seed == 0 else None)
+        ax.set_title(f"{task} (full-fidelity trials)")
+    common.finish_hv_plot(fig, axes[0], TARGET, "CPU-seconds", path)
+
+
+if __name__ == "__main__":
+    main()

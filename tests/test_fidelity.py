@@ -1,0 +1,107 @@
+"""The promotion logic of multi-objective successive halving, on fronts checked by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from autopeft.fidelity import (RungLedger, crowding_distance, nondominated_sort, pareto_order, promoted,
+                               rung_fractions, rung_rows, rung_steps)
+from autopeft.objectives import resolve_objectives
+
+MAXMIN = ["max", "min"]
+# (accuracy, trainable params): 0, 1 and 3 trade off; 2 is beaten by 0; 4 by 2 (and 0).
+POINTS = [(0.90, 100), (0.80, 50), (0.70, 200), (0.85, 60), (0.60, 300)]
+
+
+def test_nondominated_sort_hand_checked():
+    assert nondominated_sort(POINTS, MAXMIN) == [[0, 1, 3], [2], [4]]
+    assert nondominated_sort([(1, 1), (1, 1)], MAXMIN) == [[0, 1]], "equal points do not dominate each other"
+    assert nondominated_sort([(0.5, 10, 3), (0.5, 10, 2)], ["max", "min", "min"]) == [[1], [0]]
+
+
+def test_crowding_distance_hand_checked():
+    # Front 0 sorted by accuracy: 1 (0.80), 3 (0.85), 0 (0.90). Ends are infinite; the middle one
+    # spans (0.90 - 0.80) / 0.10 on accuracy and (100 - 50) / 50 on params: 1 + 1 = 2.
+    dist = crowding_distance(POINTS, [0, 1, 3])
+    assert dist[0] == dist[1] == math.inf and dist[3] == pytest.approx(2.0)
+    assert crowding_distance(POINTS, [2]) == {2: math.inf}
+
+
+def test_crowding_distance_prefers_the_isolated_point():
+    # Four non-dominated points: 1 sits close to 0, 2 is alone in the middle of the gap.
+    pts = [(0.9, 100), (0.89, 95), (0.7, 40), (0.5, 10)]
+    assert nondominated_sort(pts, MAXMIN) == [[0, 1, 2, 3]]
+    dist = crowding_distance(pts, [0, 1, 2, 3])
+    # 1: (0.9 - 0.7)/0.4 + (100 - 40)/90 = 0.5 + 0.667; 2: (0.89 - 0.5)/0.4 + (95 - 10)/90 = 0.975 + 0.944
+    assert dist[1] == pytest.approx(0.5 + 60 / 90) and dist[2] == pytest.approx(0.975 + 85 / 90)
+    assert pareto_order(pts, MAXMIN) == [0, 3, 2, 1]
+
+
+def test_pareto_order_by_front_then_crowding():
+    assert pareto_order(POINTS, MAXMIN) == [0, 1, 3, 2, 4]
+
+
+def test_promotion_quota_is_ceil_n_over_eta():
+    # 5 points, eta 3: the top 2 go on (0 and 1, the ends of the front); 3 is on the front too but
+    # crowded between them, so it stops.
+    assert [promoted(POINTS, i, 3, MAXMIN) for i in range(5)] == [True, True, False, False, False]
+    assert [promoted(POINTS, i, 2, MAXMIN) for i in range(5)] == [True, True, False, True, False], "eta 2: the top 3"
+    assert promoted([(0.5, 10)], 0, 3, MAXMIN), "the first trial at a rung goes on"
+    assert not promoted([(0.9, 10), (0.5, 20)], 1, 3, MAXMIN), "a dominated second trial stops"
+
+
+def test_ledger_decides_asynchronously_and_ranks_params_on_a_log_scale():
+    ledger = RungLedger(resolve_objectives("metric,trainable_params"), rungs=3, eta=3)
+    assert ledger.decide("a", 0, {"metric": 0.6, "trainable_params": 1000})  # alone: goes on
+    assert not ledger.decide("b", 0, {"metric": 0.5, "trainable_params": 2000})  # dominated by a
+    assert ledger.decide("c", 0, {"metric": 0.9, "trainable_params": 10})  # dominates both
+    assert ledger.decide("d", 0, {"metric": 0.7, "trainable_params": 5000}) is False
+    assert ledger.decide("a", 2, {"metric": 0.1, "trainable_params": 1}), "the top rung always completes"
+    # A NaN metric ranks last instead of breaking the sort.
+    assert not ledger.decide("e", 0, {"metric": float("nan"), "trainable_params": 1})
+    assert ledger.vector({"metric": 0.5, "trainable_params": 1000}) == (0.5, 3.0)
+
+
+def test_rung_ladder():
+    assert rung_fractions(3, 3) == pytest.approx((1 / 9, 1 / 3, 1.0))
+    assert rung_fractions(1, 3) == (1.0,)
+    assert rung_steps(rung_fractions(3, 3), 128) == (14, 43, 128)
+    assert rung_steps(rung_fractions(3, 3), 3) == (1, 2, 3), "tiny budgets keep every rung, in order"
+    with pytest.raises(ValueError, match="lower --rungs"):
+        rung_steps(rung_fractions(4, 3), 3)
+    assert rung_rows(1 / 9, 872) == 100 and rung_rows(1 / 3, 872) == 291 and rung_rows(1.0, 872) == 872
+    assert rung_rows(1 / 9, 48) == 48
+    with pytest.raises(ValueError):
+        rung_fractions(3, 1)
+
+
+def test_budget_total_steps():
+    from autopeft.config import TrainBudget
+
+    assert TrainBudget(train_examples=2048, batch_size=16).total_steps(67_349) == 128
+    assert TrainBudget(train_examples=None, batch_size=16, epochs=3).total_steps(96) == 18
+    assert TrainBudget(train_examples=100, batch_size=16, epochs=1.5).total_steps(50) == 6  # ceil(4 * 1.5)
+    assert TrainBudget(train_examples=2048, max_steps=10).total_steps(67_349) == 10
+
+
+def test_a_resumed_ledger_is_seeded_from_the_rung_values_the_study_holds():
+    import optuna
+
+    from autopeft.study import INTERRUPTED_ATTR, RUNG_VALUES_ATTR, rung_values
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for attrs in ({f"{RUNG_VALUES_ATTR}0": {"metric": 0.9, "trainable_params": 10},
+                   f"{RUNG_VALUES_ATTR}1": {"metric": 0.91, "trainable_params": 10}},
+                  {f"{RUNG_VALUES_ATTR}0": {"metric": 0.5, "trainable_params": 99}, INTERRUPTED_ATTR: True}):
+        t = study.ask()
+        for k, v in attrs.items():
+            t.set_user_attr(k, v)
+    assert sorted(rung_values(study.trials)) == [(0, 0, {"metric": 0.9, "trainable_params": 10}),
+                                                 (0, 1, {"metric": 0.91, "trainable_params": 10})]
+    ledger = RungLedger(resolve_objectives("metric,trainable_params"))
+    for number, rung, values in rung_values(study.trials):
+        ledger.record(str(number), rung, values)
+    # The dead driver's trial 0 is still the one to beat at rung 0: a worse newcomer stops.
+    assert not ledger.decide("7", 0, {"metric": 0.8, "trainable_params": 20})

@@ -1,0 +1,140 @@
+"""Successive halving in a real search on the tiny model: trials stop at rung 0 or reach the top,
+Optuna and MLflow agree on every value and fidelity, the front holds full-fidelity trials only,
+and a trial that reaches the top is exactly the trial it would have been without rungs."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from autopeft.config import PeftConfig, TrainBudget
+from autopeft.results import load_search
+from autopeft.schema import STOPPED_TAG
+from autopeft.search import SearchSettings, run_search
+from autopeft.study import FIDELITY_ATTR, RUNG_ATTR, RUNG_VALUES_ATTR, STOPPED_ATTR
+from autopeft.trial import TrialContext, run_config
+
+pytestmark = pytest.mark.integration
+
+# Trial 0 (rank 2) is alone at every rung, so it reaches the top. Trial 1 (rank 16) has more
+# parameters: at rung 0 it either is dominated by trial 0 or ties with it on the front, and with
+# eta 3 one of two trials goes on, the earlier on a tie (fidelity.pareto_order): it stops there.
+SPACE = """
+methods:
+  lora: {rank: [2, 4, 8, 16], targets: [query, value]}
+warm_start:
+  - {lora/rank: 2}
+  - {lora/rank: 16}
+  - {lora/rank: 8}
+  - {lora/rank: 4}
+"""
+
+
+@pytest.fixture(scope="module")
+def halved(tiny_bert, tiny_task, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sh")
+    space = root / "lora.yaml"
+    space.write_text(SPACE)
+    settings = SearchSettings(
+        name="halved", model=tiny_bert, task=tiny_task, space=str(space), num_samples=4, max_concurrent_trials=1,
+        budget=TrainBudget(train_examples=96, eval_examples=48, epochs=3, batch_size=16),
+        workdir=str(root / "runs"), tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+        scheduler="sh", rungs=3, reduction_factor=3)
+    return settings, run_search(settings, show_progress=False)
+
+
+def test_some_trials_stop_at_rung_0_and_some_reach_the_top(halved):
+    settings, result = halved
+    study = optuna.load_study(study_name="halved", storage=settings.storage_url())
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert all(t.state == TrialState.COMPLETE for t in trials), "stopped trials are results, not failures"
+    assert trials[0].user_attrs[RUNG_ATTR] == 2 and trials[0].user_attrs[FIDELITY_ATTR] == 1.0
+    assert STOPPED_ATTR not in trials[0].user_attrs
+    assert trials[1].user_attrs[STOPPED_ATTR] == 0 and trials[1].user_attrs[FIDELITY_ATTR] == pytest.approx(1 / 9)
+    # Each trial's rung values are kept (a resumed scheduler decides against them) and Optuna
+    # was told the values of the highest rung reached.
+    for t in trials:
+        top = t.user_attrs[RUNG_ATTR]
+        assert set(range(top + 1)) <= {int(k[len(RUNG_VALUES_ATTR):]) for k in t.user_attrs if k.startswith(RUNG_VALUES_ATTR)}
+        assert t.values == [t.user_attrs[f"{RUNG_VALUES_ATTR}{top}"][k] for k in ("metric", "trainable_params")]
+
+
+def test_mlflow_agrees_and_the_front_is_full_fidelity_only(halved):
+    settings, result = halved
+    study = optuna.load_study(study_name="halved", storage=settings.storage_url())
+    by_number = {t.number: t for t in study.trials}
+    client = MlflowClient(result.tracking_uri)
+    record = load_search("halved", result.tracking_uri)
+    assert {r.status for r in record.trials} <= {"COMPLETE", "STOPPED"}
+    assert [r.status for r in record.trials][:2] == ["COMPLETE", "STOPPED"]
+    for r in record.trials:
+        t = by_number[r.trial]
+        assert [r["metric"], r["trainable_params"]] == pytest.approx(t.values)
+        assert r["fidelity"] == pytest.approx(t.user_attrs[FIDELITY_ATTR]) and r["rung"] == t.user_attrs[RUNG_ATTR]
+        tags = client.get_run(r.run_id).data.tags
+        assert tags["autopeft.rung"] == str(t.user_attrs[RUNG_ATTR])
+        assert (STOPPED_TAG in tags) == (r.status == "STOPPED") == (STOPPED_ATTR in t.user_attrs)
+        # every rung's report is in the run's history, at step = rung
+        history = client.get_metric_history(r.run_id, "metric")
+        assert sorted(m.step for m in history) == list(range(t.user_attrs[RUNG_ATTR] + 1))
+    assert record.front and all(r.status == "COMPLETE" and r["fidelity"] == 1.0 for r in record.front)
+    assert not any(r.pareto for r in record.trials if r.status == "STOPPED")
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.params["scheduler"] == "sh"
+    assert parent.data.metrics["trials_stopped"] == sum(r.status == "STOPPED" for r in record.trials) >= 1
+
+
+def test_a_trial_at_the_top_rung_is_the_trial_without_rungs(halved, tiny_bert, tiny_task):
+    settings, result = halved
+    top = next(r for r in result.trials if r.trial == 0)
+    path = MlflowClient(result.tracking_uri).download_artifacts(top.run_id, "peft_config.json")
+    peft = PeftConfig.from_json(open(path).read())
+    plain = run_config(TrialContext(tiny_bert, tiny_task, settings.budget), peft)
+    assert plain["metric"] == top["metric"] and plain["train_loss"] == pytest.approx(top["train_loss"])
+    assert plain["steps"] == top["steps"] == 18
+
+
+def test_run_config_stops_where_on_rung_says(tiny_bert, tiny_task):
+    ctx = TrialContext(tiny_bert, tiny_task, TrainBudget(train_examples=96, eval_examples=48, epochs=3),
+                       rungs=(1 / 9, 1 / 3, 1.0), rung_objectives=("metric", "trainable_params", "latency_ms"))
+    seen = []
+    report = run_config(ctx, PeftConfig.from_dict({"methods": [{"method": "lora", "layers": [0, 1, 2], "rank": 2,
+                                                                "alpha": 16, "targets": ["query", "value"]}]}),
+                        on_rung=lambda rep: seen.append(rep) or rep["rung"] < 1)
+    assert [r["rung"] for r in seen] == [0, 1]
+    assert report is seen[-1] and report["steps"] == 6 and report["fidelity"] == pytest.approx(1 / 3)
+    assert report["latency_ms"] > 0, "the search's measured objectives are measured at each rung"
+
+
+def test_report_and_front_csv_show_fidelity(halved, tmp_path):
+    from autopeft.report import report_data, write_report
+
+    settings, result = halved
+    record = load_search("halved", result.tracking_uri)
+    data = report_data(record.trials, record.objectives)
+    assert {t.trial for t in data["stopped"]} == {t.trial for t in record.trials if t.status == "STOPPED"}
+    assert all(t.status == "COMPLETE" for t in data["trials"])
+    html = write_report(record.trials, record.objectives, record.metric_name, tmp_path / "r.html").read_text()
+    assert "stopped early (low fidelity)" in html and "rung 0 (stopped there)" in html
+    client = MlflowClient(result.tracking_uri)
+    csv_text = open(client.download_artifacts(result.parent_run_id, "pareto/pareto_front.csv")).read()
+    assert "fidelity" in csv_text.splitlines()[0]
+
+
+def test_the_top_rung_scores_a_config_over_several_seeds(tiny_bert, tiny_task):
+    from autopeft.trial import over_seeds
+
+    budget = TrainBudget(train_examples=48, eval_examples=48)
+    peft = PeftConfig.from_dict({"methods": [{"method": "lora", "layers": [0, 1, 2], "rank": 2, "alpha": 16,
+                                              "targets": ["query", "value"]}]})
+    one = [run_config(TrialContext(tiny_bert, tiny_task, budget.replace(seed=s)), peft) for s in (0, 1)]
+    both = run_config(TrialContext(tiny_bert, tiny_task, budget, seeds=2), peft)
+    assert both["metric_seed0"] == one[0]["metric"] and both["metric_seed1"] == one[1]["metric"]
+    assert both["metric"] == pytest.approx((one[0]["metric"] + one[1]["metric"]) / 2)
+    assert both["metric_min"] == min(r["metric"] for r in one) and both["seeds"] == 2
+    spread = over_seeds([{"metric": 0.905, "peak_memory_mb": 1, "train_seconds": 1, "eval_seconds": 1},
+                         {"metric": 0.607, "peak_memory_mb": 2, "train_seconds": 1, "eval_seconds": 1}])
+    assert spread["metric"] == pytest.approx(0.756) and spread["metric_std"] == pytest.approx(0.2107, abs=1e-4)
+    assert spread["peak_memory_mb"] == 2 and spread["train_seconds"] == 2

@@ -1,0 +1,98 @@
+"""No paid duplicates: a configuration evaluated once is answered from the study afterwards (a
+reuse, recorded in Optuna and MLflow), and a space refuses configs below its minimum size."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from autopeft.config import TrainBudget
+from autopeft.reuse import CONFIG_KEY_ATTR, REUSE_ATTR, config_key, evaluated
+from autopeft.schema import REUSE_TAG
+from autopeft.search import SearchSettings, run_search
+from autopeft.study import REFUSED_ATTR, counted
+
+LORA = {"method": "lora", "layers": [0, 1, 2], "rank": 8, "alpha": 16}
+
+
+def test_config_key_is_the_model_and_its_training():
+    budget = TrainBudget()
+    one = {"peft_config": {"methods": [{**LORA, "targets": ["query", "value"]}]}, "training": {}}
+    split = {"peft_config": {"methods": [{**LORA, "targets": ["value"]}, {**LORA, "targets": ["query"]}]}}
+    assert config_key(one, budget) == config_key(split, budget), "entry order and splitting do not matter"
+    assert config_key(one, budget) != config_key({**one, "training": {"learning_rate": 1e-3}}, budget)
+    assert config_key(one, budget) != config_key(one, budget.replace(train_examples=512))
+
+
+def test_evaluated_takes_the_earliest_finished_original():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for values, attrs in (((0.5, 10), {CONFIG_KEY_ATTR: "b"}), ((0.6, 10), {CONFIG_KEY_ATTR: "a"}),
+                          ((0.6, 10), {CONFIG_KEY_ATTR: "a", REUSE_ATTR: 1})):
+        t = study.ask()
+        for k, v in attrs.items():
+            t.set_user_attr(k, v)
+        study.tell(t, values)
+    running = study.ask()
+    running.set_user_attr(CONFIG_KEY_ATTR, "c")
+    assert evaluated(study.trials, "a").number == 1
+    assert evaluated(study.trials, "c") is None, "a running trial has no result to reuse"
+
+
+# rank 0 switches LoRA off: the head-only config, which the space refuses. On the tiny model the
+# 2-label classifier alone trains 32 * 2 + 2 = 66 parameters; LoRA r=2 on query and value adds
+# 3 layers * 2 modules * 2 * (32 * 2) = 768.
+SPACE = """
+min_trainable_params: 100
+methods:
+  lora: {rank: [0, 2], targets: [query, value]}
+warm_start:
+  - {lora/rank: 0}
+  - {lora/rank: 2}
+"""
+
+
+@pytest.mark.integration
+def test_duplicates_are_reused_and_small_configs_refused(tiny_bert, tiny_task, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    settings = SearchSettings(
+        name="dedup", model=tiny_bert, task=tiny_task, space=str(space), num_samples=3, max_concurrent_trials=1,
+        sampler="random", budget=TrainBudget(train_examples=32, eval_examples=32),
+        workdir=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    result = run_search(settings, show_progress=False)
+
+    trials = optuna.load_study(study_name="dedup", storage=settings.storage_url()).trials
+    refused = [t for t in trials if REFUSED_ATTR in t.user_attrs]
+    assert refused and all(t.state == TrialState.FAIL and t.params == {"lora/rank": 0} for t in refused)
+    assert "trains 66 parameters, below the space's min_trainable_params 100" in refused[0].user_attrs[REFUSED_ATTR]
+    kept = counted(trials)
+    assert len(kept) == 3, "refused configs do not count towards the target"
+    original, *reuses = kept
+    assert original.params == {"lora/rank": 2} and REUSE_ATTR not in original.user_attrs
+    assert len(reuses) == 2 and all(t.user_attrs[REUSE_ATTR] == original.number for t in reuses)
+    assert all(t.values == original.values and t.state == TrialState.COMPLETE for t in reuses)
+
+    # MLflow: one trained run, two reuse runs with its numbers; the front holds the original only.
+    client = MlflowClient(result.tracking_uri)
+    by_number = {r.trial: r for r in result.trials}
+    assert set(by_number) == {t.number for t in kept}
+    assert by_number[original.number].status == "COMPLETE"
+    src = client.get_run(by_number[original.number].run_id)
+    for t in reuses:
+        record = by_number[t.number]
+        assert record.status == "REUSED" and record["metric"] == src.data.metrics["metric"]
+        assert client.get_run(record.run_id).data.tags[REUSE_TAG] == str(original.number)
+        assert "train_seconds" in record.values, "a reuse copies every number of its source"
+    assert [r.trial for r in result.front] == [original.number]
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.metrics["trials_reused"] == 2 and parent.data.metrics["trials_completed"] == 1
+
+
+def test_min_trainable_params_is_checked_in_the_space():
+    from autopeft.spaces import SpaceError, parse_space
+
+    assert parse_space({"methods": {"bitfit": {}}, "min_trainable_params": 500}).min_trainable_params == 500
+    with pytest.raises(SpaceError, match="min_trainable_params must be a whole number >= 0"):
+        parse_space({"methods": {"bitfit": {}}, "min_trainable_params": -1})
