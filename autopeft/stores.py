@@ -93,12 +93,13 @@ def study_lock(storage: Any, study_name: str) -> Iterator[None]:
     when a dead driver's connection closes. Other backends get no lock: two drivers there may
     still add one trial at the target.
     """
-    db = sqlite_path(storage.url)
+    url = getattr(storage, "url", None)  # an in-memory study (tests, benchmarks) is one process's alone
+    db = sqlite_path(url) if url else None
     if db is not None:
         with _file_lock(db.with_name(f"{db.name}.{_key(study_name) & 0xFFFFFFFF:08x}.ask.lock")):
             yield
         return
-    if storage.engine.dialect.name != "postgresql":
+    if url is None or storage.engine.dialect.name != "postgresql":
         yield
         return
     import sqlalchemy

@@ -62,10 +62,12 @@ def this_process() -> str:
 
 
 def owner_alive(owner: str | None) -> bool | None:
-    """True/False for owners on this host; None (unknown) for other hosts or no owner."""
-    if not owner:
+    """True/False for owners on this host; None (unknown) for other hosts, no owner, or an owner
+    not written by ``this_process`` (nothing to check it by)."""
+    parts = owner.rsplit(":", 2) if owner else []
+    if len(parts) != 3 or not parts[1].isdigit():
         return None
-    host, pid, started = owner.rsplit(":", 2)
+    host, pid, started = parts
     if host != socket.gethostname():
         return None
     try:
@@ -164,8 +166,9 @@ def ask_within_target(study: optuna.Study, target: int, owner: str) -> optuna.Tr
         # Stamp the owner before sampling (many writes): a driver killed mid-sampling must still
         # leave a trial that the next run recognises as a dead driver's.
         trial.set_user_attr(OWNER_ATTR, owner)
-        trial.set_user_attr(BEATS_ATTR, True)
-        study._storage.record_heartbeat(trial._trial_id)
+        if hasattr(study._storage, "record_heartbeat"):  # RDB storages beat; the in-memory one cannot
+            trial.set_user_attr(BEATS_ATTR, True)
+            study._storage.record_heartbeat(trial._trial_id)
         return trial
 
 
