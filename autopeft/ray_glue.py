@@ -30,6 +30,11 @@ from autopeft.schema import FIDELITY, RUNG, RUNGS  # noqa: E402
 
 _MAX_REFUSALS = 50
 
+# OptunaSearch times the define-by-run call, which includes the sampler's own work (a GP
+# sampler fits its model there, seconds per trial by design), and warns that training may be
+# happening in it: it is not, and users cannot act on the warning.
+warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument took")
+
 
 def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"  # Ray's default spells out the whole config
