@@ -126,7 +126,8 @@ def test_trials_ran_on_both_nodes_and_are_tracked(cluster, finished):
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.data.tags["autopeft.device"] == "cpu"
-        assert run.data.tags["autopeft.memory_measure"] == "cpu_rss_above_model"
+        # RSS on CPU; a trial in a worker process an earlier trial used says so (workers are reused)
+        assert run.data.tags["autopeft.memory_measure"] in ("cpu_rss_above_model", "cpu_rss_above_model_reused_process")
         assert {"metric", "trainable_params", "peak_memory_mb"} <= set(run.data.metrics)
     nodes = {run.data.tags["autopeft.node_id"] for run in trials}
     assert nodes == _node_ids(cluster["address"]), "trials ran on both nodes of the cluster"
