@@ -25,10 +25,14 @@ def _new_study(tmp_path, name: str = "s") -> tuple[optuna.Study, str]:
     return study, url
 
 
-def ask_until_done(url: str, name: str, owner: str, threads: int) -> None:
-    """One driver: several threads asking (and finishing) trials until the study is full."""
+def ask_until_done(url: str, name: str, owner: str, threads: int, start=None) -> None:
+    """One driver: several threads asking (and finishing) trials until the study is full.
+    ``start`` (a barrier shared by the drivers) makes them race from the same moment: a process
+    that imports faster would otherwise fill the study before the other one asks."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=name, storage=studies.open_storage(url))
+    if start is not None:
+        start.wait(timeout=120)
 
     def worker():
         while True:
@@ -51,7 +55,8 @@ def race_to_the_target(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
     """Two drivers (processes, each with its own connections) of 4 threads each race to TARGET."""
     optuna.create_study(storage=studies.open_storage(url), study_name=name)
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=ask_until_done, args=(url, name, f"driver-{i}", 4)) for i in range(2)]
+    start = ctx.Barrier(2)
+    procs = [ctx.Process(target=ask_until_done, args=(url, name, f"driver-{i}", 4, start)) for i in range(2)]
     for p in procs:
         p.start()
     for p in procs:
