@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from autopeft import schema
 from autopeft.errors import AutopeftError, ConfigError
-from autopeft.objectives import METRIC, TRAINABLE_PARAMS, Objective, available_objectives, get_objective
+from autopeft.objectives import METRIC, TRAINABLE_PARAMS, Objective, available_objectives, directions, get_objective
 from autopeft.pareto import mark_front
 from autopeft.schema import TrialRecord
 
@@ -50,7 +50,7 @@ class SearchRecord:
 
     @property
     def directions(self) -> dict[str, str]:
-        return {k: o.direction for k, o in self.objectives.items()}
+        return directions(self.objectives)
 
 
 def search_objectives(keys: str) -> dict[str, Objective]:

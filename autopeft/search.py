@@ -19,7 +19,7 @@ from autopeft.cluster import check_ray_address, check_resources, connect, on_clu
 from autopeft.config import TrainBudget
 from autopeft.errors import ConfigError, DataError
 from autopeft.fidelity import DEFAULT_REDUCTION_FACTOR, DEFAULT_RUNGS, rung_fractions
-from autopeft.objectives import DEFAULT_OBJECTIVES, METRIC, PEAK_MEMORY_MB, Objective, resolve_objectives
+from autopeft.objectives import DEFAULT_OBJECTIVES, METRIC, PEAK_MEMORY_MB, Objective, directions, resolve_objectives
 from autopeft.results import SearchRecord
 from autopeft.samplers import DEFAULT_SAMPLER, SAMPLERS
 from autopeft.stores import check_database_url, sqlite_url
@@ -320,7 +320,7 @@ def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> No
             started_ray = True
         searcher = ray_glue.StudySearcher(
             space=prep.space.define_by_run(prep.model.num_layers), metric=list(prep.objectives),
-            mode=[o.direction for o in prep.objectives.values()], sampler=stores.sampler, storage=stores.storage,
+            mode=list(directions(prep.objectives).values()), sampler=stores.sampler, storage=stores.storage,
             study_name=settings.name, seed=settings.seed, target=settings.num_samples, owner=stores.owner,
             retry_lost_trials=settings.retry_lost_trials,
             limits=limit_objectives(settings.limits), vetting=_vetting(prep), on_reuse=stores.tracker.trial_reused)
