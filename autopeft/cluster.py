@@ -63,10 +63,20 @@ def trial_data_dir(data_dir: str | None, resolved: Path | None, ray_address: str
     return str(Path(data_dir).expanduser().absolute())
 
 
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
+
+
 def connect(ray_address: str | None) -> None:
     """``ray.init`` for a search; a cluster that cannot be reached is a user error."""
     import ray
 
+    # Ray starts its workers at nice 15 (raylet's worker_niceness), so on a machine doing anything
+    # else at normal priority the trials get a few percent of a core: measured here, a trial that
+    # takes seconds alone had not finished importing torch after 50 s beside two busy processes.
+    # Trials are the work, so they run at the driver's priority; the environment (a user's own
+    # RAY_worker_niceness) still wins. Reaches a Ray this call starts; a cluster's own nodes take
+    # it from the environment of their `ray start`.
+    os.environ.setdefault(WORKER_NICENESS_ENV, "0")
     try:
         ray.init(address=ray_address, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR", configure_logging=True)

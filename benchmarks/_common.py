@@ -170,6 +170,53 @@ def run_jobs(jobs: list[dict[str, Any]], csv_path: Path, data_dir: str, workers:
     return done
 
 
+class TreeCPU:
+    """CPU-seconds (user + system) spent by this process and every process under it while in the
+    ``with`` block: a search's driver, Ray's GCS, raylet and trial workers. A thread samples the
+    process tree every ``interval`` s and keeps each process's last reading, so work elsewhere on
+    the machine is not counted; a process that ends between two samples loses at most its last
+    ``interval`` s."""
+
+    def __init__(self, interval: float = 1.0):
+        import threading
+
+        self.interval, self.seconds = interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._start: dict[tuple[int, float], float] = {}
+        self._last: dict[tuple[int, float], float] = {}
+
+    def _sample(self) -> dict[tuple[int, float], float]:
+        import psutil
+
+        me = psutil.Process()
+        out = {}
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                with p.oneshot():
+                    t = p.cpu_times()
+                    out[(p.pid, p.create_time())] = t.user + t.system
+            except psutil.Error:  # ended while being read
+                continue
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._last.update(self._sample())
+
+    def __enter__(self) -> "TreeCPU":
+        self._start = self._sample()  # what already ran (this process's imports) is not counted
+        self._last = dict(self._start)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._last.update(self._sample())
+        self.seconds = sum(v - self._start.get(k, 0.0) for k, v in self._last.items())
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     if not path.exists():
         return []
@@ -184,6 +231,14 @@ def write_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_task_table(path: Path, rows: list[dict[str, Any]], tasks: Iterable[str]) -> None:
+    """Write a per-task table, keeping the rows of tasks this run did not touch: the suite runs one
+    task at a time (run_suite.sh), so each task's rows land as soon as it finishes."""
+    tasks = set(tasks)
+    kept = [r for r in read_csv(path) if r["task"] not in tasks]
+    write_csv(path, kept + rows)
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:

@@ -143,7 +143,7 @@ def main() -> None:
         cpu = sum(r["cpu_seconds"] for r in out_rows if r["task"] == t)
         print(f"{t}: majority class {floor:.4f} on dev; baselines' sweep + seeds {cpu:.0f} CPU-s")
     table_csv = args.out.with_name("baselines_table.csv")
-    common.write_csv(table_csv, out_rows)
+    common.write_task_table(table_csv, out_rows, tasks)
     common.log_mlflow("baselines", {"train_examples": args.train_examples, "eval_examples": args.eval_examples,
                                     "epochs": args.epochs, "holdout": args.holdout, "seeds": args.seeds,
                                     "tasks": args.tasks},

@@ -87,7 +87,23 @@ def samplers() -> None:
     print()
 
 
+def transfer() -> None:
+    rows = common.read_csv(common.SUITE_RESULTS / "transfer.csv")
+    if not rows:
+        return
+    print(f"transfer.csv: the {rows[0]['source']} config {rows[0]['config']} (lr {float(rows[0]['lr']):g}), "
+          "retrained unchanged\n")
+    print("| task | transferred config (dev) | params | baseline | baseline (dev) | params | dominated? |")
+    print("|---|---:|---:|---|---:|---:|---|")
+    for r in rows:
+        print(f"| {r['task']} | {float(r['metric']):.3f} ± {float(r['std']):.3f} | {int(r['params']):,} | "
+              f"{r['baseline']} | {float(r['baseline_metric']):.3f} ± {float(r['baseline_std']):.3f} | "
+              f"{int(r['baseline_params']):,} | {'yes' if r['dominated'] == 'True' else 'no'} |")
+    print()
+
+
 if __name__ == "__main__":
     baselines()
     samplers()
     search_vs_baselines()
+    transfer()

@@ -15,7 +15,7 @@ than the larger of the two seed stds), and gives the hypervolume of the found co
 baselines' over (dev metric, log10 params) with one reference point per task (the worst metric
 and the largest parameter count of either side, plus a margin).
 
-Equal cost: the search (all its trials: the machine's busy CPU time while it ran) plus the
+Equal cost: the search (all its trials: the CPU time of its driver, Ray's services and trial workers) plus the
 retraining of its front for every seed may use no more CPU-seconds than the baselines' whole
 sweep (9 baselines x 3 rates + the extra seeds, their runs' own CPU time). The ratio is printed
 per task; above 1 the task is marked over budget (lower --trials or --search-train-examples).
@@ -46,13 +46,6 @@ from baselines import EXTRA, KEY, add_budget_args, chosen_lrs, reported, suite_b
 HEADLINE = ("lora_r8", "pfeiffer")
 
 
-def busy_cpu_seconds() -> float:
-    import psutil
-
-    t = psutil.cpu_times()
-    return sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
-
-
 def search_task(task: str, args: argparse.Namespace, budgets: list[float], known: set[str]) -> tuple[list, float]:
     """Run (or finish) the low-fidelity search of ``task``; its front as exports, and its CPU-seconds."""
     from autopeft.results import load_search, to_export
@@ -71,9 +64,9 @@ def search_task(task: str, args: argparse.Namespace, budgets: list[float], known
     cpu_file.parent.mkdir(parents=True, exist_ok=True)
     total = float(cpu_file.read_text()) if cpu_file.exists() else 0.0  # a resumed search adds to it
     if _trials_done(settings) < args.trials:
-        cpu0 = busy_cpu_seconds()
-        run_search(settings, show_progress=False)
-        total += busy_cpu_seconds() - cpu0
+        with common.TreeCPU() as cpu:  # the driver, Ray's services and the trial workers
+            run_search(settings, show_progress=False)
+        total += cpu.seconds
         cpu_file.write_text(str(total))
     record = load_search(name, uri, experiment="autopeft-benchmarks-search")
     # A baseline's own config (a warm start such as Pfeiffer's or LoRA r=8's) retrains to the
@@ -216,7 +209,7 @@ def main() -> None:
     print(f"\nTasks where a found configuration dominates both LoRA r=8 and Pfeiffer (each at its best rate, "
           f"above the majority class): {wins} of {len(tasks)}")
     table_csv = common.SUITE_RESULTS / f"search_vs_baselines_{args.space}_{args.sampler}_{args.trials}.csv"
-    common.write_csv(table_csv, table)
+    common.write_task_table(table_csv, table, tasks)
     common.log_mlflow("search_vs_baselines", {"trials": args.trials, "space": args.space, "sampler": args.sampler,
                                               "search_train_examples": args.search_train_examples,
                                               "train_examples": args.train_examples, "holdout": args.holdout,

@@ -107,3 +107,23 @@ def test_trial_code_never_loads_the_stores():
             "print(sorted(m for m in ('mlflow', 'optuna', 'sqlalchemy', 'psycopg2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_local_trial_workers_run_at_normal_priority(monkeypatch):
+    # Ray's default worker niceness (15) starves trials beside any busy process at normal priority.
+    import os
+
+    import ray
+
+    from autopeft.cluster import WORKER_NICENESS_ENV, connect
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv(WORKER_NICENESS_ENV, raising=False)
+    if ray.is_initialized():
+        ray.shutdown()
+    connect(None)
+    try:
+        niceness = ray.get(ray.remote(num_cpus=0)(lambda: os.nice(0)).remote(), timeout=120)
+    finally:
+        ray.shutdown()
+    assert niceness == os.nice(0)

@@ -479,8 +479,8 @@ def _fake_hub(monkeypatch, columns: dict, features: dict):
     datasets = pytest.importorskip("datasets")
     calls = []
 
-    def fake_load_dataset(path, name=None, split=None, **kwargs):
-        calls.append((path, name, split))
+    def fake_load_dataset(path, name=None, split=None, revision=None, **kwargs):
+        calls.append((path, name, split) + ((revision,) if revision else ()))
         return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
@@ -500,6 +500,25 @@ def test_hub_split_conversion(monkeypatch):
     split = load_split(load_task("rte"), "dev")
     assert calls == [("nyu-mll/glue", "rte", "validation")]
     assert split.texts == [("a", "c"), ("b", "d")] and split.labels == [1, 0]
+
+
+def test_hub_revision_reaches_load_dataset(monkeypatch):
+    # CogComp/trec ships a loading script, which datasets >= 4 refuses; the task reads the Hub's
+    # Parquet export branch instead, and the revision must reach load_dataset.
+    datasets = pytest.importorskip("datasets")
+    names = ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"]
+    features = {"text": datasets.Value("string"), "coarse_label": datasets.ClassLabel(names=names)}
+    _, calls = _fake_hub(monkeypatch, {"text": ["Who?", "When?"], "coarse_label": [3, 5]}, features)
+    split = load_split(load_task("trec"), "dev")
+    assert calls == [("CogComp/trec", None, "test", "refs/convert/parquet")]
+    assert split.labels == [3, 5]
+
+
+def test_hub_revision_must_be_text(tmp_path):
+    hub = {"path": "org/ds", "revision": ["main"], "text_columns": ["s1", "s2"], "label_column": "label"}
+    path = write_task(tmp_path, pair_task({"train": "t.tsv", "dev": "d.tsv"}, hub=hub))
+    with pytest.raises(ConfigError, match="hub.revision"):
+        load_task(str(path))
 
 
 def test_hub_class_order_mismatch(monkeypatch):

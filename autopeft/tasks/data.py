@@ -214,11 +214,12 @@ def load_hub_split(task: TaskSpec, split: str) -> Split:
     hub = task.hub
     assert hub is not None
     split_name = hub.split_name(split)
-    where = f"{hub.path}" + (f" (config {hub.name!r})" if hub.name else "") + f", split {split_name!r}"
+    where = (f"{hub.path}" + (f"@{hub.revision}" if hub.revision else "")
+             + (f" (config {hub.name!r})" if hub.name else "") + f", split {split_name!r}")
     try:
         import datasets  # slow to import; only the Hub path needs it
 
-        ds = datasets.load_dataset(hub.path, hub.name, split=split_name)
+        ds = datasets.load_dataset(hub.path, hub.name, split=split_name, revision=hub.revision)
     except Exception as exc:  # offline, missing dataset, bad config, ... all mean "no data"
         raise DataError(
             f"Task {task.name!r}: loading {where} from the Hugging Face Hub failed: "

@@ -32,6 +32,11 @@ Schema (unknown keys are an error, so typos fail loudly instead of being ignored
     hub:                            # optional; a Hugging Face Hub dataset (`datasets.load_dataset`)
       path: nyu-mll/glue            # required
       name: sst2                    # optional config name
+      revision: refs/convert/parquet
+                                    # optional git revision (branch, tag or commit). A repo that
+                                    #   ships a loading script, which `datasets` >= 4 refuses
+                                    #   ("Dataset scripts are no longer supported"), still loads
+                                    #   from the Hub's Parquet export, refs/convert/parquet
       train: train                  # optional split names, defaults train / validation
       dev: validation
       text_columns: [sentence]      # required; 1 or 2
@@ -84,7 +89,7 @@ class LocalSource:
 
 @dataclass(frozen=True)
 class HubSource:
-    """A Hugging Face Hub dataset read with ``datasets.load_dataset(path, name, split=...)``."""
+    """A Hugging Face Hub dataset read with ``datasets.load_dataset(path, name, split=..., revision=...)``."""
 
     path: str
     name: str | None
@@ -92,6 +97,7 @@ class HubSource:
     dev: str
     text_columns: tuple[str, ...]
     label_column: str
+    revision: str | None = None  # a branch, tag or commit; None = the repo's default branch
 
     def split_name(self, split: str) -> str:
         return self.train if split == "train" else self.dev
@@ -170,7 +176,7 @@ def _parse_task_file(path: Path) -> TaskSpec:
 
 _TOP_KEYS = {"name", "description", "labels", "metrics", "primary_metric", "local", "hub"}
 _LOCAL_KEYS = {"train", "dev", "format", "header", "columns", "text_columns", "label_column", "label_map"}
-_HUB_KEYS = {"path", "name", "train", "dev", "text_columns", "label_column"}
+_HUB_KEYS = {"path", "name", "revision", "train", "dev", "text_columns", "label_column"}
 
 
 def _check_keys(mapping: Any, allowed: set[str], required: set[str], where: str, path: Path | str) -> dict:
@@ -277,7 +283,7 @@ def _parse_label_map(raw: Any, labels: tuple[str, ...] | None, path: Path | str)
 
 def _parse_hub(raw: Any, path: Path | str) -> HubSource:
     _check_keys(raw, _HUB_KEYS, {"path", "text_columns", "label_column"}, "hub", path)
-    name = raw.get("name")
+    name, revision = raw.get("name"), raw.get("revision")
     return HubSource(
         path=_string(raw["path"], "hub.path", path),
         name=None if name is None else _string(name, "hub.name", path),
@@ -285,6 +291,7 @@ def _parse_hub(raw: Any, path: Path | str) -> HubSource:
         dev=_string(raw.get("dev", "validation"), "hub.dev", path),
         text_columns=_string_list(raw["text_columns"], "hub.text_columns", path, sizes=(1, 2)),
         label_column=_string(raw["label_column"], "hub.label_column", path),
+        revision=None if revision is None else _string(revision, "hub.revision", path),
     )
 
 
