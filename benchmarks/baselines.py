@@ -89,11 +89,11 @@ def run_baselines(configs: dict, tasks: list[str], args: argparse.Namespace, out
     """Sweep, choose, seed; every run of the suite's baselines and the rate chosen for each."""
     sweep = [job(t, n, p, lr, 0, args) for t in tasks for n, p in configs.items() for lr in common.lr_sweep(n)]
     rows = common.run_jobs(sweep, out, args.data_dir, args.workers, key=KEY, extra=EXTRA)
-    rows = [r for r in rows if r["task"] in tasks and r["name"] in configs]
+    rows = [r for r in common.in_sweep(rows) if r["task"] in tasks and r["name"] in configs]
     lrs = chosen_lrs(rows)
     seeds = [job(t, n, configs[n], lrs[(t, n)], s, args) for (t, n) in lrs for s in range(1, args.seeds)]
     rows = common.run_jobs(seeds, out, args.data_dir, args.workers, key=KEY, extra=EXTRA)
-    return [r for r in rows if r["task"] in tasks and r["name"] in configs], lrs
+    return [r for r in common.in_sweep(rows) if r["task"] in tasks and r["name"] in configs], lrs
 
 
 def reported(rows: list[dict[str, str]], lrs: dict, seeds: int) -> list[dict[str, str]]:

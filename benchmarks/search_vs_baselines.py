@@ -64,10 +64,12 @@ def search_task(task: str, args: argparse.Namespace, budgets: list[float], known
     cpu_file.parent.mkdir(parents=True, exist_ok=True)
     total = float(cpu_file.read_text()) if cpu_file.exists() else 0.0  # a resumed search adds to it
     if _trials_done(settings) < args.trials:
-        with common.TreeCPU() as cpu:  # the driver, Ray's services and the trial workers
+        # The driver, Ray's services and the trial workers; on disk as it grows, so a search killed
+        # and resumed is charged for both parts.
+        with common.TreeCPU(on_update=lambda spent: _save(cpu_file, total + spent)) as cpu:
             run_search(settings, show_progress=False)
         total += cpu.seconds
-        cpu_file.write_text(str(total))
+        _save(cpu_file, total)
     record = load_search(name, uri, experiment="autopeft-benchmarks-search")
     # A baseline's own config (a warm start such as Pfeiffer's or LoRA r=8's) retrains to the
     # baseline's numbers and cannot dominate it; a config sampled twice is retrained once.
@@ -80,6 +82,12 @@ def search_task(task: str, args: argparse.Namespace, budgets: list[float], known
         unique.setdefault(form + str(exp.budget.learning_rate), (t, exp))
     chosen = {id(t) for t in _choose([t for t, _ in unique.values()], budgets, args.max_front)}
     return [(t["trial"], exp) for t, exp in unique.values() if id(t) in chosen], total
+
+
+def _save(path: Path, seconds: float) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(str(seconds))
+    os.replace(tmp, path)  # a kill mid-write leaves the old figure, never half a number
 
 
 def _trials_done(settings) -> int:
@@ -127,7 +135,7 @@ def main() -> None:
     if not args.data_dir:
         sys.exit("give --data-dir or AUTOPEFT_DATA_DIR (the data folder, e.g. ../shared/data)")
     args.data_dir = str(Path(args.data_dir).resolve())
-    base_all = common.read_csv(args.baselines)
+    base_all = common.in_sweep(common.read_csv(args.baselines))
     lrs = chosen_lrs(base_all)
     base_rows = reported(base_all, lrs, args.seeds)
     if not base_rows:

@@ -58,7 +58,7 @@ def main() -> None:
     found_csv = args.found or max(common.SUITE_RESULTS.glob("search_vs_baselines_runs_*.csv"),
                                   key=lambda p: p.stat().st_mtime, default=None)
     found_rows = common.read_csv(found_csv) if found_csv else []
-    base_all = common.read_csv(args.baselines)
+    base_all = common.in_sweep(common.read_csv(args.baselines))
     lrs = chosen_lrs(base_all)
     base_rows = reported(base_all, lrs, args.seeds)
     lora = [float(r["trainable_params"]) for r in base_rows if r["task"] == args.source and r["name"] == "lora_r8"]
