@@ -4,6 +4,7 @@ throwaway objective registered through the plugin hook seen end to end in Optuna
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import os
@@ -64,12 +65,17 @@ def test_merged_lora_is_faster_and_computes_the_same(tiny_bert):
     model.eval()
     with torch.no_grad():
         before = model(input_ids=ids).logits
-    unmerged = time_forward(model, 64)
-    assert merge_for_inference(model) == 3 * 5  # every LoRA layer: 3 layers x 5 modules
+    merged_model = copy.deepcopy(model)
+    assert merge_for_inference(merged_model) == 3 * 5  # every LoRA layer: 3 layers x 5 modules
     with torch.no_grad():
-        after = model(input_ids=ids).logits
-    merged = time_forward(model, 64)
+        after = merged_model(input_ids=ids).logits
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-4)
+    # Timed in turns, best of five each: a burst of other work on a shared machine then slows
+    # both alike or neither, instead of whichever was timed second (seen: 1.73 vs 0.86 ms).
+    unmerged = merged = float("inf")
+    for _ in range(5):
+        unmerged = min(unmerged, time_forward(model, 64))
+        merged = min(merged, time_forward(merged_model, 64))
     assert merged < unmerged, (merged, unmerged)
 
 
