@@ -22,7 +22,9 @@ issue's target: the median (over seeds) for ``sh+gp`` at most one third of ``gp`
 
 Writes multifidelity_trials.csv (every trial), multifidelity.csv (the table) and multifidelity.png
 (hypervolume / best against CPU-seconds) under benchmarks/results (AUTOPEFT_BENCH_RESULTS moves
-them), and logs one MLflow run.
+them), and logs one MLflow run. Runs go seed by seed (every method at seed 0 first); ``--report``
+trains nothing and tabulates the runs that have spent their budget, so a benchmark stopped
+part-way can be read.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ METHODS = ("gp", "random", "sh+gp", "sh+random")
 # The issue's suite; without MR and SICK-R tasks installed, SST-2 and STS-B stand in.
 PREFERRED_TASKS, FALLBACK_TASK = ("sst2", "mr", "sick_r"), "stsb"
 TARGET = 0.95
+STORAGE = f"sqlite:///{common.RESULTS / 'multifidelity.db'}"  # every run's study; a stopped run resumes
 
 
 def default_tasks() -> list[str]:
@@ -83,10 +86,15 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
     objectives = resolve_objectives("metric,trainable_params")
     fractions = rung_fractions(args.rungs, args.reduction_factor) if halving else ()
     ctx = TrialContext(common.MODEL, task, budget, args.data_dir, rungs=fractions, rung_objectives=tuple(objectives))
-    study = optuna.create_study(
-        storage=f"sqlite:///{common.RESULTS / 'multifidelity.db'}", study_name=f"{args.space}-{task}-{method}-{seed}",
-        directions=["maximize", "minimize"], sampler=SAMPLERS[sampler](seed, args.expected_trials),
-        load_if_exists=True)
+    storage, name = STORAGE, f"{args.space}-{task}-{method}-{seed}"
+    if args.report:  # what is stored, trains nothing; a run short of its budget is not a result yet
+        try:
+            study = optuna.load_study(storage=storage, study_name=name)
+        except KeyError:
+            return []
+        return _rows(study, task, method, seed) if _spent(study) >= args.cpu_budget else []
+    study = optuna.create_study(storage=storage, study_name=name, directions=["maximize", "minimize"],
+                                sampler=SAMPLERS[sampler](seed, args.expected_trials), load_if_exists=True)
     for t in study.get_trials(states=[optuna.trial.TrialState.RUNNING]):  # left by a stopped run
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     if not study.trials:
@@ -98,7 +106,7 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
     vetting = Vetting(budget)
 
     def spent() -> float:
-        return sum(t.user_attrs.get("cpu_seconds", 0.0) for t in study.trials)
+        return _spent(study)
 
     while spent() < args.cpu_budget:
         trial = study.ask()
@@ -133,6 +141,19 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
         print(f"{task} {method} seed {seed} trial {trial.number}: {report['metric']:.4f} "
               f"{report['trainable_params']} params, fidelity {report.get('fidelity', 1.0):.3f}, "
               f"{spent():.0f}/{args.cpu_budget:.0f} CPU-s", flush=True)
+    return _rows(study, task, method, seed)
+
+
+def _spent(study) -> float:
+    return sum(t.user_attrs.get("cpu_seconds", 0.0) for t in study.trials)
+
+
+def _rows(study, task: str, method: str, seed: int) -> list[dict]:
+    """The run's complete trials in order, each with the CPU-seconds spent up to it."""
+    import optuna
+
+    from autopeft.study import FIDELITY_ATTR, STOPPED_ATTR
+
     rows, cpu = [], 0.0
     for t in sorted(study.trials, key=lambda t: t.number):
         cpu += t.user_attrs.get("cpu_seconds", 0.0)
@@ -170,20 +191,29 @@ def cpu_to_reach(curve: list[tuple[float, float]], level: float) -> float:
     return next((cpu for cpu, hv in curve if hv >= level), math.inf)
 
 
-def table(curves: dict, methods: list[str], seeds: int) -> list[dict]:
+def table(curves: dict, methods: list[str]) -> list[dict]:
+    """Per task and method, over the seeds that have a finished run (all of them once the
+    benchmark has run; fewer in a ``--report`` of a partial one)."""
     out = []
     for task in sorted({k[0] for k in curves}):
         best = max(c[-1][1] for k, c in curves.items() if k[0] == task and c)
-        gp = [cpu_to_reach(curves.get((task, "gp", s), []), TARGET * best) for s in range(seeds)]
+
+        def reach(method: str) -> list[float]:
+            return [cpu_to_reach(c, TARGET * best) for (t, m, _), c in sorted(curves.items()) if (t, m) == (task, method)]
+
+        gp = reach("gp")
+        gp_median = statistics.median(gp) if gp else math.nan
         for m in methods:
-            runs = [curves.get((task, m, s), []) for s in range(seeds)]
-            reach = [cpu_to_reach(c, TARGET * best) for c in runs]
-            med = statistics.median(reach)
-            out.append({"task": task, "method": m,
-                        "cpu_to_95pct": " ".join("-" if math.isinf(x) else f"{x:.0f}" for x in reach),
+            runs = [c for (t, mm, _), c in sorted(curves.items()) if (t, mm) == (task, m)]
+            if not runs:
+                continue
+            mine = reach(m)
+            med = statistics.median(mine)
+            out.append({"task": task, "method": m, "seeds": len(runs),
+                        "cpu_to_95pct": " ".join("-" if math.isinf(x) else f"{x:.0f}" for x in mine),
                         "median_cpu_to_95pct": med,
-                        "vs_gp": round(med / statistics.median(gp), 3) if math.isfinite(med) and gp
-                        and math.isfinite(statistics.median(gp)) else math.nan,
+                        "vs_gp": round(med / gp_median, 3) if math.isfinite(med) and math.isfinite(gp_median)
+                        else math.nan,
                         "final_hv_over_best": round(statistics.fmean(c[-1][1] / best if c else 0.0 for c in runs), 4),
                         "trials": sum(len(c) for c in runs)})
     return out
@@ -203,6 +233,8 @@ def main() -> None:
     ap.add_argument("--rungs", type=int, default=3)
     ap.add_argument("--reduction-factor", type=int, default=3)
     ap.add_argument("--expected-trials", type=int, default=40, help="sizes the samplers' random start-up phase")
+    ap.add_argument("--report", action="store_true",
+                    help="train nothing: the table and plot of the runs already finished in multifidelity.db")
     args = common.parse_with_data_dir(ap)
     methods = args.methods.split(",")
     unknown = sorted(set(methods) - set(METHODS))
@@ -211,30 +243,40 @@ def main() -> None:
     tasks = args.tasks.split(",") if args.tasks else default_tasks()
     common.RESULTS.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    jobs = [(task, m, seed) for task in tasks for m in methods for seed in range(args.seeds)]
+    # Seed by seed within a task, every method at each seed: a benchmark stopped part-way (and
+    # read with --report) has whole rounds of every method to compare, not one method's seeds.
+    jobs = [(task, m, seed) for task in tasks for seed in range(args.seeds) for m in methods]
+    if not args.report:  # the schema once, here: two workers creating it at once race ("table studies already exists")
+        import optuna
+
+        optuna.storages.RDBStorage(STORAGE)
     with ProcessPoolExecutor(args.workers, common.SPAWN) as pool:
         futures = [pool.submit(run_method, task, m, seed, args) for task, m, seed in jobs]
         rows = [r for f in futures for r in f.result()]
     wall = time.perf_counter() - t0
+    if not rows:
+        sys.exit(f"no run has spent its {args.cpu_budget:.0f} CPU-s yet: nothing to report")
     trials_csv = common.RESULTS / "multifidelity_trials.csv"
     common.write_csv(trials_csv, rows)
     curves = hv_curves(rows)
-    summary = table(curves, methods, args.seeds)
+    summary = table(curves, methods)
     table_csv = common.RESULTS / "multifidelity.csv"
     common.write_csv(table_csv, summary)
     print(f"\n{platform.node()}: {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; space {args.space}, "
           f"{args.train_examples} train examples, {args.rungs} rungs, eta {args.reduction_factor}, "
           f"{args.cpu_budget:.0f} CPU-s per run, {args.seeds} seeds, {wall:.0f} s wall")
-    print("| task | method | CPU-s to 95% of best HV (per seed) | median | / gp | final HV / best | trials |")
-    print("|---|---|---|---|---|---|---|")
+    print("| task | method | seeds | CPU-s to 95% of best HV (per seed) | median | / gp | final HV / best | trials |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in summary:
-        print(f"| {r['task']} | {r['method']} | {r['cpu_to_95pct']} | {r['median_cpu_to_95pct']:.0f} | "
+        print(f"| {r['task']} | {r['method']} | {r['seeds']} | {r['cpu_to_95pct']} | {r['median_cpu_to_95pct']:.0f} | "
               f"{r['vs_gp']} | {r['final_hv_over_best']:.3f} | {r['trials']} |")
     png = common.RESULTS / "multifidelity.png"
     _plot(curves, png)
+    if args.report:  # the runs were logged when they ran
+        return
     common.log_mlflow("multifidelity", {k: getattr(args, k) for k in ("seeds", "cpu_budget", "space", "train_examples",
                                                                        "rungs", "reduction_factor")},
-                      {f"{r['task']}.{r['method']}.vs_gp": r["vs_gp"] for r in summary},
+                      {f"{r['task']}.{r['method'].replace('+', '_')}.vs_gp": r["vs_gp"] for r in summary},  # MLflow refuses "+"
                       [trials_csv, table_csv, png])
 
 
