@@ -21,6 +21,7 @@ sweep (9 baselines x 3 rates + the extra seeds, their runs' own CPU time). The r
 per task; above 1 the task is marked over budget (lower --trials or --search-train-examples).
 
     AUTOPEFT_DATA_DIR=../shared/data .venv/bin/python benchmarks/search_vs_baselines.py [--trials 10]
+        [--scheduler sh --top-seeds 2]   # another search on the same baselines: its own study and CSVs
 
 Writes benchmarks/results/suite/search_vs_baselines_runs_SPACE_SAMPLER_TRIALS.csv (every
 retraining run; a stopped run resumes, and so do the searches) and
@@ -51,7 +52,7 @@ def search_task(task: str, args: argparse.Namespace, budgets: list[float], known
     from autopeft.results import load_search, to_export
     from autopeft.search import SearchSettings, run_search
 
-    name = f"svb-{args.space}-{args.sampler}-{task}-{args.trials}"
+    name = f"svb-{args.space}-{args.sampler}-{task}-{args.trials}{variant(args, '-')}"
     uri = common.tracking_uri(common.SUITE_RESULTS)
     # Trials score on the baselines' held-out rows: the front, and the learning rates in it, are
     # chosen without looking at dev.
@@ -59,6 +60,7 @@ def search_task(task: str, args: argparse.Namespace, budgets: list[float], known
     settings = SearchSettings(
         name=name, task=task, space=args.space, sampler=args.sampler, num_samples=args.trials, budget=budget,
         max_concurrent_trials=args.workers, data_dir=args.data_dir, workdir=str(common.SUITE_RESULTS / "svb"),
+        scheduler=args.scheduler, rungs=args.rungs, reduction_factor=args.reduction_factor, top_seeds=args.top_seeds,
         tracking_uri=uri, experiment="autopeft-benchmarks-search")
     cpu_file = common.SUITE_RESULTS / "svb" / f"{name}.cpu"
     cpu_file.parent.mkdir(parents=True, exist_ok=True)
@@ -82,6 +84,14 @@ def search_task(task: str, args: argparse.Namespace, budgets: list[float], known
         unique.setdefault(form + str(exp.budget.learning_rate), (t, exp))
     chosen = {id(t) for t in _choose([t for t, _ in unique.values()], budgets, args.max_front)}
     return [(t["trial"], exp) for t, exp in unique.values() if id(t) in chosen], total
+
+
+def variant(args: argparse.Namespace, sep: str) -> str:
+    """How a search differs from every-trial-at-full-budget with one seed, for its study's and its
+    CSVs' names (empty for that default, so earlier results keep their names)."""
+    parts = [f"sh{args.rungs}x{args.reduction_factor}"] if args.scheduler == "sh" else []
+    parts += [f"s{args.top_seeds}"] if args.top_seeds > 1 else []
+    return "".join(sep + p for p in parts)
 
 
 def _save(path: Path, seconds: float) -> None:
@@ -130,6 +140,11 @@ def main() -> None:
     ap.add_argument("--sampler", default="gp")
     ap.add_argument("--search-train-examples", type=int, default=512, help="training examples per search trial")
     ap.add_argument("--max-front", type=int, default=3, help="front configs retrained per task")
+    ap.add_argument("--scheduler", default="fifo", help="autopeft search --scheduler: fifo or sh")
+    ap.add_argument("--rungs", type=int, default=3, help="autopeft search --rungs (sh)")
+    ap.add_argument("--reduction-factor", type=int, default=3, help="autopeft search --reduction-factor (sh)")
+    ap.add_argument("--top-seeds", type=int, default=1,
+                    help="autopeft search --top-seeds: seeds per config at the full budget (its metric is their mean)")
     ap.add_argument("--baselines", type=Path, default=common.SUITE_RESULTS / "baselines_runs.csv")
     args = ap.parse_args()
     if not args.data_dir:
@@ -158,7 +173,8 @@ def main() -> None:
                 budget = suite_budget(args, seed, exp.budget.learning_rate)
                 jobs.append({"task": task, "name": name, "lr": exp.budget.learning_rate, "seed": seed,
                              "peft_json": exp.peft.to_json(), "budget_json": json.dumps(budget.to_dict())})
-    runs_csv = common.SUITE_RESULTS / f"search_vs_baselines_runs_{args.space}_{args.sampler}_{args.trials}.csv"
+    tag = f"{args.space}_{args.sampler}_{args.trials}{variant(args, '_')}"
+    runs_csv = common.SUITE_RESULTS / f"search_vs_baselines_runs_{tag}.csv"
     rows = common.run_jobs(jobs, runs_csv, args.data_dir, args.workers, key=KEY, extra=EXTRA)
     wanted = {(j["task"], j["name"]) for j in jobs}
     found = common.summarise([r for r in rows if (r["task"], r["name"]) in wanted and int(r["seed"]) < args.seeds],
@@ -169,7 +185,8 @@ def main() -> None:
 
     table, wins = [], 0
     print(f"\n{platform.node()}: {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; search: {args.space} space, "
-          f"{args.sampler}, {args.trials} trials of {args.search_train_examples} train examples, scored on a "
+          f"{args.sampler}, scheduler {args.scheduler}{variant(args, ' ')}, {args.trials} trials of "
+          f"{args.search_train_examples} train examples, scored on a "
           f"{args.holdout:g}-row holdout; retraining and baselines: {args.train_examples} examples x {args.epochs:g} "
           f"epoch, {args.seeds} seeds, reported on dev; {time.perf_counter() - t0:.0f} s wall")
     for task in tasks:
@@ -216,9 +233,10 @@ def main() -> None:
             print(f"  found {n}: {s['mean']:.4f} +- {s['std']:.4f} {s['params']:>10.0f}  {labels[(task, n)]}")
     print(f"\nTasks where a found configuration dominates both LoRA r=8 and Pfeiffer (each at its best rate, "
           f"above the majority class): {wins} of {len(tasks)}")
-    table_csv = common.SUITE_RESULTS / f"search_vs_baselines_{args.space}_{args.sampler}_{args.trials}.csv"
+    table_csv = common.SUITE_RESULTS / f"search_vs_baselines_{tag}.csv"
     common.write_task_table(table_csv, table, tasks)
     common.log_mlflow("search_vs_baselines", {"trials": args.trials, "space": args.space, "sampler": args.sampler,
+                                              "scheduler": args.scheduler, "top_seeds": args.top_seeds,
                                               "search_train_examples": args.search_train_examples,
                                               "train_examples": args.train_examples, "holdout": args.holdout,
                                               "seeds": args.seeds},
