@@ -1,0 +1,72 @@
+"""The figures the suite's README readings quote that no table prints: each search's trials (from
+its Optuna study, benchmarks/results/suite/svb/optuna.db, which stays local) written to a committed
+CSV, and how much sharing a core with outside work inflated the baselines' per-run CPU-seconds.
+
+    .venv/bin/python benchmarks/suite_evidence.py
+
+Writes benchmarks/results/suite/search_trials.csv (task, search, trial, holdout metric, params,
+learning rate, config key) and prints, per task, the best trials on the holdout and the CPU
+inflation of contended runs (wall/CPU above 1.3) against runs of the same configuration that had
+a core to themselves (wall/CPU below 1.1).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402
+
+
+def search_trials() -> list[dict]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage = f"sqlite:///{common.SUITE_RESULTS / 'svb' / 'optuna.db'}"
+    rows = []
+    for summary in optuna.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        task = summary.study_name.split("-")[3]  # svb-SPACE-SAMPLER-TASK-TRIALS[-variant]
+        for t in study.trials:
+            if t.values:
+                rows.append({"task": task, "search": summary.study_name, "trial": t.number,
+                             "holdout_metric": t.values[0], "trainable_params": int(t.values[1]),
+                             "learning_rate": t.params.get("train/learning_rate"),
+                             "config": t.user_attrs.get("autopeft_config_key", "")})
+    return rows
+
+
+def contention(rows: list[dict]) -> dict[str, list[float]]:
+    """task -> per configuration: mean CPU-s of contended runs / mean CPU-s of uncontended ones."""
+    out: dict[str, list[float]] = {}
+    for task in sorted({r["task"] for r in rows}):
+        by: dict[str, dict[str, list[float]]] = {}
+        for r in (r for r in rows if r["task"] == task and r["cpu_seconds"]):
+            cpu, wall = float(r["cpu_seconds"]), float(r["wall_seconds"])
+            kind = "alone" if wall / cpu < 1.1 else "shared" if wall / cpu > 1.3 else None
+            if kind:
+                by.setdefault(r["name"], {"alone": [], "shared": []})[kind].append(cpu)
+        out[task] = [statistics.fmean(d["shared"]) / statistics.fmean(d["alone"])
+                     for d in by.values() if d["alone"] and d["shared"]]
+    return out
+
+
+def main() -> None:
+    trials = search_trials()
+    path = common.SUITE_RESULTS / "search_trials.csv"
+    common.write_csv(path, trials)
+    for search in sorted({r["search"] for r in trials}):
+        best = sorted((r for r in trials if r["search"] == search), key=lambda r: -r["holdout_metric"])[:3]
+        print(f"{search}: best on the holdout " + ", ".join(
+            f"t{r['trial']} {r['holdout_metric']:.3f} ({r['trainable_params']:,} params)" for r in best))
+    for task, ratios in contention(common.read_csv(common.SUITE_RESULTS / "baselines_runs.csv")).items():
+        if ratios:
+            print(f"{task}: contended / uncontended CPU-s per run, {len(ratios)} configurations: "
+                  f"{min(ratios):.2f}-{max(ratios):.2f}, mean {statistics.fmean(ratios):.2f}")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
