@@ -24,7 +24,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 HERE = Path(__file__).resolve().parent
 RESULTS = Path(os.environ.get("AUTOPEFT_BENCH_RESULTS", HERE / "results"))  # elsewhere for smoke runs
-MODEL = "all-MiniLM-L6-v2"
+# The base model every benchmark trains: the embedded default, or a local folder (a machine without
+# the embedded package, e.g. the GPU machine of gpu_suite.py, carries the same weights as files).
+MODEL = os.environ.get("AUTOPEFT_BENCH_MODEL", "all-MiniLM-L6-v2")
+# Where each run trains: cpu, or cuda on a GPU machine (one GPU shared by the --workers processes).
+DEVICE = os.environ.get("AUTOPEFT_BENCH_DEVICE", "cpu")
 # The suite: tasks a sentence-embedding model learns on this CPU budget. RTE, MRPC and CoLA sat at
 # the majority class for every method in the last round (frozen-feature probes of the model give
 # RTE 0.48-0.51 accuracy, CoLA MCC 0.07-0.12, MRPC 0.70 accuracy against a 0.68 majority).
@@ -106,7 +110,13 @@ def train_once(task: str, peft_json: str | None, budget_json: str, data_dir: str
     full = peft_json is None
     peft = PeftConfig(()) if full else PeftConfig.from_json(peft_json)
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    report = run_config(TrialContext(MODEL, task, budget, data_dir), peft, full_finetune=full, report_dev=True)
+    try:
+        report = run_config(TrialContext(MODEL, task, budget, data_dir), peft, device=DEVICE, full_finetune=full,
+                            report_dev=True)
+    except Exception as exc:  # a failed run (a diverged rate) is a result, and what it spent counts as cost
+        return {"metric": math.nan, "dev_metric": math.nan, "trainable_params": math.nan,
+                "train_loss": f"{type(exc).__name__}: {exc}"[:200], "cpu_seconds": time.process_time() - cpu0,
+                "wall_seconds": time.perf_counter() - wall0}
     dev_key = f"dev_{load_task(task).primary_metric}"
     return {"metric": report["metric"], "dev_metric": report.get(dev_key, report["metric"]),
             "trainable_params": report["trainable_params"],
@@ -144,15 +154,20 @@ def _quiet_worker() -> None:
 
 
 def run_jobs(jobs: list[dict[str, Any]], csv_path: Path, data_dir: str, workers: int = 2,
-             key: tuple[str, ...] = ("task", "name", "seed"), extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+             key: tuple[str, ...] = ("task", "name", "seed"), extra: tuple[str, ...] = (),
+             deadline: float | None = None) -> list[dict[str, Any]]:
     """Run ``jobs`` (dicts with task, peft_json, budget_json and key fields), ``workers`` at a time.
 
     Rows already in ``csv_path`` (same key) are not rerun, so a stopped benchmark resumes; each
     finished run is appended at once. ``extra``: more result columns (``dev_metric``) for new files.
+    ``deadline`` (a ``time.time()``): past it no new run starts (those running finish), so a machine
+    lent for a fixed time returns complete rows and the same command resumes the rest elsewhere.
     """
     done = read_csv(csv_path)
     seen = {tuple(str(r[k]) for k in key) for r in done}
     todo = [j for j in jobs if tuple(str(j[k]) for k in key) not in seen]
+    if deadline is not None and time.time() > deadline:
+        todo = []
     print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already in {csv_path.name}; running {len(todo)}", flush=True)
     fields = [*key, "metric", *extra, "trainable_params", "train_loss", "cpu_seconds", "wall_seconds", "peft"]
     csv_path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,6 +181,11 @@ def run_jobs(jobs: list[dict[str, Any]], csv_path: Path, data_dir: str, workers:
             writer.writeheader()
         futures = {pool.submit(train_once, j["task"], j["peft_json"], j["budget_json"], data_dir): j for j in todo}
         for n, fut in enumerate(as_completed(futures), 1):
+            if deadline is not None and time.time() > deadline:
+                for other in futures:
+                    other.cancel()  # only those not started; a cancelled run is simply not in the CSV
+            if fut.cancelled():
+                continue
             job = futures[fut]
             try:
                 row = {**{k: job[k] for k in key}, **fut.result(), "peft": job["peft_json"] or FULL_FT}
@@ -267,8 +287,9 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
 
 
 def summarise(rows: list[dict[str, str]], group: Callable[[dict[str, str]], tuple],
-              column: str = "metric") -> dict[tuple, dict[str, float]]:
-    """Group runs; per group: ``column``'s mean/std over seeds, params, total CPU seconds, runs."""
+              column: str = "metric", cost: str = "cpu_seconds") -> dict[tuple, dict[str, float]]:
+    """Group runs; per group: ``column``'s mean/std over seeds, params, total ``cost`` seconds (in
+    key ``cpu_seconds``; ``wall_seconds`` where runs share a GPU, whose CPU time says little), runs."""
     groups: dict[tuple, list[dict[str, str]]] = {}
     for r in rows:
         groups.setdefault(group(r), []).append(r)
@@ -277,7 +298,7 @@ def summarise(rows: list[dict[str, str]], group: Callable[[dict[str, str]], tupl
         mean, std = mean_std(float(r[column]) for r in rs)
         params = [float(r["trainable_params"]) for r in rs if r["trainable_params"] not in ("", "nan")]
         out[g] = {"mean": mean, "std": std, "params": params[0] if params else math.nan,
-                  "cpu_seconds": sum(float(r["cpu_seconds"] or 0) for r in rs), "runs": len(rs)}
+                  "cpu_seconds": sum(float(r[cost] or 0) for r in rs), "runs": len(rs)}
     return out
 
 

@@ -85,14 +85,16 @@ def chosen_lrs(rows: list[dict[str, str]]) -> dict[tuple[str, str], float]:
     return {k: lr for k, (_, lr) in best.items()}
 
 
-def run_baselines(configs: dict, tasks: list[str], args: argparse.Namespace, out: Path) -> tuple[list, dict]:
-    """Sweep, choose, seed; every run of the suite's baselines and the rate chosen for each."""
+def run_baselines(configs: dict, tasks: list[str], args: argparse.Namespace, out: Path,
+                  deadline: float | None = None) -> tuple[list, dict]:
+    """Sweep, choose, seed; every run of the suite's baselines and the rate chosen for each
+    (``deadline``: ``_common.run_jobs``'s)."""
     sweep = [job(t, n, p, lr, 0, args) for t in tasks for n, p in configs.items() for lr in common.lr_sweep(n)]
-    rows = common.run_jobs(sweep, out, args.data_dir, args.workers, key=KEY, extra=EXTRA)
+    rows = common.run_jobs(sweep, out, args.data_dir, args.workers, key=KEY, extra=EXTRA, deadline=deadline)
     rows = [r for r in common.in_sweep(rows) if r["task"] in tasks and r["name"] in configs]
     lrs = chosen_lrs(rows)
     seeds = [job(t, n, configs[n], lrs[(t, n)], s, args) for (t, n) in lrs for s in range(1, args.seeds)]
-    rows = common.run_jobs(seeds, out, args.data_dir, args.workers, key=KEY, extra=EXTRA)
+    rows = common.run_jobs(seeds, out, args.data_dir, args.workers, key=KEY, extra=EXTRA, deadline=deadline)
     return [r for r in common.in_sweep(rows) if r["task"] in tasks and r["name"] in configs], lrs
 
 

@@ -132,6 +132,60 @@ def hv(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
     return hypervolume([(-m, math.log10(p)) for m, p in points], ref)
 
 
+def compare(tasks: list[str], found: dict, base: dict, base_cost: dict, search_cost: dict[str, float], lrs: dict,
+            labels: dict, args: argparse.Namespace, unit: str = "CPU-s") -> tuple[list[dict], int]:
+    """Per task: the found configs against the baselines (dominance, hypervolume ratio, cost ratio),
+    printed and as table rows; and the number of tasks where a found config dominates both headline
+    baselines above the majority class. ``found`` / ``base``: ``common.summarise`` of dev metrics;
+    ``unit`` names the cost (CPU-seconds here, GPU wall-seconds on a shared GPU)."""
+    table, wins = [], 0
+    for task in tasks:
+        mine = {n: s for (t, n), s in found.items() if t == task and not math.isnan(s["mean"])}
+        theirs = {n: s for (t, n), s in base.items() if t == task and not math.isnan(s["mean"])}
+        if not theirs:
+            print(f"{task}: no baseline runs; run benchmarks/baselines.py --tasks {task} first")
+            continue
+        if not mine:
+            print(f"{task}: the search's front held only baseline configurations; nothing new to retrain")
+        every = list(mine.values()) + list(theirs.values())
+        ref = (-min(s["mean"] for s in every) + 0.01, math.log10(max(s["params"] for s in every)) + 0.1)
+        hv_found = hv([(s["mean"], s["params"]) for s in mine.values()], ref)
+        hv_base = hv([(s["mean"], s["params"]) for s in theirs.values()], ref)
+        retrain_cpu = sum(s["cpu_seconds"] for s in mine.values())
+        base_cpu = base_cost[(task,)]["cpu_seconds"]
+        ratio = (search_cost[task] + retrain_cpu) / base_cpu
+        headline = []
+        floor = common.majority_metric(task, args.data_dir, args.train_examples, args.eval_examples, args.seeds)
+        print(f"\n{task}: majority class {floor:.4f}; hypervolume found / baselines = {hv_found / hv_base:.3f}; "
+              f"{unit} search {search_cost[task]:.0f} + retrain {retrain_cpu:.0f} vs baselines' sweep {base_cpu:.0f}: "
+              f"ratio {ratio:.2f}{' OVER BUDGET' if ratio > 1 else ''}")
+        for bname, b in sorted(theirs.items(), key=lambda kv: kv[1]["params"]):
+            doms = [(n, s) for n, s in mine.items() if common.dominates(s, b)]
+            best = max(doms, key=lambda d: d[1]["mean"], default=None)
+            if bname in HEADLINE:
+                headline.append(best is not None and best[1]["mean"] > floor)
+            print(f"  {bname:9s} {b['mean']:.4f} +- {b['std']:.4f} {b['params']:>10.0f} @{lrs[(task, bname)]:g}  " + (
+                f"dominated by {best[0]} {best[1]['mean']:.4f} +- {best[1]['std']:.4f} {best[1]['params']:.0f} "
+                f"({labels[(task, best[0])]})" if best else "not dominated"))
+            table.append({"task": task, "majority_metric": round(floor, 4), "baseline": bname,
+                          "baseline_lr": lrs[(task, bname)], "baseline_metric": round(b["mean"], 4),
+                          "baseline_std": round(b["std"], 4), "baseline_params": int(b["params"]),
+                          "dominated": best is not None, "by": best[0] if best else "",
+                          "by_metric": round(best[1]["mean"], 4) if best else "",
+                          "by_std": round(best[1]["std"], 4) if best else "",
+                          "by_params": int(best[1]["params"]) if best else "",
+                          "by_config": labels[(task, best[0])] if best else "",
+                          "hv_found_over_baselines": round(hv_found / hv_base, 4),
+                          "search_cpu_seconds": round(search_cost[task]), "retrain_cpu_seconds": round(retrain_cpu),
+                          "baselines_cpu_seconds": round(base_cpu), "cpu_ratio": round(ratio, 3)})
+        wins += all(headline) and len(headline) == len(HEADLINE)
+        for n, s in sorted(mine.items(), key=lambda kv: kv[1]["params"]):
+            print(f"  found {n}: {s['mean']:.4f} +- {s['std']:.4f} {s['params']:>10.0f}  {labels[(task, n)]}")
+    print(f"\nTasks where a found configuration dominates both LoRA r=8 and Pfeiffer (each at its best rate, "
+          f"above the majority class): {wins} of {len(tasks)}")
+    return table, wins
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_budget_args(ap)
@@ -183,56 +237,12 @@ def main() -> None:
     # What trying the baselines by hand cost: every sweep and seed run, not only the reported ones.
     base_cost = common.summarise([r for r in base_all if r["task"] in tasks], lambda r: (r["task"],))
 
-    table, wins = [], 0
     print(f"\n{platform.node()}: {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; search: {args.space} space, "
           f"{args.sampler}, scheduler {args.scheduler}{variant(args, ' ')}, {args.trials} trials of "
           f"{args.search_train_examples} train examples, scored on a "
           f"{args.holdout:g}-row holdout; retraining and baselines: {args.train_examples} examples x {args.epochs:g} "
           f"epoch, {args.seeds} seeds, reported on dev; {time.perf_counter() - t0:.0f} s wall")
-    for task in tasks:
-        mine = {n: s for (t, n), s in found.items() if t == task and not math.isnan(s["mean"])}
-        theirs = {n: s for (t, n), s in base.items() if t == task and not math.isnan(s["mean"])}
-        if not theirs:
-            print(f"{task}: no baseline runs; run benchmarks/baselines.py --tasks {task} first")
-            continue
-        if not mine:
-            print(f"{task}: the search's front held only baseline configurations; nothing new to retrain")
-        every = list(mine.values()) + list(theirs.values())
-        ref = (-min(s["mean"] for s in every) + 0.01, math.log10(max(s["params"] for s in every)) + 0.1)
-        hv_found = hv([(s["mean"], s["params"]) for s in mine.values()], ref)
-        hv_base = hv([(s["mean"], s["params"]) for s in theirs.values()], ref)
-        retrain_cpu = sum(s["cpu_seconds"] for s in mine.values())
-        base_cpu = base_cost[(task,)]["cpu_seconds"]
-        ratio = (search_cpu[task] + retrain_cpu) / base_cpu
-        headline = []
-        floor = common.majority_metric(task, args.data_dir, args.train_examples, args.eval_examples, args.seeds)
-        print(f"\n{task}: majority class {floor:.4f}; hypervolume found / baselines = {hv_found / hv_base:.3f}; "
-              f"CPU-s search {search_cpu[task]:.0f} + retrain {retrain_cpu:.0f} vs baselines' sweep {base_cpu:.0f}: "
-              f"ratio {ratio:.2f}{' OVER BUDGET' if ratio > 1 else ''}")
-        for bname, b in sorted(theirs.items(), key=lambda kv: kv[1]["params"]):
-            doms = [(n, s) for n, s in mine.items() if common.dominates(s, b)]
-            best = max(doms, key=lambda d: d[1]["mean"], default=None)
-            if bname in HEADLINE:
-                headline.append(best is not None and best[1]["mean"] > floor)
-            print(f"  {bname:9s} {b['mean']:.4f} +- {b['std']:.4f} {b['params']:>10.0f} @{lrs[(task, bname)]:g}  " + (
-                f"dominated by {best[0]} {best[1]['mean']:.4f} +- {best[1]['std']:.4f} {best[1]['params']:.0f} "
-                f"({labels[(task, best[0])]})" if best else "not dominated"))
-            table.append({"task": task, "majority_metric": round(floor, 4), "baseline": bname,
-                          "baseline_lr": lrs[(task, bname)], "baseline_metric": round(b["mean"], 4),
-                          "baseline_std": round(b["std"], 4), "baseline_params": int(b["params"]),
-                          "dominated": best is not None, "by": best[0] if best else "",
-                          "by_metric": round(best[1]["mean"], 4) if best else "",
-                          "by_std": round(best[1]["std"], 4) if best else "",
-                          "by_params": int(best[1]["params"]) if best else "",
-                          "by_config": labels[(task, best[0])] if best else "",
-                          "hv_found_over_baselines": round(hv_found / hv_base, 4),
-                          "search_cpu_seconds": round(search_cpu[task]), "retrain_cpu_seconds": round(retrain_cpu),
-                          "baselines_cpu_seconds": round(base_cpu), "cpu_ratio": round(ratio, 3)})
-        wins += all(headline) and len(headline) == len(HEADLINE)
-        for n, s in sorted(mine.items(), key=lambda kv: kv[1]["params"]):
-            print(f"  found {n}: {s['mean']:.4f} +- {s['std']:.4f} {s['params']:>10.0f}  {labels[(task, n)]}")
-    print(f"\nTasks where a found configuration dominates both LoRA r=8 and Pfeiffer (each at its best rate, "
-          f"above the majority class): {wins} of {len(tasks)}")
+    table, wins = compare(tasks, found, base, base_cost, search_cpu, lrs, labels, args)
     table_csv = common.SUITE_RESULTS / f"search_vs_baselines_{tag}.csv"
     common.write_task_table(table_csv, table, tasks)
     common.log_mlflow("search_vs_baselines", {"trials": args.trials, "space": args.space, "sampler": args.sampler,
