@@ -5,7 +5,8 @@ CSV, and how much sharing a core with outside work inflated the baselines' per-r
     .venv/bin/python benchmarks/suite_evidence.py
 
 Writes benchmarks/results/suite/search_trials.csv (task, search, trial, holdout metric, params,
-learning rate, config key) and prints, per task, the best trials on the holdout and the CPU
+learning rate, how many trials had finished when it was asked, config key) and prints, per task,
+the best trials on the holdout, which trials the sampler drew in its random start-up phase, and the CPU
 inflation of contended runs (wall/CPU above 1.3) against runs of the same configuration that had
 a core to themselves (wall/CPU below 1.1).
 """
@@ -19,6 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
+from autopeft.samplers import _startup  # noqa: E402
+
 
 def search_trials() -> list[dict]:
     import optuna
@@ -29,11 +32,15 @@ def search_trials() -> list[dict]:
     for summary in optuna.get_all_study_summaries(storage):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         task = summary.study_name.split("-")[3]  # svb-SPACE-SAMPLER-TASK-TRIALS[-variant]
+        ends = [t.datetime_complete for t in study.trials if t.values and t.datetime_complete]
         for t in study.trials:
             if t.values:
+                # The sampler sees only finished trials: with fewer than its start-up count finished
+                # (samplers._startup), it samples at random, with the same seed in every search.
                 rows.append({"task": task, "search": summary.study_name, "trial": t.number,
                              "holdout_metric": t.values[0], "trainable_params": int(t.values[1]),
                              "learning_rate": t.params.get("train/learning_rate"),
+                             "finished_when_asked": sum(e <= t.datetime_start for e in ends),
                              "config": t.user_attrs.get("autopeft_config_key", "")})
     return rows
 
@@ -61,6 +68,11 @@ def main() -> None:
         best = sorted((r for r in trials if r["search"] == search), key=lambda r: -r["holdout_metric"])[:3]
         print(f"{search}: best on the holdout " + ", ".join(
             f"t{r['trial']} {r['holdout_metric']:.3f} ({r['trainable_params']:,} params)" for r in best))
+        trials_wanted = int(search.split("-")[4])
+        startup = sorted(r["trial"] for r in trials if r["search"] == search
+                         and r["finished_when_asked"] < _startup(trials_wanted))
+        print(f"  asked before the sampler's model took over (fewer than {_startup(trials_wanted)} trials "
+              f"finished; the warm starts, then random draws): " + ", ".join(f"t{n}" for n in startup))
     for task, ratios in contention(common.read_csv(common.SUITE_RESULTS / "baselines_runs.csv")).items():
         if ratios:
             print(f"{task}: contended / uncontended CPU-s per run, {len(ratios)} configurations: "
