@@ -102,12 +102,15 @@ def main() -> None:
         print(f"over the limit: carry fewer tasks (--tasks) or remove older wheels from {args.out / 'whl'}")
         sys.exit(2)
     b = args.out.name
+    # The committed gpu_*.csv go into $OUT first: gpu_suite.py resumes from what is there, so the
+    # tasks and runs an earlier GPU finished are skipped, and the CSVs come back whole.
     print("device command (one call; --deadline leaves the call time to finish the runs in flight):\n"
-          f"  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site {b}/whl/*.whl && "
+          "  mkdir -p $OUT/suite && cp benchmarks/results/suite/gpu_*.csv $OUT/suite/ 2>/dev/null; "
+          f"python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site {b}/whl/*.whl && "
           f"export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 AUTOPEFT_BENCH_MODEL=$PWD/{b}/model "
-          f"AUTOPEFT_BENCH_DEVICE=cuda AUTOPEFT_BENCH_RESULTS=$OUT && mkdir -p $OUT/suite && "
+          f"AUTOPEFT_BENCH_DEVICE=cuda AUTOPEFT_BENCH_RESULTS=$OUT && "
           f"python3 benchmarks/gpu_suite.py --data-dir {b}/data --tasks {args.tasks} --train-examples 8192 "
-          f"--search-train-examples 8192 --trials 20 --workers 8 --deadline 430 2>&1 | tee $OUT/suite/gpu.log")
+          f"--search-train-examples 8192 --trials 20 --workers 8 --deadline 430 2>&1 | tee $OUT/suite/gpu_new.log")
 
 
 if __name__ == "__main__":

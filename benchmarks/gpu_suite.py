@@ -80,7 +80,8 @@ def search(task: str, args: argparse.Namespace, out: Path, deadline: float) -> N
     rows = [r for r in common.read_csv(out) if r["task"] == task]
     for r in rows:  # a resumed search: the finished trials, told to the fresh study in their order
         params = json.loads(r["params_json"])
-        values = [float(r["metric"]), float(r["trainable_params"])]
+        # a failed run (diverged, refused) was written with an empty metric
+        values = [float(r[k] or "nan") for k in ("metric", "trainable_params")]
         ok = r["action"] in ("run", "reuse") and all(math.isfinite(v) for v in values)
         study.add_trial(create_trial(
             params={k: v for k, (v, _) in params.items()},
