@@ -180,8 +180,10 @@ def run_jobs(jobs: list[dict[str, Any]], csv_path: Path, data_dir: str, workers:
         if new_file:
             writer.writeheader()
         futures = {pool.submit(train_once, j["task"], j["peft_json"], j["budget_json"], data_dir): j for j in todo}
+        stopped = False
         for n, fut in enumerate(as_completed(futures), 1):
-            if deadline is not None and time.time() > deadline:
+            if not stopped and deadline is not None and time.time() > deadline:
+                stopped = True
                 for other in futures:
                     other.cancel()  # only those not started; a cancelled run is simply not in the CSV
             if fut.cancelled():
