@@ -206,7 +206,8 @@ def table(curves: dict, methods: list[str]) -> list[dict]:
         # Where full-fidelity GP never reaches the target inside its budget, "/ gp" is undefined;
         # the CPU-s each method needs to reach what GP ends with (median final) still compares them.
         gp_finals = [c[-1][1] for (t, m, _), c in curves.items() if (t, m) == (task, "gp") and c]
-        gp_final = statistics.median(gp_finals) if gp_finals else math.nan
+        # median_low: with an even number of finished seeds the level is one GP actually reached
+        gp_final = statistics.median_low(gp_finals) if gp_finals else math.nan
 
         def to_gp_final(method: str) -> float:
             runs = [c for (t, m, _), c in sorted(curves.items()) if (t, m) == (task, method)]
