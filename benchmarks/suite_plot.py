@@ -5,9 +5,10 @@ trains nothing.
     .venv/bin/python benchmarks/suite_plot.py            # the CPU suite -> results/suite/suite.png
     .venv/bin/python benchmarks/suite_plot.py --gpu      # the GPU pass  -> results/suite/gpu_suite.png
 
-The information (which points, which baselines a found config dominates) is computed by
-``suite_points``; ``plot`` only draws it, so the table scripts and the picture cannot disagree on
-what was compared.
+The information (which points, which found configs dominate both headline baselines) is computed
+by ``suite_points`` with the tables' rule (``common.dominates`` on the same reported runs);
+``plot`` only draws it. The tables' verdict also asks the winner to beat the majority class,
+which this picture does not check: read the verdict from the tables.
 """
 
 from __future__ import annotations
