@@ -6,12 +6,18 @@ import csv
 import os
 import random
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the Hub by accident
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# A test run started in the background (`pytest &` in a script) has SIGINT ignored (POSIX), and every
+# CLI it starts inherits that, so the tests that press Ctrl-C on a search or the dashboard would see
+# it ignored. Children of a terminal's foreground job get the default: give them that.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY_HIDDEN, TINY_LAYERS, TINY_INTERMEDIATE = 32, 3, 64
