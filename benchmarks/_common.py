@@ -146,11 +146,36 @@ def majority_metric(task_name: str, data_dir: str, train_examples: int | None, e
 
 
 def _quiet_worker() -> None:
+    """Set up a benchmark worker process: quiet libraries, and a worker that ends with its driver."""
     import logging
     import warnings
 
     warnings.filterwarnings("ignore")
     logging.getLogger("adapters").setLevel(logging.ERROR)  # "none are activated" at build time
+    _exit_with_parent()
+
+
+_watching_parent = False
+
+
+def _exit_with_parent(poll_s: float = 2.0) -> None:
+    """A driver killed with -9 leaves its pool's workers running their job (a multifidelity run is
+    ~40 minutes) and writing to the results the resumed driver reads; a worker whose parent is gone
+    (re-parented, so ``getppid`` changes) exits instead."""
+    import threading
+
+    global _watching_parent
+    if _watching_parent:
+        return
+    _watching_parent = True
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def run_jobs(jobs: list[dict[str, Any]], csv_path: Path, data_dir: str, workers: int = 2,
