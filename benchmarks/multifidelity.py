@@ -234,6 +234,58 @@ def table(curves: dict, methods: list[str]) -> list[dict]:
     return out
 
 
+def _ranks(xs: list[float]) -> list[float]:
+    order = sorted(range(len(xs)), key=xs.__getitem__)
+    ranks = [0.0] * len(xs)
+    i = 0
+    while i < len(order):  # ties share their average rank
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in order[i:j + 1]:
+            ranks[k] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def rung_agreement(space: str, tasks: list[str], methods: list[str], seeds: int, rungs: int) -> list[dict]:
+    """Does a rung order trials as the next rung does? Per task and halving method, pooled over the
+    seeds: Spearman's rank correlation between a trial's metric at rung k and at rung k + 1, over
+    the trials that reached k + 1 (at the top rung, the trial's result). Promotion takes the top of
+    rung k, so the correlation is over a narrowed range and understates the agreement; near zero
+    it still says rung k's order told little about rung k + 1's."""
+    import optuna
+
+    from autopeft.study import STOPPED_ATTR, rung_values
+
+    out = []
+    for task in tasks:
+        for method in (m for m in methods if m.startswith("sh+")):
+            pairs: dict[int, list[tuple[float, float]]] = {}
+            for seed in range(seeds):
+                try:
+                    study = optuna.load_study(storage=STORAGE, study_name=f"{space}-{task}-{method}-{seed}")
+                except KeyError:
+                    continue
+                trials = study.get_trials(deepcopy=False)
+                by: dict[int, dict[int, float]] = {}
+                for number, rung, values in rung_values(trials):
+                    by.setdefault(number, {})[rung] = values["metric"]
+                for t in trials:
+                    if t.state == optuna.trial.TrialState.COMPLETE and STOPPED_ATTR not in t.user_attrs:
+                        by.setdefault(t.number, {})[rungs - 1] = t.values[0]
+                for metrics in by.values():
+                    for k in range(rungs - 1):
+                        if k in metrics and k + 1 in metrics:
+                            pairs.setdefault(k, []).append((metrics[k], metrics[k + 1]))
+            for k, xy in sorted(pairs.items()):
+                x, y = (_ranks([p[i] for p in xy]) for i in (0, 1))
+                rho = statistics.correlation(x, y) if len(xy) > 2 and len(set(x)) > 1 and len(set(y)) > 1 else math.nan
+                out.append({"task": task, "method": method, "rungs": f"{k} -> {k + 1}", "trials": len(xy),
+                            "spearman": round(rho, 2)})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default=None, help="comma-separated (default: sst2,mr,sick_r, else sst2,stsb)")
@@ -287,6 +339,12 @@ def main() -> None:
         print(f"| {r['task']} | {r['method']} | {r['seeds']} | {r['cpu_to_95pct']} | {r['median_cpu_to_95pct']:.0f} | "
               f"{r['vs_gp']} | {r['median_cpu_to_gp_final']:.0f} | {r['vs_gp_to_gp_final']} | "
               f"{r['final_hv_over_best']} | {r['trials']} |")
+    agreement = rung_agreement(args.space, tasks, methods, args.seeds, args.rungs)
+    if agreement:
+        print("\nDoes a rung order trials as the next does? (Spearman, pooled over seeds; promoted trials only)")
+        print("| task | method | rungs | trials | Spearman |\n|---|---|---|---|---|")
+        for r in agreement:
+            print(f"| {r['task']} | {r['method']} | {r['rungs']} | {r['trials']} | {r['spearman']} |")
     png = common.RESULTS / "multifidelity.png"
     _plot(curves, png)
     if args.report:  # the runs were logged when they ran
