@@ -152,16 +152,21 @@ def _rows(study, task: str, method: str, seed: int) -> list[dict]:
     """The run's complete trials in order, each with the CPU-seconds spent up to it."""
     import optuna
 
-    from autopeft.study import FIDELITY_ATTR, STOPPED_ATTR
+    from autopeft.study import FIDELITY_ATTR, STOPPED_ATTR, rung_values
 
+    trials = sorted(study.trials, key=lambda t: t.number)
+    at_rungs: dict[int, dict[int, float]] = {}  # each trial's metric at the rungs below the top it passed
+    for number, rung, values in rung_values(trials):
+        at_rungs.setdefault(number, {})[rung] = values["metric"]
     rows, cpu = [], 0.0
-    for t in sorted(study.trials, key=lambda t: t.number):
+    for t in trials:
         cpu += t.user_attrs.get("cpu_seconds", 0.0)
         if t.state != optuna.trial.TrialState.COMPLETE:
             continue
         rows.append({"task": task, "method": method, "seed": seed, "trial": t.number, "metric": t.values[0],
                      "trainable_params": int(t.values[1]), "fidelity": t.user_attrs.get(FIDELITY_ATTR, 1.0),
-                     "full_fidelity": STOPPED_ATTR not in t.user_attrs, "cpu_seconds": round(cpu, 1)})
+                     "full_fidelity": STOPPED_ATTR not in t.user_attrs, "cpu_seconds": round(cpu, 1),
+                     "rung_metrics": " ".join(f"{v:.4f}" for _, v in sorted(at_rungs.get(t.number, {}).items()))})
     return rows
 
 
@@ -234,56 +239,24 @@ def table(curves: dict, methods: list[str]) -> list[dict]:
     return out
 
 
-def _ranks(xs: list[float]) -> list[float]:
-    order = sorted(range(len(xs)), key=xs.__getitem__)
-    ranks = [0.0] * len(xs)
-    i = 0
-    while i < len(order):  # ties share their average rank
-        j = i
-        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        for k in order[i:j + 1]:
-            ranks[k] = (i + j) / 2
-        i = j + 1
-    return ranks
-
-
-def rung_agreement(space: str, tasks: list[str], methods: list[str], seeds: int, rungs: int) -> list[dict]:
+def rung_agreement(rows: list[dict]) -> list[dict]:
     """Does a rung order trials as the next rung does? Per task and halving method, pooled over the
     seeds: Spearman's rank correlation between a trial's metric at rung k and at rung k + 1, over
     the trials that reached k + 1 (at the top rung, the trial's result). Promotion takes the top of
     rung k, so the correlation is over a narrowed range and understates the agreement; near zero
     it still says rung k's order told little about rung k + 1's."""
-    import optuna
+    from scipy.stats import spearmanr
 
-    from autopeft.study import STOPPED_ATTR, rung_values
-
-    out = []
-    for task in tasks:
-        for method in (m for m in methods if m.startswith("sh+")):
-            pairs: dict[int, list[tuple[float, float]]] = {}
-            for seed in range(seeds):
-                try:
-                    study = optuna.load_study(storage=STORAGE, study_name=f"{space}-{task}-{method}-{seed}")
-                except KeyError:
-                    continue
-                trials = study.get_trials(deepcopy=False)
-                by: dict[int, dict[int, float]] = {}
-                for number, rung, values in rung_values(trials):
-                    by.setdefault(number, {})[rung] = values["metric"]
-                for t in trials:
-                    if t.state == optuna.trial.TrialState.COMPLETE and STOPPED_ATTR not in t.user_attrs:
-                        by.setdefault(t.number, {})[rungs - 1] = t.values[0]
-                for metrics in by.values():
-                    for k in range(rungs - 1):
-                        if k in metrics and k + 1 in metrics:
-                            pairs.setdefault(k, []).append((metrics[k], metrics[k + 1]))
-            for k, xy in sorted(pairs.items()):
-                x, y = (_ranks([p[i] for p in xy]) for i in (0, 1))
-                rho = statistics.correlation(x, y) if len(xy) > 2 and len(set(x)) > 1 and len(set(y)) > 1 else math.nan
-                out.append({"task": task, "method": method, "rungs": f"{k} -> {k + 1}", "trials": len(xy),
-                            "spearman": round(rho, 2)})
-    return out
+    pairs: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
+    for r in rows:
+        metrics = [float(v) for v in r["rung_metrics"].split()]
+        if r["full_fidelity"] and metrics:  # a halving trial that reached the top: its result is the top rung's
+            metrics.append(r["metric"])
+        for k in range(len(metrics) - 1):
+            pairs.setdefault((r["task"], r["method"], k), []).append((metrics[k], metrics[k + 1]))
+    return [{"task": task, "method": method, "rungs": f"{k} -> {k + 1}", "trials": len(xy),
+             "spearman": round(float(spearmanr(*zip(*xy)).statistic), 2) if len(xy) > 2 else math.nan}
+            for (task, method, k), xy in sorted(pairs.items())]
 
 
 def main() -> None:
@@ -339,7 +312,7 @@ def main() -> None:
         print(f"| {r['task']} | {r['method']} | {r['seeds']} | {r['cpu_to_95pct']} | {r['median_cpu_to_95pct']:.0f} | "
               f"{r['vs_gp']} | {r['median_cpu_to_gp_final']:.0f} | {r['vs_gp_to_gp_final']} | "
               f"{r['final_hv_over_best']} | {r['trials']} |")
-    agreement = rung_agreement(args.space, tasks, methods, args.seeds, args.rungs)
+    agreement = rung_agreement(rows)
     if agreement:
         print("\nDoes a rung order trials as the next does? (Spearman, pooled over seeds; promoted trials only)")
         print("| task | method | rungs | trials | Spearman |\n|---|---|---|---|---|")
