@@ -122,6 +122,18 @@ def _wait_for_running_run(uri: str, name: str, timeout: float = 120) -> None:
     raise AssertionError("no trial run started in MLflow")
 
 
+def _wait_mid_trial(study_name: str, storage: str, uri: str, predicate, timeout: float = 240) -> None:
+    """Until the study and MLflow both show a trial running, and the study still does once MLflow
+    has been read: reading MLflow takes long enough for a short trial to end and the next one not
+    to have started, and a kill then finds nothing running."""
+    deadline = time.time() + timeout
+    while True:
+        _wait_for(study_name, storage, predicate, timeout=max(deadline - time.time(), 1))
+        _wait_for_running_run(uri, study_name, timeout=max(deadline - time.time(), 1))
+        if predicate(_states(study_name, storage)) or time.time() > deadline:
+            return
+
+
 def _search_args(tiny_bert, tiny_task, root: Path, name: str, samples: int = 4, scheduler: str = "fifo") -> list[str]:
     return ["--scheduler", scheduler, "--name", name, "--model", tiny_bert, "--task", tiny_task, "--space", "hybrid",
             "--num-samples", str(samples), "--max-concurrent-trials", "1", "--train-examples", "96",
@@ -133,8 +145,8 @@ def _search_args(tiny_bert, tiny_task, root: Path, name: str, samples: int = 4, 
 def test_kill_9_then_resume(tiny_bert, tiny_task, tmp_path, scheduler):
     storage = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
     proc = _cli(*_search_args(tiny_bert, tiny_task, tmp_path, "killed", scheduler=scheduler))
-    _wait_for("killed", storage, lambda states: "COMPLETE" in states and "RUNNING" in states)
-    _wait_for_running_run(f"sqlite:///{tmp_path / 'mlflow.db'}", "killed")
+    _wait_mid_trial("killed", storage, f"sqlite:///{tmp_path / 'mlflow.db'}",
+                    lambda states: "COMPLETE" in states and "RUNNING" in states)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
     proc.wait()
     before = optuna.load_study(study_name="killed", storage=storage).trials
@@ -173,8 +185,7 @@ def test_kill_9_then_resume(tiny_bert, tiny_task, tmp_path, scheduler):
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tiny_bert, tiny_task, tmp_path):
     storage = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
     proc = _cli(*_search_args(tiny_bert, tiny_task, tmp_path, "stopped"))
-    _wait_for("stopped", storage, lambda states: "RUNNING" in states)
-    _wait_for_running_run(f"sqlite:///{tmp_path / 'mlflow.db'}", "stopped")
+    _wait_mid_trial("stopped", storage, f"sqlite:///{tmp_path / 'mlflow.db'}", lambda states: "RUNNING" in states)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
@@ -231,8 +242,8 @@ def test_a_driver_on_another_host_dies_and_its_trials_are_reclaimed_after_the_gr
                              *_search_args(tiny_bert, tiny_task, tmp_path, "elsewhere", samples=3)],
                             env=env_driver, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
-    _wait_for("elsewhere", storage, lambda states: "COMPLETE" in states and "RUNNING" in states)
-    _wait_for_running_run(f"sqlite:///{tmp_path / 'mlflow.db'}", "elsewhere")
+    _wait_mid_trial("elsewhere", storage, f"sqlite:///{tmp_path / 'mlflow.db'}",
+                    lambda states: "COMPLETE" in states and "RUNNING" in states)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_at = time.monotonic()
