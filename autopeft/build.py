@@ -29,6 +29,11 @@ _LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block)\.(\d+)\.")
 
 def plan_adapters(peft: PeftConfig, num_layers: int, hidden: int) -> list[list[AdaptersConfig]]:
     """Group a config's `adapters` configs into adapters: [union members, extra 1, extra 2, ...]."""
+    clashes = peft.module_clashes()
+    if clashes:
+        raise ConfigError(
+            f"{clashes[0]}: `adapters` applies two LoRA-type adapters on one module in sequence, so neither "
+            "would train; give them different targets or layers (a search space does this itself)")
     groups: list[list[AdaptersConfig]] = []
     taken: dict[str, str] = {}  # bottleneck slot -> the method in it
     for name, entries in peft.by_method().items():

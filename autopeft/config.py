@@ -53,6 +53,33 @@ def method_from_dict(data: Mapping[str, Any], where: str = "method") -> MethodCo
     return dataclass_from_dict(spec.config_cls, body, f"{where} ({spec.name})")
 
 
+def _claim_modules(entries: tuple[MethodConfig, ...]) -> tuple[tuple[MethodConfig, ...], list[str]]:
+    """Walk the entries in order, each module-wrapping one claiming its (target, layer) cells:
+    the entries trimmed to the cells still free, and a line for each entry that found some taken."""
+    owner: dict[tuple[str, int], MethodConfig] = {}
+    kept: list[MethodConfig] = []
+    clashes: list[str] = []
+    for e in entries:
+        if not get_method(e.method).wraps_modules:
+            kept.append(e)
+            continue
+        free: dict[tuple[int, ...], list[str]] = {}  # free layers -> the targets free there
+        for target in e.targets:
+            taken = [i for i in e.layers if (target, i) in owner]
+            if taken:
+                clashes.append(f"{owner[target, taken[0]].describe()} and {e.describe()} both adapt {target} "
+                               f"in layer(s) {taken}")
+            layers = tuple(i for i in e.layers if (target, i) not in owner)
+            if layers:
+                free.setdefault(layers, []).append(target)
+        for layers, targets in free.items():
+            kept.append(dataclasses.replace(e, layers=layers, targets=tuple(targets)))
+        for target in e.targets:
+            for i in e.layers:
+                owner.setdefault((target, i), e)
+    return tuple(kept), clashes
+
+
 @dataclass(frozen=True)
 class PeftConfig:
     """A hybrid PEFT configuration: which methods, where, and how large."""
@@ -74,6 +101,16 @@ class PeftConfig:
                     if overlap:
                         raise ConfigError(f"{name}: layer(s) {sorted(overlap)} appear in two {name} entries")
                     seen |= set(e.layers)
+
+    def module_clashes(self) -> list[str]:
+        """Where two entries of module-wrapping methods (LoRA, (IA)3; ``MethodSpec.wraps_modules``)
+        adapt one module in one layer, which `adapters` cannot train; one line per clash."""
+        return _claim_modules(self.methods)[1]
+
+    def without_module_clashes(self) -> "PeftConfig":
+        """This config with each clashing module left to the entry that comes first: later entries
+        keep only the modules and layers still free (an entry left with none is dropped)."""
+        return PeftConfig(_claim_modules(self.methods)[0])
 
     def by_method(self) -> dict[str, list[MethodConfig]]:
         groups: dict[str, list[MethodConfig]] = {}

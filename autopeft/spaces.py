@@ -27,7 +27,9 @@ A <domain> is a constant (``24``), a list of choices (``[0, 8, 16]``), a range
 ``{choices: [...]}``. For the size parameter (size, rank, length) the value 0 means "off":
 nothing else of that method is sampled. ``targets`` is a list of module names (query, key,
 value, intermediate, output); ``targets: {choices: [[query, value], [query, key, value]]}``
-searches over such lists.
+searches over such lists. Where a sample puts two LoRA-type methods (LoRA, (IA)3) on one module
+in one layer, which `adapters` cannot train, the method listed first keeps it and the later one
+keeps its other modules (``PeftConfig.without_module_clashes``).
 
 Sampling only calls ``trial.suggest_*`` in a fixed order, so any Optuna sampler works and
 conditional parameters are simply not sampled when their parent switches them off.
@@ -235,7 +237,9 @@ class SearchSpace:
         for m in self.methods:
             entries += m.sample(trial, num_layers)
         training = {name: d.suggest(trial, f"train/{name}") for name, d in self.training.items()}
-        return PeftConfig(tuple(entries)), training
+        # Independent choices can put LoRA and (IA)3 on one module, which cannot train: the method
+        # listed first in the space keeps it (so (IA)3 "on key" means on key where LoRA is not).
+        return PeftConfig(tuple(entries)).without_module_clashes(), training
 
     def define_by_run(self, num_layers: int) -> "DefineByRun":
         """The function Optuna (through Ray Tune) calls per trial; returns the built config too."""

@@ -91,6 +91,7 @@ def variant(args: argparse.Namespace, sep: str) -> str:
     CSVs' names (empty for that default, so earlier results keep their names)."""
     parts = [f"sh{args.rungs}x{args.reduction_factor}"] if args.scheduler == "sh" else []
     parts += [f"s{args.top_seeds}"] if args.top_seeds > 1 else []
+    parts += [args.label] if args.label else []
     return "".join(sep + p for p in parts)
 
 
@@ -200,7 +201,12 @@ def main() -> None:
     ap.add_argument("--top-seeds", type=int, default=1,
                     help="autopeft search --top-seeds: seeds per config at the full budget (its metric is their mean)")
     ap.add_argument("--baselines", type=Path, default=common.SUITE_RESULTS / "baselines_runs.csv")
+    ap.add_argument("--label", default="",
+                    help="appended to the study's and the CSVs' names: a rerun after a change to the search "
+                         "starts afresh beside the earlier results instead of resuming them")
     args = ap.parse_args()
+    if not all(c.isalnum() for c in args.label):
+        ap.error(f"--label takes letters and digits only, got {args.label!r}")
     if not args.data_dir:
         sys.exit("give --data-dir or AUTOPEFT_DATA_DIR (the data folder, e.g. ../shared/data)")
     args.data_dir = str(Path(args.data_dir).resolve())

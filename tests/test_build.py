@@ -62,12 +62,15 @@ CASES = {
     "lora": PeftConfig((LoRAConfig((0, 1, 2), 4, 8, ("query", "value")),)),
     "lora ffn": PeftConfig((LoRAConfig((1,), 2, 4, ("intermediate", "output")),)),
     "ia3": PeftConfig((IA3Config((0, 2)),)),
+    "lora, a rank per layer on one module": PeftConfig((LoRAConfig((0, 1), 4, 8, ("key",)),
+                                                        LoRAConfig((2,), 2, 4, ("key",)))),
     "bitfit": PeftConfig((BitFitConfig((1, 2)),)),
     "prompt": PeftConfig((PromptConfig(length=7),)),
     "head only": PeftConfig(()),
     "hybrid": PeftConfig((
         SeqBnConfig((0, 1), 8), SeqBnConfig((2,), 3), ParBnConfig((0, 1, 2), 4), PrefixConfig((1,), 3, flat=True),
-        LoRAConfig((0, 1, 2), 4, 8, ("query", "value")), LoRAConfig((1,), 2, 4, ("key",)), IA3Config((2,)),
+        LoRAConfig((0, 1, 2), 4, 8, ("query", "value")), LoRAConfig((1,), 2, 4, ("key",)),
+        IA3Config((1, 2), ("intermediate",)), IA3Config((2,), ("key",)),
         BitFitConfig((0,)), PromptConfig(length=2),
     )),
 }
@@ -123,9 +126,30 @@ def test_only_peft_and_head_train_and_all_get_gradients(tiny_bert, name):
     ids = torch.randint(1000, 2000, (4, 12))
     out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([0, 1, 0, 1]))
     out.loss.backward()
-    # LoRA's A matrices get zero gradient at step 0 (B starts at zero) but a gradient all the same.
-    starved = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    # A zero gradient is a parameter that cannot learn (as (IA)3 stacked on a LoRA on one module),
+    # unless its output side starts at zero (LoRA's B, a parallel adapter's up-projection).
+    params = dict(model.named_parameters())
+    starved = [n for n, p in params.items()
+               if p.requires_grad and (p.grad is None or (not p.grad.any() and not _fed_through_zeros(n, params)))]
     assert not starved, f"trainable parameters that get no gradient: {starved[:5]}"
+
+
+def _fed_through_zeros(name: str, params: dict) -> bool:
+    for down, up in (("lora_A", "lora_B"), ("adapter_down.0.", "adapter_up.")):
+        if down in name:
+            partner = name.split(down)[0] + up + ("weight" if up.endswith(".") else "")
+            return partner in params and not params[partner].any()
+    return False
+
+
+def test_lora_and_ia3_on_one_module_are_refused(tiny_bert):
+    # Stacked, (IA)3 would scale the LoRA update (zero at init) instead of the module's output:
+    # the module's output is zeroed and neither adapter learns.
+    config = PeftConfig((LoRAConfig((0, 1), 4, 8, ("query", "value")), IA3Config((1, 2))))
+    with pytest.raises(ConfigError, match=r"both adapt value in layer\(s\) \[1\].*neither would train"):
+        build_model(tiny_bert, config, LABELS)
+    built = build_model(tiny_bert, config.without_module_clashes(), LABELS)
+    assert built.trainable_params == HEAD + sum(expected(e) for e in config.without_module_clashes().methods)
 
 
 @pytest.mark.parametrize("entries", [

@@ -80,6 +80,31 @@ def test_canonical_form_ignores_how_entries_are_split_and_ordered():
         PeftConfig((LoRAConfig(every, 8, 16, ("query", "value")),)).canonical()
 
 
+def test_lora_and_ia3_on_one_module_clash_and_the_first_keeps_it():
+    # `adapters` composes two LoRA-type adapters on a module in sequence, so such a pair trains nothing.
+    lora_k = LoRAConfig((0, 1, 2), 4, 16, ("key",))
+    ia3 = IA3Config((1, 2), ("key", "value", "intermediate"))
+    config = PeftConfig((lora_k, ia3, SeqBnConfig((1,), 8)))
+    assert config.module_clashes() == [
+        "lora(key)[0,1,2] r4 and ia3(key,value,intermediate)[1,2] both adapt key in layer(s) [1, 2]"]
+    kept = config.without_module_clashes()
+    assert kept.methods == (lora_k, IA3Config((1, 2), ("value", "intermediate")), SeqBnConfig((1,), 8))
+    assert kept.module_clashes() == []
+    # Partly taken: (IA)3 keeps key only where LoRA is not, as its own entry.
+    partly = PeftConfig((LoRAConfig((0,), 4, 16, ("key",)), IA3Config((0, 1), ("key", "value"))))
+    assert partly.without_module_clashes().methods == (
+        LoRAConfig((0,), 4, 16, ("key",)), IA3Config((1,), ("key",)), IA3Config((0, 1), ("value",)))
+    # Nothing free: the entry goes; two LoRA entries on one module clash too; other methods never do.
+    assert PeftConfig((LoRAConfig((0, 1), 4, 16, ("value",)), IA3Config((0, 1), ("value",)))
+                      ).without_module_clashes().methods == (LoRAConfig((0, 1), 4, 16, ("value",)),)
+    assert len(PeftConfig((LoRAConfig((0,), 4, 16, ("query",)), LoRAConfig((0, 1), 2, 16, ("query",)))
+                          ).module_clashes()) == 1
+    for fine in (PeftConfig((LoRAConfig((0, 1), 4, 16, ("key",)), LoRAConfig((2,), 2, 16, ("key",)),
+                             IA3Config((0, 1, 2), ("value", "intermediate")), BitFitConfig((0,)))),
+                 PeftConfig((SeqBnConfig((0,), 8), ParBnConfig((0,), 8, position="attention")))):
+        assert fine.module_clashes() == [] and fine.without_module_clashes() == fine
+
+
 def test_budget_round_trip_and_validation():
     b = TrainBudget(train_examples=None, epochs=2.5, learning_rate=1e-3)
     assert TrainBudget.from_dict(json.loads(json.dumps(b.to_dict()))) == b

@@ -38,6 +38,22 @@ def test_shipped_space_samples_valid_configs(name):
     for params, config, training in sample_many(space):
         config.check_model(LAYERS)
         assert PeftConfig.from_json(config.to_json()) == config
+        assert config.module_clashes() == []  # what `adapters` could not train (test_build)
+
+
+def test_ia3_keeps_the_modules_lora_leaves_free():
+    # The small space's (IA)3 targets key, value and intermediate, and LoRA any of query/key/value:
+    # sampled together, (IA)3 gives up the modules that carry LoRA and keeps the rest.
+    seen = 0
+    for params, config, _ in sample_many(load_space("small"), n=60):
+        ia3 = [t for e in config.methods if e.method == "ia3" for t in e.targets]
+        if not params.get("ia3/use"):
+            assert not ia3
+            continue
+        seen += 1
+        lora = {t for t in ("key", "value") if params[f"lora/{t}/rank"]}
+        assert sorted(ia3) == sorted({"key", "value", "intermediate"} - lora)
+    assert seen > 10
 
 
 @pytest.mark.parametrize("name", sorted(available_spaces()))

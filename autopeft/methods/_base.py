@@ -124,6 +124,11 @@ class MethodSpec:
     one_per_layer: bool = True
     # How many entries of this method one PeftConfig may hold (None: any number).
     max_entries: int | None = None
+    # Whether the method wraps its ``targets`` modules in its ``layers`` with `adapters`' LoRA
+    # layer (LoRA, (IA)3). `adapters` composes two such adapters on one module in sequence: the
+    # second sees the first's output, not the module's input, so LoRA's zero-initialised update
+    # zeroes what (IA)3 scales and neither trains. A module in a layer takes one of them at most.
+    wraps_modules: bool = False
     # For methods that train existing weights instead of adding modules (BitFit): given the
     # entries, a base parameter's name and its layer index (None outside layers), train it?
     trains_base_param: Callable[[Sequence[MethodConfig], str, int | None], bool] | None = field(

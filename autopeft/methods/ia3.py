@@ -40,4 +40,5 @@ SPEC = register_method(MethodSpec(
     per_layer=True,
     to_adapters=_to_adapters,
     one_per_layer=False,
+    wraps_modules=True,
 ))
