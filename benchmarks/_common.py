@@ -191,9 +191,12 @@ def run_jobs(jobs: list[dict[str, Any]], csv_path: Path, data_dir: str, workers:
     done = read_csv(csv_path)
     seen = {tuple(str(r[k]) for k in key) for r in done}
     todo = [j for j in jobs if tuple(str(j[k]) for k in key) not in seen]
-    if deadline is not None and time.time() > deadline:
+    late = deadline is not None and time.time() > deadline
+    print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already in {csv_path.name}; "
+          + (f"past the deadline: {len(todo)} left for a later call" if late and todo else f"running {len(todo)}"),
+          flush=True)
+    if late:
         todo = []
-    print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already in {csv_path.name}; running {len(todo)}", flush=True)
     fields = [*key, "metric", *extra, "trainable_params", "train_loss", "cpu_seconds", "wall_seconds", "peft"]
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     new_file = not csv_path.exists()

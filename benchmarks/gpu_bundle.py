@@ -89,6 +89,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default="mr", help="tasks whose train/dev files travel (comma-separated)")
     ap.add_argument("--data-dir", default=os.environ.get("AUTOPEFT_DATA_DIR"))
+    ap.add_argument("--tag", default="gpu", help="gpu_suite.py --tag: the prefix of the pass's CSVs, which travel "
+                                                 "so the pass resumes")
+    ap.add_argument("--baselines-tag", default="gpu", help="gpu_suite.py --baselines-tag")
     ap.add_argument("--out", type=Path, default=ROOT / ".gpu", help="the bundle (ignore it in .git/info/exclude)")
     args = ap.parse_args()
     if not args.data_dir:
@@ -107,16 +110,19 @@ def main() -> None:
         print(f"over the limit: carry fewer tasks (--tasks) or remove older wheels from {args.out / 'whl'}")
         sys.exit(2)
     b = args.out.name
-    # The committed gpu_*.csv go into $OUT first: gpu_suite.py resumes from what is there, so the
+    passes = args.tag if args.tag == args.baselines_tag else f"{{{args.tag},{args.baselines_tag}}}"
+    # The committed <tag>_*.csv go into $OUT first: gpu_suite.py resumes from what is there, so the
     # tasks and runs an earlier GPU finished are skipped, and the CSVs come back whole.
     print("device command (one call; --deadline leaves the call time to finish the runs in flight):\n"
-          "  mkdir -p $OUT/suite && cp benchmarks/results/suite/gpu_*.csv $OUT/suite/ 2>/dev/null; "
+          f"  mkdir -p $OUT/suite && cp benchmarks/results/suite/{passes}_*.csv $OUT/suite/ 2>/dev/null; "
           f"gunzip -rf {b}/data && "
           f"python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site {b}/whl/*.whl && "
           f"export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 AUTOPEFT_BENCH_MODEL=$PWD/{b}/model "
           f"AUTOPEFT_BENCH_DEVICE=cuda AUTOPEFT_BENCH_RESULTS=$OUT && "
           f"python3 benchmarks/gpu_suite.py --data-dir {b}/data --tasks {args.tasks} --train-examples 8192 "
-          f"--search-train-examples 8192 --trials 20 --workers 8 --deadline 430 2>&1 | tee $OUT/suite/gpu_new.log")
+          f"--search-train-examples 8192 --trials 20 --workers 12 --deadline 460 --tag {args.tag} "
+          f"--baselines-tag {args.baselines_tag} "
+          f"2>&1 | tee $OUT/suite/{args.tag}_new.log")
 
 
 if __name__ == "__main__":

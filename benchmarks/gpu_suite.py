@@ -50,8 +50,8 @@ TRIAL_FIELDS = ("task", "trial", "action", "metric", "dev_metric", "trainable_pa
 
 
 def files(args: argparse.Namespace) -> dict[str, Path]:
-    return {k: common.SUITE_RESULTS / f"{args.tag}_{k}.csv"
-            for k in ("baselines_runs", "search_trials", "search_runs", "table")}
+    out = {k: common.SUITE_RESULTS / f"{args.tag}_{k}.csv" for k in ("search_trials", "search_runs", "table")}
+    return {"baselines_runs": common.SUITE_RESULTS / f"{args.baselines_tag or args.tag}_baselines_runs.csv", **out}
 
 
 def search(task: str, args: argparse.Namespace, out: Path, deadline: float) -> None:
@@ -180,6 +180,9 @@ def main() -> None:
     ap.add_argument("--max-front", type=int, default=3, help="front configs retrained per task")
     ap.add_argument("--deadline", type=float, default=None, help="seconds from start after which no new run starts")
     ap.add_argument("--tag", default="gpu", help="prefix of this pass's CSVs in the suite's results folder")
+    ap.add_argument("--baselines-tag", default=None,
+                    help="the pass whose baselines CSV to use and extend (default: --tag): a search rerun "
+                         "after a fix to the search keeps the baselines it is compared with")
     ap.add_argument("--report", action="store_true",
                     help="train nothing: the table from the CSVs, logged to the suite's MLflow store")
     args = ap.parse_args()
@@ -234,7 +237,8 @@ def main() -> None:
         common.log_mlflow(f"{args.tag}_suite", {"train_examples": args.train_examples, "trials": args.trials,
                                                 "search_train_examples": args.search_train_examples,
                                                 "holdout": args.holdout, "seeds": args.seeds, "tasks": args.tasks},
-                          {"tasks_dominating_both": wins}, list(paths.values()), store=common.SUITE_RESULTS)
+                          {"tasks_dominating_both": wins}, [p for p in paths.values() if p.exists()],
+                          store=common.SUITE_RESULTS)
 
 
 def retrain(task: str, args: argparse.Namespace, paths: dict[str, Path], known: set[str], lrs: dict,
