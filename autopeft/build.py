@@ -188,9 +188,10 @@ def _mark_head_and_base_trainable(model: nn.Module, peft: PeftConfig) -> None:
 def merge_for_inference(model: nn.Module) -> int:
     """Fold LoRA and (IA)3 weights into the base weights they adapt, as a deployed model would.
 
-    `adapters` keeps one merged module per layer and skips every other adapter of that layer once
-    one is merged, so a layer that holds several (stacked LoRA adapters on one module) stays
-    unmerged: its output would change otherwise. Returns the number of layers merged.
+    `adapters` keeps one merged adapter per module and skips every other adapter of that module
+    once one is merged, so a module that holds several stays unmerged: its output would change
+    otherwise (``plan_adapters`` refuses such configs, which cannot train either). Returns the
+    number of modules merged.
     """
     from adapters.methods.lora import LoRALayer
 

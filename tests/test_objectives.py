@@ -79,14 +79,24 @@ def test_merged_lora_is_faster_and_computes_the_same(tiny_bert):
     assert merged < unmerged, (merged, unmerged)
 
 
-def test_stacked_loras_on_one_module_stay_unmerged(tiny_bert):
-    # Two LoRA entries on the same module become two stacked adapters; merging one would make
-    # `adapters` skip the other, so neither is merged and the output stays right.
+def test_stacked_adapters_on_different_modules_each_merge(tiny_bert):
+    # A second LoRA entry and (IA)3 become adapters stacked after the first (build.py); on different
+    # modules each module holds one, so every one folds in and the output stays the same.
     peft = PeftConfig.from_dict({"methods": [
-        {"method": "lora", "layers": [0], "rank": 2, "alpha": 4, "targets": ["query"]},
-        {"method": "lora", "layers": [0], "rank": 4, "alpha": 8, "targets": ["query"]}]})
+        {"method": "lora", "layers": [0, 1], "rank": 2, "alpha": 4, "targets": ["query"]},
+        {"method": "lora", "layers": [0], "rank": 4, "alpha": 8, "targets": ["key"]},
+        {"method": "ia3", "layers": [0, 1], "targets": ["value"]}]})
     model = build_model(tiny_bert, peft, 2, seed=0).model
-    assert merge_for_inference(model) == 0
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data.normal_(0, 0.05)
+    ids = torch.randint(1000, 30000, (4, 24), generator=torch.Generator().manual_seed(0))
+    model.eval()
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    assert merge_for_inference(model) == 2 + 1 + 2
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, before, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.integration
