@@ -33,8 +33,8 @@ def _startup(num_samples: int) -> int:
 @register_sampler("gp")
 def _gp(seed: int, num_samples: int):
     """Gaussian-process Bayesian optimisation of the hypervolume"""
-    import optuna
-    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=_startup(num_samples))
+    from autopeft.gp_sampler import GPSampler  # Optuna's, safe with several drivers on one study
+    return GPSampler(seed=seed, n_startup_trials=_startup(num_samples))
 
 
 @register_sampler("tpe")

@@ -218,3 +218,32 @@ def test_layer_out_of_range_names_its_line_in_the_file(tmp_path):
     space = load_space(str(path))
     with pytest.raises(ConfigError, match=rf"{path}:5: methods.seq_bn.layers: layer\(s\) \[11\] do not exist"):
         space.check_model(LAYERS)
+
+
+def test_gp_sampler_survives_a_trial_completed_between_its_two_reads():
+    # GPSampler reads the study for its search space, then again for the trials it fits; a trial
+    # another driver completes in between may lack a conditional parameter of that space, and
+    # Optuna 5.0 raises KeyError (seen: two drivers on one study, hybrid space).
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from autopeft.samplers import SAMPLERS
+
+    sampler = SAMPLERS["gp"](0, 8)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    dists = {"use": CategoricalDistribution([True, False]), "size": FloatDistribution(1, 64),
+             "lr": FloatDistribution(1e-4, 1e-2, log=True)}
+    for i in range(4):
+        study.add_trial(create_trial(params={"use": True, "size": 8.0 * (i + 1), "lr": 1e-3 * (i + 1)},
+                                     distributions=dists, values=[0.5 + 0.1 * i, 100.0 * i]))
+    trial = study.ask()
+    frozen = study._storage.get_trial(trial._trial_id)
+    space = sampler.infer_relative_search_space(study, frozen)
+    assert {"size", "lr"} <= set(space)
+    study.add_trial(create_trial(params={"use": False, "lr": 5e-3}, values=[0.6, 0.0],  # no "size"
+                                 distributions={k: v for k, v in dists.items() if k != "size"},
+                                 state=TrialState.COMPLETE))
+    with pytest.raises(KeyError):
+        optuna.samplers.GPSampler.sample_relative(sampler, study, frozen, space)  # Optuna's own
+    params = sampler.sample_relative(study, frozen, space)
+    assert "lr" in params and "size" not in params
