@@ -55,16 +55,22 @@ def test_constraints_follow_each_objectives_direction():
     assert get_objective(LATENCY_MS).allows(1.0, 2.0) and not get_objective("metric").allows(0.1, 0.5)
 
 
-def test_merged_lora_is_faster_and_computes_the_same(tiny_bert):
-    torch.set_num_threads(1)
-    model = build_model(tiny_bert, LORA_ALL, 2, seed=0).model
-    for p in model.parameters():  # LoRA's B starts at zero: give the update something to merge
+def _perturbed_and_its_logits(tiny_bert, peft):
+    """A built model with its PEFT weights randomised (LoRA's B starts at zero: give the update
+    something to merge), in eval mode; the model, some inputs, and its logits on them."""
+    model = build_model(tiny_bert, peft, 2, seed=0).model
+    for p in model.parameters():
         if p.requires_grad:
             p.data.normal_(0, 0.05)
     ids = torch.randint(1000, 30000, (4, 24), generator=torch.Generator().manual_seed(0))
     model.eval()
     with torch.no_grad():
-        before = model(input_ids=ids).logits
+        return model, ids, model(input_ids=ids).logits
+
+
+def test_merged_lora_is_faster_and_computes_the_same(tiny_bert):
+    torch.set_num_threads(1)
+    model, ids, before = _perturbed_and_its_logits(tiny_bert, LORA_ALL)
     merged_model = copy.deepcopy(model)
     assert merge_for_inference(merged_model) == 3 * 5  # every LoRA layer: 3 layers x 5 modules
     with torch.no_grad():
@@ -86,14 +92,7 @@ def test_stacked_adapters_on_different_modules_each_merge(tiny_bert):
         {"method": "lora", "layers": [0, 1], "rank": 2, "alpha": 4, "targets": ["query"]},
         {"method": "lora", "layers": [0], "rank": 4, "alpha": 8, "targets": ["key"]},
         {"method": "ia3", "layers": [0, 1], "targets": ["value"]}]})
-    model = build_model(tiny_bert, peft, 2, seed=0).model
-    for p in model.parameters():
-        if p.requires_grad:
-            p.data.normal_(0, 0.05)
-    ids = torch.randint(1000, 30000, (4, 24), generator=torch.Generator().manual_seed(0))
-    model.eval()
-    with torch.no_grad():
-        before = model(input_ids=ids).logits
+    model, ids, before = _perturbed_and_its_logits(tiny_bert, peft)
     assert merge_for_inference(model) == 2 + 1 + 2
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, before, atol=1e-5, rtol=1e-4)
