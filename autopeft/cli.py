@@ -44,7 +44,7 @@ def main() -> None:
 from autopeft.config import TrainBudget  # noqa: E402
 from autopeft.objectives import available_objectives  # noqa: E402
 from autopeft.samplers import describe_samplers  # noqa: E402
-from autopeft.search import SearchSettings  # noqa: E402
+from autopeft.search import BUDGETED_NUM_SAMPLES, SearchSettings  # noqa: E402
 
 _S, _B = SearchSettings, TrainBudget
 
@@ -72,7 +72,8 @@ def search(
     task: str = typer.Option(_default(_S, "task"), help=f"A shipped task ({_shipped('tasks')}) or a task YAML path."),
     space: str = typer.Option(_default(_S, "space"),
                               help=f"A shipped search space ({_shipped('search_spaces')}) or a YAML path."),
-    num_samples: int = typer.Option(_default(_S, "num_samples"), help=_help(_S, "num_samples")),
+    num_samples: Optional[int] = typer.Option(None, help=_help(_S, "num_samples") + f" [default: {_default(_S, 'num_samples')}]"),
+    cpu_budget_s: Optional[float] = typer.Option(None, help=_help(_S, "cpu_budget_s")),
     max_concurrent_trials: int = typer.Option(_default(_S, "max_concurrent_trials"), help=_help(_S, "max_concurrent_trials")),
     cpus_per_trial: float = typer.Option(_default(_S, "cpus_per_trial"), help=_help(_S, "cpus_per_trial")),
     gpus_per_trial: float = typer.Option(_default(_S, "gpus_per_trial"), help=_help(_S, "gpus_per_trial")),
@@ -138,7 +139,9 @@ def search(
                          holdout_seed=holdout_seed)
     settings = SearchSettings(
         name=name or default_name(task, space), model=model, task=task, space=space, budget=budget,
-        num_samples=num_samples, max_concurrent_trials=max_concurrent_trials, cpus_per_trial=cpus_per_trial,
+        num_samples=num_samples if num_samples is not None else (
+            BUDGETED_NUM_SAMPLES if cpu_budget_s is not None else _default(_S, "num_samples")),
+        cpu_budget_s=cpu_budget_s, max_concurrent_trials=max_concurrent_trials, cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial, sampler=sampler, objectives=keys, seed=seed,
         data_dir=data_dir, workdir=str(Path(workdir).resolve()), storage=storage, tracking_uri=tracking_uri,
         experiment=experiment, ray_address=ray_address, trial_memory_limit_mb=trial_memory_limit_mb,
@@ -150,12 +153,16 @@ def search(
 
 
 def _run_and_report(settings) -> None:
+    from autopeft.schema import cpu_seconds_spent
     from autopeft.search import prepare, run_search
 
     prepared = prepare(settings)  # every input checked before Ray starts
     for note in prepared.notes:
         console.print(f"[yellow]note:[/] {_escape(note)}", highlight=False)
-    console.print(f"search [bold]{settings.name}[/]: {settings.num_samples} trials of {settings.model} on "
+    trials = (f"{settings.num_samples} trials" if settings.cpu_budget_s is None else
+              f"trials within {settings.cpu_budget_s:g} CPU-s" + (f" (at most {settings.num_samples})"
+                                                                 if settings.num_samples < BUDGETED_NUM_SAMPLES else ""))
+    console.print(f"search [bold]{settings.name}[/]: {trials} of {settings.model} on "
                   f"{settings.task}, space {settings.space}, sampler {settings.sampler}"
                   + (f", successive halving ({settings.rungs} rungs, eta {settings.reduction_factor})"
                      if settings.scheduler == "sh" else "")
@@ -174,7 +181,8 @@ def _run_and_report(settings) -> None:
     done = sum(r.status == "COMPLETE" for r in result.trials)
     stopped = sum(r.status == "STOPPED" for r in result.trials)
     console.print(f"{done} trials completed" + (f", {stopped} stopped early by successive halving" if stopped else "")
-                  + f", {len(failed)} failed. MLflow: {result.tracking_uri} (parent run {result.parent_run_id})")
+                  + f", {len(failed)} failed, {cpu_seconds_spent(result.trials):,.0f} CPU-s of trials. MLflow: "
+                  f"{result.tracking_uri} (parent run {result.parent_run_id})")
     for r in failed:
         console.print(f"  trial {r['trial']} failed ({r['failure']}): {_escape(str(r['error']))[:300]}")
 

@@ -25,7 +25,7 @@ from ray.tune.search import Searcher  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from autopeft.objectives import METRIC  # noqa: E402
-from autopeft.schema import FIDELITY, RUNG, RUNGS  # noqa: E402
+from autopeft.schema import CPU_SECONDS, FIDELITY, RUNG, RUNGS  # noqa: E402
 
 
 _MAX_REFUSALS = 50
@@ -55,9 +55,11 @@ class StudySearcher(OptunaSearch):
 
     def __init__(self, *args: Any, target: int, owner: str, retry_lost_trials: int = 0,
                  limits: dict[str, tuple[Any, float]] | None = None, vetting: Any = None,
-                 on_reuse: Callable[[int, int], None] | None = None, **kwargs: Any) -> None:
+                 on_reuse: Callable[[int, int], None] | None = None, cpu_budget_s: float | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._target, self._owner, self._limits = target, owner, limits or {}
+        self._cpu_budget_s = cpu_budget_s
         self._retry_lost = retry_lost_trials
         self._failed: set[str] = set()  # failed, not yet told: record_failure comes first
         self._waited_at = 0.0
@@ -74,7 +76,7 @@ class StudySearcher(OptunaSearch):
             if trial_id not in self._ot_trials:
                 if time.monotonic() - self._waited_at < self._WAIT_POLL_S:
                     return None
-                ot_trial = ask_within_target(self._ot_study, self._target, self._owner)
+                ot_trial = ask_within_target(self._ot_study, self._target, self._owner, self._cpu_budget_s)
                 if ot_trial == FULL:
                     return Searcher.FINISHED
                 if ot_trial == WAIT:
@@ -125,7 +127,7 @@ class StudySearcher(OptunaSearch):
                                    {k: result.get(k) for k in self.metric})
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        from autopeft.study import FIDELITY_ATTR, RUNG_ATTR, STOPPED_ATTR
+        from autopeft.study import CPU_SECONDS_ATTR, FIDELITY_ATTR, RUNG_ATTR, STOPPED_ATTR
 
         # Ray calls this before the callbacks' on_trial_error, which alone read the error; a
         # failed trial's reason must be in the study before it is told FAIL (then it is frozen).
@@ -142,6 +144,8 @@ class StudySearcher(OptunaSearch):
                 ot_trial.set_user_attr(FIDELITY_ATTR, float(result[FIDELITY]))
                 if rung < int(result[RUNGS]) - 1:
                     ot_trial.set_user_attr(STOPPED_ATTR, rung)
+            if result.get(CPU_SECONDS) is not None:  # what --cpu-budget-s adds up, for every driver
+                ot_trial.set_user_attr(CPU_SECONDS_ATTR, float(result[CPU_SECONDS]))
             for key, (objective, bound) in self._limits.items():
                 value = result.get(key)
                 if value is not None and math.isfinite(float(value)):
@@ -226,11 +230,14 @@ def _read_error(trial: Any) -> str:
 
 
 class ProgressCallback(Callback):
-    """A progress bar over trials with the best metric so far."""
+    """A progress bar over trials with the best metric so far; under a CPU budget, over the
+    budget's CPU-seconds (trials counted in the description)."""
 
     def __init__(self, total: int, metric_name: str, enabled: bool, done: int = 0,
-                 asked_again: set[str] | None = None) -> None:
+                 asked_again: set[str] | None = None, cpu_budget_s: float | None = None,
+                 cpu_done: float = 0.0) -> None:
         self.total, self.metric_name, self.enabled, self.done = total, metric_name, enabled, done
+        self.cpu_budget_s, self.cpu_done = cpu_budget_s, cpu_done
         self.best: float | None = None
         self.failed = 0
         self.asked_again = asked_again if asked_again is not None else set()  # filled by TrackingCallback
@@ -238,21 +245,27 @@ class ProgressCallback(Callback):
     def __enter__(self):
         if self.enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-            self.progress = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
+            unit = [TextColumn("CPU-s")] if self.cpu_budget_s else []
+            self.progress = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), *unit,
                                      TimeElapsedColumn(), TextColumn("{task.description}"))
             self.progress.start()
-            self.task = self.progress.add_task("starting", total=self.total, completed=self.done)
+            total, completed = (self.cpu_budget_s, self.cpu_done) if self.cpu_budget_s else (self.total, self.done)
+            self.task = self.progress.add_task("starting", total=total, completed=completed)
         return self
 
     def __exit__(self, *exc):
         if self.enabled:
             self.progress.stop()
 
-    def _update(self, advance: int = 0) -> None:
+    def _update(self, trial: Any, advance: int = 0) -> None:
         if not self.enabled:
             return
+        self.done += advance
         best = f"best {self.metric_name} {self.best:.4f}" if self.best is not None else "no result yet"
         extra = f", {self.failed} failed" if self.failed else ""
+        if self.cpu_budget_s:  # the bar counts CPU-seconds: say how many trials they bought
+            extra = f", {self.done} trials{extra}"
+            advance = (trial.last_result or {}).get(CPU_SECONDS, 0.0) if advance else 0
         self.progress.update(self.task, advance=advance, description=f"{best}{extra}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -263,10 +276,10 @@ class ProgressCallback(Callback):
             self.best = value
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._update(advance=1)
+        self._update(trial, advance=1)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         if trial.trial_id in self.asked_again:  # its retry will advance the bar
             return
         self.failed += 1
-        self._update(advance=1)
+        self._update(trial, advance=1)

@@ -21,7 +21,7 @@ Runs of a search, in one MLflow experiment:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -54,6 +54,9 @@ REUSE_TAG = "autopeft.reuse_of"  # a trial answered from an earlier trial's resu
 # Fields of a trial's report kept as tags ``autopeft.<key>``: where and how it ran, how far it got,
 # and the split its metrics are on (EVAL_SPLIT).
 EVAL_SPLIT = "eval_split"  # report key: "dev" or "holdout"
+# Report key: CPU-seconds the trial's process spent on it (every thread: building, training,
+# scoring, measuring), so far at a rung. What --cpu-budget-s counts; the study keeps it per trial.
+CPU_SECONDS = "cpu_seconds"
 RESULT_TAGS = ("node_id", "hostname", "device", "memory_measure", RUNG, FIDELITY, EVAL_SPLIT)
 
 
@@ -164,3 +167,9 @@ def trial_record(run: Any) -> TrialRecord:
         training={k[len(TRAINING_PREFIX):]: parse_param(v) for k, v in run.data.params.items()
                   if k.startswith(TRAINING_PREFIX)},
         values=values)
+
+
+def cpu_seconds_spent(records: Iterable[Mapping]) -> float:
+    """What a search's trials cost, as ``--cpu-budget-s`` counts it: a failed trial reports no
+    figure, and a reused one carries its source's values but trained nothing."""
+    return sum(r.get(CPU_SECONDS) or 0.0 for r in records if r.get("status") != "REUSED")

@@ -31,6 +31,8 @@ def _field_help(text: str) -> dict[str, Any]:
 
 
 SCHEDULERS = ("fifo", "sh")
+# A search bounded by --cpu-budget-s alone: a trial cap it does not reach first.
+BUDGETED_NUM_SAMPLES = 1000
 # Every trial at the full budget stays the default until benchmarks/multifidelity.py has been
 # run on the three tasks and shows successive halving ahead (benchmarks/README.md).
 DEFAULT_SCHEDULER = "fifo"
@@ -46,7 +48,11 @@ class SearchSettings:
     task: str = field(default="sst2", metadata=_field_help("a shipped task or a task YAML path"))
     space: str = field(default="autopeft", metadata=_field_help("a shipped search space or a YAML path"))
     budget: TrainBudget = field(default_factory=TrainBudget)
-    num_samples: int = field(default=8, metadata=_field_help("number of trials"))
+    num_samples: int = field(default=8, metadata=_field_help(
+        f"number of trials (with --cpu-budget-s, the most trials: default {BUDGETED_NUM_SAMPLES})"))
+    cpu_budget_s: float | None = field(default=None, metadata=_field_help(
+        "CPU-seconds the trials may use in all (each trial's process: building, training, scoring, measuring; "
+        "summed over trials). No trial starts that is not expected to fit, at the mean cost of the trials so far"))
     max_concurrent_trials: int = field(default=2, metadata=_field_help("trials run at once"))
     cpus_per_trial: float = field(default=1.0, metadata=_field_help("CPUs reserved per trial (its torch thread count)"))
     gpus_per_trial: float = field(default=0.0, metadata=_field_help("GPUs reserved per trial"))
@@ -140,6 +146,8 @@ def prepare(settings: SearchSettings) -> Prepared:
         raise ConfigError(f"unknown sampler {settings.sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if settings.num_samples < 1 or settings.max_concurrent_trials < 1:
         raise ConfigError("--num-samples and --max-concurrent-trials must be at least 1")
+    if settings.cpu_budget_s is not None and not settings.cpu_budget_s > 0:
+        raise ConfigError(f"--cpu-budget-s must be positive, got {settings.cpu_budget_s}")
     if settings.trial_memory_limit_mb is not None and settings.trial_memory_limit_mb <= 0:
         raise ConfigError("--trial-memory-limit-mb must be positive")
     if settings.retry_lost_trials < 0:
@@ -262,7 +270,9 @@ def open_stores(prep: Prepared) -> Stores:
     settings = prep.settings
     tracker = SearchTracker(settings.tracking_uri, settings.experiment, settings.name, {
         "model": settings.model, "task": prep.task.name, "space": settings.space, "sampler": settings.sampler,
-        "num_samples": settings.num_samples, schema.OBJECTIVES_PARAM: ",".join(prep.objectives),
+        "num_samples": settings.num_samples,
+        **({"cpu_budget_s": settings.cpu_budget_s} if settings.cpu_budget_s is not None else {}),
+        schema.OBJECTIVES_PARAM: ",".join(prep.objectives),
         "seed": settings.seed, **{f"{schema.BUDGET_PREFIX}{k}": v for k, v in settings.budget.to_dict().items()},
         "scheduler": settings.scheduler, "top_seeds": settings.top_seeds,
         **({"rungs": settings.rungs, "reduction_factor": settings.reduction_factor} if settings.scheduler == "sh" else {}),
@@ -297,23 +307,24 @@ def open_stores(prep: Prepared) -> Stores:
 
 
 def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> None:
-    """Ask, run and record trials under Ray Tune until the study holds ``num_samples`` of them."""
+    """Ask, run and record trials under Ray Tune until the study holds ``num_samples`` of them or
+    its trials have spent ``cpu_budget_s``."""
     import ray
     from ray import tune
 
     from autopeft import ray_glue
-    from autopeft.study import counted
+    from autopeft.study import counted, cpu_budget_allows_another, cpu_spent
     from autopeft.trial import ray_trainable
 
     settings = prep.settings
-    done = len(counted(stores.study.trials))
-    remaining = settings.num_samples - done
-    if remaining <= 0:
+    trials = stores.study.get_trials(deepcopy=False)
+    done = len(counted(trials))
+    if done >= settings.num_samples or not cpu_budget_allows_another(trials, settings.cpu_budget_s):
         return
     started_ray = False
     tracking = ray_glue.TrackingCallback(stores.tracker)
     progress = ray_glue.ProgressCallback(settings.num_samples, prep.task.primary_metric, show_progress, done,
-                                         tracking.asked_again)
+                                         tracking.asked_again, settings.cpu_budget_s, cpu_spent(trials))
     try:
         if not ray.is_initialized():
             connect(settings.ray_address)
@@ -322,7 +333,7 @@ def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> No
             space=prep.space.define_by_run(prep.model.num_layers), metric=list(prep.objectives),
             mode=list(directions(prep.objectives).values()), sampler=stores.sampler, storage=stores.storage,
             study_name=settings.name, seed=settings.seed, target=settings.num_samples, owner=stores.owner,
-            retry_lost_trials=settings.retry_lost_trials,
+            retry_lost_trials=settings.retry_lost_trials, cpu_budget_s=settings.cpu_budget_s,
             limits=limit_objectives(settings.limits), vetting=_vetting(prep), on_reuse=stores.tracker.trial_reused)
         tracking.searcher = searcher  # records each failure in the study, with its reason
         trainable = tune.with_resources(
@@ -416,7 +427,8 @@ def _log_report(tracker: Any, record: SearchRecord) -> None:
 
 def run_search(settings: SearchSettings, show_progress: bool = True,
                prepared: Prepared | None = None) -> SearchRecord:
-    """Run (or continue) the search ``settings.name`` until its study holds ``num_samples`` trials.
+    """Run (or continue) the search ``settings.name`` until its study holds ``num_samples`` trials
+    or its trials have spent ``cpu_budget_s``.
 
     Re-running with the same name continues it: finished trials stay, trials a dead driver left
     running are marked interrupted and asked again, the MLflow parent run is reused. Another

@@ -14,7 +14,8 @@ Trial user attributes written here:
 - ``autopeft_failure``: on FAIL, why — the same category as MLflow's ``autopeft.failure`` tag;
 - ``autopeft_interrupted``: its driver stopped before it finished; asked again, not counted;
 - ``autopeft_asked_again``: lost with its node or process and asked again, not counted;
-- ``autopeft_retries``: on a trial asked again, how many lost trials of its configuration came before.
+- ``autopeft_retries``: on a trial asked again, how many lost trials of its configuration came before;
+- ``autopeft_cpu_seconds``: the CPU-seconds a finished trial's process spent on it (``--cpu-budget-s``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ INTERRUPTED_ATTR = "autopeft_interrupted"
 ASKED_AGAIN_ATTR = "autopeft_asked_again"
 RETRIES_ATTR = "autopeft_retries"
 REFUSED_ATTR = "autopeft_refused"  # a sampled config the space refused (reuse.py): not counted
+CPU_SECONDS_ATTR = "autopeft_cpu_seconds"
 # Successive halving, per trial: the objective values at rung k (``autopeft_rung_values_k``), the
 # highest rung reached and its share of the full budget, and the rung a stopped trial stopped at.
 RUNG_VALUES_ATTR = "autopeft_rung_values_"
@@ -147,16 +149,37 @@ def reconcile(study: optuna.Study, owners_to_release: set[str] | None = None,
     return marked
 
 
-def ask_within_target(study: optuna.Study, target: int, owner: str) -> optuna.Trial | str:
-    """Ask the study's next trial for ``owner`` unless it holds ``target`` counted trials.
+def cpu_spent(trials: Iterable[FrozenTrial]) -> float:
+    """CPU-seconds the study's finished trials used (duplicates answered from the study cost none)."""
+    return sum(t.user_attrs.get(CPU_SECONDS_ATTR, 0.0) for t in trials)
+
+
+def cpu_budget_allows_another(trials: Collection[FrozenTrial], cpu_budget_s: float | None) -> bool:
+    """Whether one more trial is expected to fit in ``cpu_budget_s``: what finished trials spent,
+    plus the running ones and the new one at the mean cost of those that finished (under
+    successive halving that mean includes the cheap stopped trials, as the next one may be)."""
+    if cpu_budget_s is None:
+        return True
+    costs = [t.user_attrs[CPU_SECONDS_ATTR] for t in trials
+             if CPU_SECONDS_ATTR in t.user_attrs and t.state == TrialState.COMPLETE]
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    per_trial = sum(costs) / len(costs) if costs else 0.0  # nothing finished yet: start as many as run at once
+    return cpu_spent(trials) + (running + 1) * per_trial <= cpu_budget_s
+
+
+def ask_within_target(study: optuna.Study, target: int, owner: str,
+                      cpu_budget_s: float | None = None) -> optuna.Trial | str:
+    """Ask the study's next trial for ``owner`` unless it holds ``target`` counted trials, or
+    another trial is not expected to fit in ``cpu_budget_s`` (``cpu_budget_allows_another``).
 
     Atomic across drivers (``study_lock``): two drivers at the target never both ask. Returns the
     trial, stamped with its owner and its first heartbeat, else FULL or WAIT.
     """
     # Optuna wraps the RDB storage of a study in a cache; the lock needs the database behind it.
     with study_lock(getattr(study._storage, "_backend", study._storage), study.study_name):
-        held = counted(study.get_trials(deepcopy=False))
-        if len(held) >= target:
+        trials = study.get_trials(deepcopy=False)
+        held = counted(trials)
+        if len(held) >= target or not cpu_budget_allows_another(trials, cpu_budget_s):
             # Wait for running trials, whoever runs them: a lost one is asked again and a dead
             # driver's is reclaimed, and this driver must still be asking then. Trials nobody can
             # tell alive (another host, no heartbeat) are not waited for.

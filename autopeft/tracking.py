@@ -233,7 +233,8 @@ class SearchTracker:
                    "trials_lost": sum(r.failure in LOST_FAILURES for r in records),
                    "trials_stopped": sum(r.status == "STOPPED" for r in records),
                    "trials_reused": sum(r.status == "REUSED" for r in records),
-                   "pareto_size": sum(r.pareto for r in records)}
+                   "pareto_size": sum(r.pareto for r in records),
+                   schema.CPU_SECONDS: schema.cpu_seconds_spent(records)}
         if done:
             summary[f"best_{metric_name}"] = max(r["metric"] for r in done)
         self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from autopeft.config import PeftConfig, TrainBudget
 from autopeft.objectives import METRIC, PEAK_MEMORY_MB, TRAINABLE_PARAMS, available_objectives, measure_all
-from autopeft.schema import EVAL_SPLIT, FIDELITY, RUNG, RUNGS
+from autopeft.schema import CPU_SECONDS, EVAL_SPLIT, FIDELITY, RUNG, RUNGS
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def run_config(ctx: TrialContext, peft: PeftConfig, budget: TrainBudget | None =
     from autopeft.train import score_split, train_and_evaluate
 
     budget = budget or ctx.budget
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     task, splits = _task_data(ctx.task, ctx.data_dir, budget.select_on, budget.holdout_size, budget.holdout_seed)
     if full_finetune:
         built = build_full_model(ctx.model, task.num_labels, seed=budget.seed)
@@ -96,6 +96,7 @@ def run_config(ctx: TrialContext, peft: PeftConfig, budget: TrainBudget | None =
         model = copy.deepcopy(built.model) if keys else built.model
         trained = TrainedTrial(dataclasses.replace(built, model=model), task, budget, device, partial)
         report = _report(trained, measure_all(trained, keys), rung, ctx.rungs, splits.select_on)
+        report[CPU_SECONDS] = time.process_time() - cpu0
         if on_rung(report):
             return True
         stopped.append(report)
@@ -119,6 +120,7 @@ def run_config(ctx: TrialContext, peft: PeftConfig, budget: TrainBudget | None =
     measured.update(setup_seconds=setup, measure_seconds=time.perf_counter() - t1)
     report = _report(trained, measured, len(ctx.rungs) - 1 if ctx.rungs else None, ctx.rungs, splits.select_on)
     report.update({f"dev_{k}": v for k, v in dev.items()})
+    report[CPU_SECONDS] = time.process_time() - cpu0
     if ctx.seeds > 1:
         others = [run_config(dataclasses.replace(ctx, rungs=(), seeds=1), peft, budget.replace(seed=budget.seed + i),
                              device, full_finetune) for i in range(1, ctx.seeds)]
@@ -138,7 +140,8 @@ def over_seeds(reports: list[dict[str, Any]]) -> dict[str, float]:
                 f"{METRIC}_min": min(metrics), f"{METRIC}_max": max(metrics), "seeds": len(reports),
                 PEAK_MEMORY_MB: max(r[PEAK_MEMORY_MB] for r in reports),
                 "train_seconds": sum(r["train_seconds"] for r in reports),
-                "eval_seconds": sum(r["eval_seconds"] for r in reports)})
+                "eval_seconds": sum(r["eval_seconds"] for r in reports),
+                CPU_SECONDS: sum(r[CPU_SECONDS] for r in reports)})
     return out
 
 

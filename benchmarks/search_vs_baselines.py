@@ -47,8 +47,10 @@ from baselines import EXTRA, KEY, add_budget_args, chosen_lrs, reported, suite_b
 HEADLINE = ("lora_r8", "pfeiffer")
 
 
-def search_task(task: str, args: argparse.Namespace, budgets: list[float], known: set[str]) -> tuple[list, float]:
-    """Run (or finish) the low-fidelity search of ``task``; its front as exports, and its CPU-seconds."""
+def search_task(task: str, args: argparse.Namespace, budgets: list[float], known: set[str],
+                sweep_cpu: float) -> tuple[list, float]:
+    """Run (or finish) the low-fidelity search of ``task``; its front as exports, and its CPU-seconds.
+    With ``--cpu-share`` its trials may spend that share of ``sweep_cpu`` (the baselines' sweep)."""
     from autopeft.results import load_search, to_export
     from autopeft.search import SearchSettings, run_search
 
@@ -61,11 +63,12 @@ def search_task(task: str, args: argparse.Namespace, budgets: list[float], known
         name=name, task=task, space=args.space, sampler=args.sampler, num_samples=args.trials, budget=budget,
         max_concurrent_trials=args.workers, data_dir=args.data_dir, workdir=str(common.SUITE_RESULTS / "svb"),
         scheduler=args.scheduler, rungs=args.rungs, reduction_factor=args.reduction_factor, top_seeds=args.top_seeds,
+        cpu_budget_s=args.cpu_share * sweep_cpu if args.cpu_share else None,
         tracking_uri=uri, experiment="autopeft-benchmarks-search")
     cpu_file = common.SUITE_RESULTS / "svb" / f"{name}.cpu"
     cpu_file.parent.mkdir(parents=True, exist_ok=True)
     total = float(cpu_file.read_text()) if cpu_file.exists() else 0.0  # a resumed search adds to it
-    if _trials_done(settings) < args.trials:
+    if not _finished(settings):
         # The driver, Ray's services and the trial workers; on disk as it grows, so a search killed
         # and resumed is charged for both parts.
         with common.TreeCPU(on_update=lambda spent: _save(cpu_file, total + spent)) as cpu:
@@ -91,6 +94,7 @@ def variant(args: argparse.Namespace, sep: str) -> str:
     CSVs' names (empty for that default, so earlier results keep their names)."""
     parts = [f"sh{args.rungs}x{args.reduction_factor}"] if args.scheduler == "sh" else []
     parts += [f"s{args.top_seeds}"] if args.top_seeds > 1 else []
+    parts += [f"cpu{round(args.cpu_share * 100)}"] if args.cpu_share else []
     parts += [args.label] if args.label else []
     return "".join(sep + p for p in parts)
 
@@ -101,17 +105,22 @@ def _save(path: Path, seconds: float) -> None:
     os.replace(tmp, path)  # a kill mid-write leaves the old figure, never half a number
 
 
-def _trials_done(settings) -> int:
+def _finished(settings) -> bool:
+    """Whether the search holds its trial count or has spent its CPU budget, as the search counts
+    both (a search killed with trials running is not finished: resuming asks them again)."""
     import optuna
 
     try:
         study = optuna.load_study(study_name=settings.name, storage=settings.storage_url())
     except KeyError:  # no such study yet
-        return 0
-    from autopeft.study import counted
+        return False
+    from autopeft.study import counted, cpu_budget_allows_another
 
+    trials = counted(study.trials)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
-    return sum(t.state in finished for t in counted(study.trials))  # as the search counts its target
+    if any(t.state not in finished for t in trials):
+        return False
+    return len(trials) >= settings.num_samples or not cpu_budget_allows_another(trials, settings.cpu_budget_s)
 
 
 def _choose(front: list[dict], budgets: list[float], k: int) -> list[dict]:
@@ -200,6 +209,10 @@ def main() -> None:
     ap.add_argument("--reduction-factor", type=int, default=3, help="autopeft search --reduction-factor (sh)")
     ap.add_argument("--top-seeds", type=int, default=1,
                     help="autopeft search --top-seeds: seeds per config at the full budget (its metric is their mean)")
+    ap.add_argument("--cpu-share", type=float, default=None,
+                    help="the search's trials may spend this share of the task's baseline-sweep CPU-seconds "
+                         "(autopeft search --cpu-budget-s); --trials then only caps the count. The rest is for "
+                         "retraining the front and the search's driver, so equal cost holds by construction")
     ap.add_argument("--baselines", type=Path, default=common.SUITE_RESULTS / "baselines_runs.csv")
     ap.add_argument("--label", default="",
                     help="appended to the study's and the CSVs' names: a rerun after a change to the search "
@@ -207,6 +220,8 @@ def main() -> None:
     args = ap.parse_args()
     if not all(c.isalnum() for c in args.label):
         ap.error(f"--label takes letters and digits only, got {args.label!r}")
+    if args.cpu_share is not None and not 0 < args.cpu_share < 1:
+        ap.error(f"--cpu-share is a share of the baselines' sweep, between 0 and 1; got {args.cpu_share}")
     if not args.data_dir:
         sys.exit("give --data-dir or AUTOPEFT_DATA_DIR (the data folder, e.g. ../shared/data)")
     args.data_dir = str(Path(args.data_dir).resolve())
@@ -222,10 +237,12 @@ def main() -> None:
 
     info = inspect_model(common.MODEL)
     known = {p.canonical() for p in common.baselines(info.num_layers, info.hidden_size).values() if p is not None}
+    # What trying the baselines by hand cost: every sweep and seed run, not only the reported ones.
+    base_cost = common.summarise([r for r in base_all if r["task"] in tasks], lambda r: (r["task"],))
     jobs, search_cpu, labels = [], {}, {}
     for task in tasks:
         budgets = [float(r["trainable_params"]) for r in base_rows if r["task"] == task and r["name"] in HEADLINE]
-        front, search_cpu[task] = search_task(task, args, budgets, known)
+        front, search_cpu[task] = search_task(task, args, budgets, known, base_cost[(task,)]["cpu_seconds"])
         for trial, exp in front:
             name = f"t{trial:03d}"
             labels[(task, name)] = exp.peft.describe()
@@ -240,18 +257,18 @@ def main() -> None:
     found = common.summarise([r for r in rows if (r["task"], r["name"]) in wanted and int(r["seed"]) < args.seeds],
                              lambda r: (r["task"], r["name"]), column="dev_metric")
     base = common.summarise(base_rows, lambda r: (r["task"], r["name"]), column="dev_metric")
-    # What trying the baselines by hand cost: every sweep and seed run, not only the reported ones.
-    base_cost = common.summarise([r for r in base_all if r["task"] in tasks], lambda r: (r["task"],))
 
     print(f"\n{platform.node()}: {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; search: {args.space} space, "
-          f"{args.sampler}, scheduler {args.scheduler}{variant(args, ' ')}, {args.trials} trials of "
+          f"{args.sampler}, scheduler {args.scheduler}{variant(args, ' ')}, "
+          f"{'at most ' if args.cpu_share else ''}{args.trials} trials of "
           f"{args.search_train_examples} train examples, scored on a "
           f"{args.holdout:g}-row holdout; retraining and baselines: {args.train_examples} examples x {args.epochs:g} "
           f"epoch, {args.seeds} seeds, reported on dev; {time.perf_counter() - t0:.0f} s wall")
     table, wins = compare(tasks, found, base, base_cost, search_cpu, lrs, labels, args)
     table_csv = common.SUITE_RESULTS / f"search_vs_baselines_{tag}.csv"
     common.write_task_table(table_csv, table, tasks)
-    common.log_mlflow("search_vs_baselines", {"trials": args.trials, "space": args.space, "sampler": args.sampler,
+    common.log_mlflow("search_vs_baselines", {"trials": args.trials, "cpu_share": args.cpu_share,
+                                              "space": args.space, "sampler": args.sampler,
                                               "scheduler": args.scheduler, "top_seeds": args.top_seeds,
                                               "search_train_examples": args.search_train_examples,
                                               "train_examples": args.train_examples, "holdout": args.holdout,

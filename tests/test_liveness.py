@@ -84,6 +84,29 @@ def test_at_the_target_a_driver_waits_for_running_trials_it_can_tell(tmp_path):
     assert studies.ask_within_target(study, 2, studies.this_process()) == studies.FULL
 
 
+def test_a_cpu_budget_starts_only_trials_expected_to_fit(tmp_path):
+    study, _ = _new_study(tmp_path)
+    me = studies.this_process()
+
+    def ask(budget: float):
+        return studies.ask_within_target(study, TARGET, me, cpu_budget_s=budget)
+
+    def finish(trial, cpu_s: float):
+        trial.set_user_attr(studies.CPU_SECONDS_ATTR, cpu_s)
+        study.tell(trial, 0.5)
+
+    first, second = ask(10.0), ask(10.0)  # no trial has finished: nothing to expect a cost from
+    finish(first, 4.0)
+    assert ask(10.0) == studies.WAIT, "4 spent + the running one and a new one at 4 each pass 10"
+    finish(second, 4.0)
+    assert ask(10.0) == studies.FULL
+    assert studies.cpu_spent(study.trials) == 8.0
+    third = ask(12.0)  # 8 spent + one more at 4 fits in 12 exactly
+    assert not isinstance(third, str)
+    study.tell(third, state=optuna.trial.TrialState.FAIL)  # a failed trial reports no CPU: not counted
+    assert ask(12.0) not in (studies.FULL, studies.WAIT) and ask(None) not in (studies.FULL, studies.WAIT)
+
+
 def test_heartbeat_tells_a_dead_driver_on_another_host_after_the_grace_period(tmp_path, monkeypatch):
     monkeypatch.setenv(INTERVAL_ENV, "0.5")  # grace period: 6 beats = 3 s
     study, url = _new_study(tmp_path)

@@ -101,3 +101,28 @@ def test_resume_and_export_keep_the_holdout(finished_search):
     assert resumed.budget == settings.budget  # --resume scores on the same held-out rows
     exported = to_export(load_search("tiny-search", result.tracking_uri), result.front[0])
     assert (exported.budget.select_on, exported.budget.holdout_size, exported.budget.holdout_seed) == ("holdout", 24, 0)
+
+
+def test_a_cpu_budget_ends_the_search_before_its_trial_count(tiny_bert, tiny_task, tmp_path):
+    from autopeft.schema import cpu_seconds_spent
+    from autopeft.study import CPU_SECONDS_ATTR
+
+    settings = SearchSettings(
+        name="budgeted", model=tiny_bert, task=tiny_task, space="small", num_samples=2, max_concurrent_trials=1,
+        budget=TrainBudget(train_examples=32, eval_examples=32, batch_size=16), workdir=str(tmp_path / "runs"),
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    first = run_search(settings, show_progress=False)
+    costs = [r["cpu_seconds"] for r in first.trials]
+    assert len(costs) == 2 and all(c > 0 for c in costs)
+    study = optuna.load_study(study_name="budgeted", storage=settings.storage_url())
+    assert sorted(t.user_attrs[CPU_SECONDS_ATTR] for t in study.trials) == pytest.approx(sorted(costs))
+    # Continued with room for about one more trial and a trial count it must not reach.
+    budget = sum(costs) + 1.5 * max(costs)
+    second = run_search(settings.replace(num_samples=20, cpu_budget_s=budget), show_progress=False)
+    trained = [r for r in second.trials if r.status != "REUSED"]
+    assert 3 <= len(trained) and len(second.trials) < 20
+    spent = cpu_seconds_spent(second.trials)
+    # A trial starts only while one more is expected to fit: the last one may pass by its own cost.
+    assert spent <= budget + max(r["cpu_seconds"] for r in trained)
+    parent = MlflowClient(second.tracking_uri).get_run(second.parent_run_id)
+    assert parent.data.metrics["cpu_seconds"] == pytest.approx(spent)
