@@ -313,14 +313,14 @@ def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> No
     from ray import tune
 
     from autopeft import ray_glue
-    from autopeft.study import counted, cpu_budget_allows_another, cpu_spent
+    from autopeft.study import counted, cpu_spent, target_reached
     from autopeft.trial import ray_trainable
 
     settings = prep.settings
     trials = stores.study.get_trials(deepcopy=False)
-    done = len(counted(trials))
-    if done >= settings.num_samples or not cpu_budget_allows_another(trials, settings.cpu_budget_s):
+    if target_reached(trials, settings.num_samples, settings.cpu_budget_s):
         return
+    done = len(counted(trials))
     started_ray = False
     tracking = ray_glue.TrackingCallback(stores.tracker)
     progress = ray_glue.ProgressCallback(settings.num_samples, prep.task.primary_metric, show_progress, done,

@@ -167,6 +167,12 @@ def cpu_budget_allows_another(trials: Collection[FrozenTrial], cpu_budget_s: flo
     return cpu_spent(trials) + (running + 1) * per_trial <= cpu_budget_s
 
 
+def target_reached(trials: Collection[FrozenTrial], target: int, cpu_budget_s: float | None = None) -> bool:
+    """A search's stopping rule, one place for every driver and reader: ``target`` counted
+    trials, or no room in ``cpu_budget_s`` for another one."""
+    return len(counted(trials)) >= target or not cpu_budget_allows_another(trials, cpu_budget_s)
+
+
 def ask_within_target(study: optuna.Study, target: int, owner: str,
                       cpu_budget_s: float | None = None) -> optuna.Trial | str:
     """Ask the study's next trial for ``owner`` unless it holds ``target`` counted trials, or
@@ -178,12 +184,11 @@ def ask_within_target(study: optuna.Study, target: int, owner: str,
     # Optuna wraps the RDB storage of a study in a cache; the lock needs the database behind it.
     with study_lock(getattr(study._storage, "_backend", study._storage), study.study_name):
         trials = study.get_trials(deepcopy=False)
-        held = counted(trials)
-        if len(held) >= target or not cpu_budget_allows_another(trials, cpu_budget_s):
+        if target_reached(trials, target, cpu_budget_s):
             # Wait for running trials, whoever runs them: a lost one is asked again and a dead
             # driver's is reclaimed, and this driver must still be asking then. Trials nobody can
             # tell alive (another host, no heartbeat) are not waited for.
-            running = [t for t in held if t.state == TrialState.RUNNING]
+            running = [t for t in counted(trials) if t.state == TrialState.RUNNING]
             return WAIT if any(driver_alive(t) is not None for t in running) else FULL
         trial = study.ask()
         # Stamp the owner before sampling (many writes): a driver killed mid-sampling must still

@@ -114,13 +114,12 @@ def _finished(settings) -> bool:
         study = optuna.load_study(study_name=settings.name, storage=settings.storage_url())
     except KeyError:  # no such study yet
         return False
-    from autopeft.study import counted, cpu_budget_allows_another
+    from autopeft.study import counted, target_reached
 
-    trials = counted(study.trials)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
-    if any(t.state not in finished for t in trials):
+    if any(t.state not in finished for t in counted(study.trials)):
         return False
-    return len(trials) >= settings.num_samples or not cpu_budget_allows_another(trials, settings.cpu_budget_s)
+    return target_reached(study.trials, settings.num_samples, settings.cpu_budget_s)
 
 
 def _choose(front: list[dict], budgets: list[float], k: int) -> list[dict]:
