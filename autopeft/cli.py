@@ -111,7 +111,8 @@ def search(
     max_params: Optional[int] = typer.Option(None, help="Constraint the sampler is told: at most this many trainable parameters."),
     max_memory: Optional[float] = typer.Option(None, help="Constraint the sampler is told: at most this peak training memory (MB)."),
     max_latency: Optional[float] = typer.Option(None, help="Constraint the sampler is told: at most this latency (ms/example)."),
-    resume: Optional[str] = typer.Option(None, help="Continue the search of this name with the settings it was started with (from --storage / --workdir)."),
+    resume: Optional[str] = typer.Option(None, help="Continue the search of this name with the settings it was started with (from --storage / --workdir); "
+                                                    "--num-samples / --cpu-budget-s given with it move its target."),
 ) -> None:
     """Run a multi-objective search and print its Pareto front.
 
@@ -124,7 +125,7 @@ def search(
     if resume:
         url = storage or SearchSettings(name=resume, workdir=workdir).storage_url()
         check_database_url(url, "--storage")
-        settings = SearchSettings.from_dict(stored_settings(resume, url))
+        settings = extend_target(SearchSettings.from_dict(stored_settings(resume, url)), num_samples, cpu_budget_s)
         if ray_address:
             settings = settings.replace(ray_address=ray_address)
         _run_and_report(settings)
@@ -150,6 +151,18 @@ def search(
         limits={k: v for k, v in (("max_params", max_params), ("max_memory", max_memory),
                                   ("max_latency", max_latency)) if v is not None})
     _run_and_report(settings)
+
+
+def extend_target(settings: SearchSettings, num_samples: Optional[int], cpu_budget_s: Optional[float]) -> SearchSettings:
+    """``--resume NAME`` keeps the settings a search started with, except its target: a count or a
+    CPU budget given beside it replaces the stored one (more trials for a search that ended, a
+    budget for one that had none), and the study records it for later resumes (search.open_stores)."""
+    if num_samples is None and cpu_budget_s is None:
+        return settings
+    if num_samples is None and settings.cpu_budget_s is None:  # a budget where there was a count: as for a new search
+        num_samples = max(BUDGETED_NUM_SAMPLES, settings.num_samples)
+    return settings.replace(num_samples=settings.num_samples if num_samples is None else num_samples,
+                            cpu_budget_s=settings.cpu_budget_s if cpu_budget_s is None else cpu_budget_s)
 
 
 def _run_and_report(settings) -> None:

@@ -152,15 +152,17 @@ class StudySearcher(OptunaSearch):
                     ot_trial.set_constraint(key, objective.violation(float(value), bound))
         super().on_trial_complete(trial_id, result, error)
 
-    def record_failure(self, trial_id: str, category: str) -> bool:
-        """Record why ``trial_id`` failed, ask it again if it was lost, tell it FAIL; asked again?"""
+    def record_failure(self, trial_id: str, category: str, cpu_seconds: float | None = None) -> bool:
+        """Record why ``trial_id`` failed (and what it spent), ask it again if it was lost, tell it
+        FAIL; asked again?"""
         from autopeft.study import record_failure
 
         if trial_id not in self._failed:
             return False
         self._failed.discard(trial_id)
         try:
-            return record_failure(self._ot_study, self._ot_trials[trial_id]._trial_id, category, self._retry_lost)
+            return record_failure(self._ot_study, self._ot_trials[trial_id]._trial_id, category, self._retry_lost,
+                                  cpu_seconds)
         finally:
             super().on_trial_complete(trial_id, error=True)
 
@@ -203,7 +205,7 @@ class TrackingCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         from autopeft.cluster import lost_with_node
-        from autopeft.schema import NODE_LOST, WORKER_LOST
+        from autopeft.schema import NODE_LOST, WORKER_LOST, failed_cpu_seconds
         from autopeft.tracking import UNREACHABLE, classify_failure
 
         error = _read_error(trial)
@@ -216,10 +218,12 @@ class TrackingCallback(Callback):
             reason = (f"the Ray node running this trial died ({reason})" if node else
                       f"the trial's worker process died; its node lives ({reason})")
         self._dead_nodes.pop(trial.trial_id, None)
-        asked_again = self.searcher.record_failure(trial.trial_id, category) if self.searcher else False
+        cpu = failed_cpu_seconds(error)
+        asked_again = self.searcher.record_failure(trial.trial_id, category, cpu) if self.searcher else False
         if asked_again:
             self.asked_again.add(trial.trial_id)
-        self.tracker.trial_finished(trial.trial_id, error=error, failure=(category, reason), asked_again=asked_again)
+        self.tracker.trial_finished(trial.trial_id, error=error, failure=(category, reason), asked_again=asked_again,
+                                    cpu_seconds=cpu)
 
 
 def _read_error(trial: Any) -> str:
@@ -257,15 +261,16 @@ class ProgressCallback(Callback):
         if self.enabled:
             self.progress.stop()
 
-    def _update(self, trial: Any, advance: int = 0) -> None:
+    def _update(self, trial: Any, advance: int = 0, cost: float | None = None) -> None:
         if not self.enabled:
             return
         self.done += advance
+        cost = (trial.last_result or {}).get(CPU_SECONDS, 0.0) if cost is None else cost
         best = f"best {self.metric_name} {self.best:.4f}" if self.best is not None else "no result yet"
         extra = f", {self.failed} failed" if self.failed else ""
         if self.cpu_budget_s:  # the bar counts CPU-seconds: say how many trials they bought
             extra = f", {self.done} trials{extra}"
-            advance = (trial.last_result or {}).get(CPU_SECONDS, 0.0) if advance else 0
+            advance = cost if advance else 0
         self.progress.update(self.task, advance=advance, description=f"{best}{extra}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -281,5 +286,7 @@ class ProgressCallback(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         if trial.trial_id in self.asked_again:  # its retry will advance the bar
             return
+        from autopeft.schema import failed_cpu_seconds
+
         self.failed += 1
-        self._update(trial, advance=1)
+        self._update(trial, advance=1, cost=failed_cpu_seconds(_read_error(trial)) or 0.0)

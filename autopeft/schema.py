@@ -57,6 +57,9 @@ EVAL_SPLIT = "eval_split"  # report key: "dev" or "holdout"
 # Report key: CPU-seconds the trial's process spent on it (every thread: building, training,
 # scoring, measuring), so far at a rung. What --cpu-budget-s counts; the study keeps it per trial.
 CPU_SECONDS = "cpu_seconds"
+# A failed trial reports nothing, so its process adds this note to the exception it raises (the
+# traceback Ray records carries it): the CPU it spent still counts against --cpu-budget-s.
+CPU_SECONDS_NOTE = "autopeft cpu_seconds spent before failing:"
 RESULT_TAGS = ("node_id", "hostname", "device", "memory_measure", RUNG, FIDELITY, EVAL_SPLIT)
 
 
@@ -169,7 +172,19 @@ def trial_record(run: Any) -> TrialRecord:
         values=values)
 
 
+def failed_cpu_seconds(traceback_text: str) -> float | None:
+    """The CPU-seconds a failed trial's process noted in its traceback (``CPU_SECONDS_NOTE``)."""
+    for line in reversed(traceback_text.splitlines()):
+        if line.strip().startswith(CPU_SECONDS_NOTE):
+            try:
+                return float(line.strip()[len(CPU_SECONDS_NOTE):])
+            except ValueError:
+                return None
+    return None
+
+
 def cpu_seconds_spent(records: Iterable[Mapping]) -> float:
-    """What a search's trials cost, as ``--cpu-budget-s`` counts it: a failed trial reports no
-    figure, and a reused one carries its source's values but trained nothing."""
+    """What a search's trials cost, as ``--cpu-budget-s`` counts it: a failed trial counts what
+    its traceback says it spent (nothing when its process died), and a reused one carries its
+    source's values but trained nothing."""
     return sum(r.get(CPU_SECONDS) or 0.0 for r in records if r.get("status") != "REUSED")

@@ -292,10 +292,16 @@ def open_stores(prep: Prepared) -> Stores:
     with warnings.catch_warnings():  # experimental since Optuna 3.2 and unchanged since: not news to users
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([prep.task.primary_metric if k == METRIC else k for k in prep.objectives])
-    if studies.SETTINGS_ATTR not in study.user_attrs:  # new: record how to resume it, warm-start it
+    stored = study.user_attrs.get(studies.SETTINGS_ATTR)
+    if stored is None:  # new: record how to resume it, warm-start it
         study.set_user_attr(studies.SETTINGS_ATTR, settings.to_dict())
         for point in prep.space.warm_start_points(prep.model.num_layers):
             study.enqueue_trial(point, skip_if_exists=True)
+    elif (stored.get("num_samples"), stored.get("cpu_budget_s")) != (settings.num_samples, settings.cpu_budget_s):
+        # Continued with a new target (--resume NAME --num-samples / --cpu-budget-s): later resumes
+        # and drivers joining it read the target from here. MLflow's parent params keep the first.
+        study.set_user_attr(studies.SETTINGS_ATTR, {**stored, "num_samples": settings.num_samples,
+                                                    "cpu_budget_s": settings.cpu_budget_s})
     owner = studies.this_process()
     # Reclaims dead drivers' trials now (resume, joining) and at every beat while this one runs.
     heartbeat = Heartbeat(study, settings.storage_url(), owner, on_reclaimed=tracker.mark_interrupted)

@@ -200,8 +200,10 @@ def ask_within_target(study: optuna.Study, target: int, owner: str,
         return trial
 
 
-def record_failure(study: optuna.Study, trial_id: int, category: str, retry_lost_trials: int) -> bool:
-    """Record why a RUNNING trial failed (before it is told FAIL) and ask a lost one again.
+def record_failure(study: optuna.Study, trial_id: int, category: str, retry_lost_trials: int,
+                   cpu_seconds: float | None = None) -> bool:
+    """Record why a RUNNING trial failed (before it is told FAIL), and what it spent where its
+    process could say (``cpu_seconds``, charged to a CPU budget), and ask a lost one again.
 
     A trial lost with its node or process (``LOST_FAILURES``) says nothing about its
     configuration: that configuration is asked again, up to ``retry_lost_trials`` times, and the
@@ -213,6 +215,8 @@ def record_failure(study: optuna.Study, trial_id: int, category: str, retry_lost
     again = category in LOST_FAILURES and retries < retry_lost_trials and bool(trial.params)
     try:
         storage.set_trial_user_attr(trial_id, FAILURE_ATTR, category)
+        if cpu_seconds is not None:
+            storage.set_trial_user_attr(trial_id, CPU_SECONDS_ATTR, cpu_seconds)
         if again:
             storage.set_trial_user_attr(trial_id, ASKED_AGAIN_ATTR, True)
     except UpdateFinishedTrialError:

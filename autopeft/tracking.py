@@ -135,7 +135,8 @@ class SearchTracker:
         return trial_id in self._trial_runs
 
     def trial_finished(self, trial_id: str, error: str | None = None, failure: tuple[str, str] | None = None,
-                       asked_again: bool = False, stopped_at_rung: int | None = None) -> None:
+                       asked_again: bool = False, stopped_at_rung: int | None = None,
+                       cpu_seconds: float | None = None) -> None:
         """End a trial's run: FINISHED (tagged with its rung if successive halving stopped it
         early), or FAILED with its reason tagged and traceback attached.
 
@@ -153,6 +154,8 @@ class SearchTracker:
             if asked_again:
                 self.client.set_tag(run_id, ASKED_AGAIN_TAG, "true")
             self.client.log_text(run_id, error, schema.TRACEBACK_ARTIFACT)
+            if cpu_seconds is not None:  # what it spent before failing: a CPU budget counts it
+                self.client.log_metric(run_id, schema.CPU_SECONDS, cpu_seconds)
         self.client.set_terminated(run_id, "FAILED" if error is not None else "FINISHED")
 
     def trial_reused(self, number: int, source: int) -> None:
@@ -256,7 +259,8 @@ _UNREACHABLE = ("ActorUnavailableError", "The actor is temporarily unavailable")
 
 def classify_failure(traceback_text: str) -> tuple[str, str]:
     """(category, one-line reason) from a trial's traceback as Ray recorded it."""
-    lines = [ln.strip() for ln in traceback_text.strip().splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in traceback_text.strip().splitlines()
+             if ln.strip() and not ln.strip().startswith(schema.CPU_SECONDS_NOTE)]  # a cost, not a cause
     # A lost trial's traceback is Ray's, not the trial's: its last line is the death cause.
     if any(_NODE_DIED in ln for ln in lines):
         cause = next(ln for ln in lines if _NODE_DIED in ln)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from autopeft.config import PeftConfig, TrainBudget
 from autopeft.objectives import METRIC, PEAK_MEMORY_MB, TRAINABLE_PARAMS, available_objectives, measure_all
-from autopeft.schema import CPU_SECONDS, EVAL_SPLIT, FIDELITY, RUNG, RUNGS
+from autopeft.schema import CPU_SECONDS, CPU_SECONDS_NOTE, EVAL_SPLIT, FIDELITY, RUNG, RUNGS
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,12 @@ def ray_trainable(config: dict[str, Any], context: dict[str, Any]) -> None:
         tune.report(_mark_reuse(report, node, reused, device))
         return True
 
-    report = run_config(ctx, peft, budget, device=device, on_rung=at_rung)
+    cpu0 = time.process_time()
+    try:
+        report = run_config(ctx, peft, budget, device=device, on_rung=at_rung)
+    except Exception as exc:  # a failed trial reports nothing else: say what it cost (ray_glue reads it)
+        exc.add_note(f"{CPU_SECONDS_NOTE} {time.process_time() - cpu0:.3f}")
+        raise
     tune.report(_mark_reuse(report, node, reused, device))
 
 

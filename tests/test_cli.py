@@ -37,3 +37,17 @@ def test_missing_task_file_in_data_dir(tmp_path):
     result = runner.invoke(app, ["search", "--data-dir", str(tmp_path), "--workdir", str(tmp_path)])
     assert result.exit_code == 2
     assert "SST-2" in result.output and "AUTOPEFT_DATA_DIR" in result.output
+
+
+def test_resume_moves_only_the_target():
+    from autopeft.cli import extend_target
+    from autopeft.search import BUDGETED_NUM_SAMPLES, SearchSettings
+
+    counted = SearchSettings(name="s", model="m", task="sst2", space="small", num_samples=8, sampler="random")
+    assert extend_target(counted, None, None) == counted  # plain --resume: as started
+    more = extend_target(counted, 20, None)
+    assert (more.num_samples, more.cpu_budget_s, more.sampler) == (20, None, "random")
+    budgeted = extend_target(counted, None, 300.0)  # a budget where there was a count: the count stops capping
+    assert (budgeted.num_samples, budgeted.cpu_budget_s) == (BUDGETED_NUM_SAMPLES, 300.0)
+    assert extend_target(budgeted, None, 600.0).cpu_budget_s == 600.0
+    assert extend_target(budgeted, 12, None).num_samples == 12 and extend_target(budgeted, 12, None).cpu_budget_s == 300.0

@@ -103,8 +103,13 @@ def test_a_cpu_budget_starts_only_trials_expected_to_fit(tmp_path):
     assert studies.cpu_spent(study.trials) == 8.0
     third = ask(12.0)  # 8 spent + one more at 4 fits in 12 exactly
     assert not isinstance(third, str)
-    study.tell(third, state=optuna.trial.TrialState.FAIL)  # a failed trial reports no CPU: not counted
-    assert ask(12.0) not in (studies.FULL, studies.WAIT) and ask(None) not in (studies.FULL, studies.WAIT)
+    third.suggest_int("x", 0, 10)
+    # A failed trial's process noted what it spent before failing: charged like a finished one's.
+    studies.record_failure(study, third._trial_id, "exception", 0, cpu_seconds=3.0)
+    study.tell(third, state=optuna.trial.TrialState.FAIL)
+    assert studies.cpu_spent(study.trials) == 11.0
+    assert ask(12.0) == studies.FULL and ask(15.0) not in (studies.FULL, studies.WAIT)
+    assert ask(None) not in (studies.FULL, studies.WAIT)
 
 
 def test_heartbeat_tells_a_dead_driver_on_another_host_after_the_grace_period(tmp_path, monkeypatch):
@@ -176,6 +181,10 @@ def test_an_ordinary_failure_is_not_asked_again(tmp_path):
     ("Traceback ...\nValueError: the broken test method cannot be built (injected failure)", "exception"),
 ])
 def test_a_lost_trial_is_told_from_a_failing_one(text, category):
+    from autopeft.schema import CPU_SECONDS_NOTE, failed_cpu_seconds
     from autopeft.tracking import classify_failure
 
     assert classify_failure(text)[0] == category
+    assert failed_cpu_seconds(text) is None  # a lost process could not say what it spent
+    noted = f"{text}\n{CPU_SECONDS_NOTE} 12.500"  # how Python prints an exception's note
+    assert classify_failure(noted) == classify_failure(text) and failed_cpu_seconds(noted) == 12.5

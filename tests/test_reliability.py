@@ -76,6 +76,15 @@ def test_failed_trials_are_recorded_and_the_search_goes_on(tiny_bert, data_dir, 
             assert 'File "' in tb and "autopeft" in tb and "\x1b[" not in tb
     study = optuna.load_study(study_name="faults", storage=settings.storage_url())
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "FAIL", "FAIL", "FAIL"]
+    # What a failed trial spent before failing is charged like a finished one's (--cpu-budget-s):
+    # in MLflow, in the study, and in the parent's sum.
+    for category in ("diverged", "out_of_memory"):  # both trained before they failed
+        assert by_failure[category]["cpu_seconds"] > 0
+    assert by_failure["exception"]["cpu_seconds"] is not None
+    from autopeft.study import CPU_SECONDS_ATTR
+
+    assert all(CPU_SECONDS_ATTR in t.user_attrs for t in study.trials)
+    assert parents[0].data.metrics["cpu_seconds"] == pytest.approx(sum(r["cpu_seconds"] for r in result.trials))
 
 
 def _cli(*args: str, **kw) -> subprocess.Popen:

@@ -105,7 +105,7 @@ def test_resume_and_export_keep_the_holdout(finished_search):
 
 def test_a_cpu_budget_ends_the_search_before_its_trial_count(tiny_bert, tiny_task, tmp_path):
     from autopeft.schema import cpu_seconds_spent
-    from autopeft.study import CPU_SECONDS_ATTR
+    from autopeft.study import CPU_SECONDS_ATTR, stored_settings
 
     settings = SearchSettings(
         name="budgeted", model=tiny_bert, task=tiny_task, space="small", num_samples=2, max_concurrent_trials=1,
@@ -126,3 +126,6 @@ def test_a_cpu_budget_ends_the_search_before_its_trial_count(tiny_bert, tiny_tas
     assert spent <= budget + max(r["cpu_seconds"] for r in trained)
     parent = MlflowClient(second.tracking_uri).get_run(second.parent_run_id)
     assert parent.data.metrics["cpu_seconds"] == pytest.approx(spent)
+    # The moved target is what a later --resume reads; the rest is as the search was started.
+    stored = SearchSettings.from_dict(stored_settings("budgeted", settings.storage_url()))
+    assert stored == settings.replace(num_samples=20, cpu_budget_s=budget)
