@@ -22,7 +22,9 @@ issue's target: the median (over seeds) for ``sh+gp`` at most one third of ``gp`
 
 Writes multifidelity_trials.csv (every trial), multifidelity.csv (the table) and multifidelity.png
 (hypervolume / best against CPU-seconds) under benchmarks/results (AUTOPEFT_BENCH_RESULTS moves
-them), and logs one MLflow run. Runs go seed by seed (every method at seed 0 first); ``--report``
+them), and logs one MLflow run. The trials CSV is rewritten as each run finishes and is the
+record: a run it holds is not run again (the study database is a git-ignored working file; a
+fresh clone without it resumes from the committed CSV; delete a run's rows to rerun it). Runs go seed by seed (every method at seed 0 first); ``--report``
 trains nothing and tabulates the runs that have spent their budget, so a benchmark stopped
 part-way can be read.
 """
@@ -36,7 +38,7 @@ import platform
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -142,6 +144,19 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
               f"{report['trainable_params']} params, fidelity {report.get('fidelity', 1.0):.3f}, "
               f"{spent():.0f}/{args.cpu_budget:.0f} CPU-s", flush=True)
     return _rows(study, task, method, seed)
+
+
+CSV_TYPES = {"seed": int, "trial": int, "metric": float, "trainable_params": int, "fidelity": float,
+             "full_fidelity": lambda v: v == "True", "cpu_seconds": float}
+
+
+def recorded_runs(path: Path) -> dict[tuple[str, str, int], list[dict]]:
+    """The finished runs a trials CSV holds, typed as ``_rows`` makes them, by (task, method, seed)."""
+    runs: dict[tuple[str, str, int], list[dict]] = {}
+    for r in common.read_csv(path):
+        row = {k: CSV_TYPES.get(k, str)(v) for k, v in r.items()}
+        runs.setdefault((row["task"], row["method"], row["seed"]), []).append(row)
+    return runs
 
 
 def _spent(study) -> float:
@@ -285,19 +300,29 @@ def main() -> None:
     t0 = time.perf_counter()
     # Seed by seed within a task, every method at each seed: a benchmark stopped part-way (and
     # read with --report) has whole rounds of every method to compare, not one method's seeds.
-    jobs = [(task, m, seed) for task in tasks for seed in range(args.seeds) for m in methods]
-    if not args.report:  # the schema once, here: two workers creating it at once race ("table studies already exists")
+    trials_csv = common.RESULTS / "multifidelity_trials.csv"
+    recorded = recorded_runs(trials_csv)
+    wanted = [(task, m, seed) for task in tasks for seed in range(args.seeds) for m in methods]
+    jobs = [j for j in wanted if j not in recorded]
+    if len(jobs) < len(wanted):
+        print(f"{len(wanted) - len(jobs)} of {len(wanted)} runs are recorded in {trials_csv.name}: kept as they are",
+              flush=True)
+    if jobs and not args.report:  # the schema once, here: two workers creating it at once race ("table studies already exists")
         import optuna
 
         optuna.storages.RDBStorage(STORAGE)
     with ProcessPoolExecutor(args.workers, common.SPAWN) as pool:
-        futures = [pool.submit(run_method, task, m, seed, args) for task, m, seed in jobs]
-        rows = [r for f in futures for r in f.result()]
+        futures = {pool.submit(run_method, task, m, seed, args): (task, m, seed) for task, m, seed in jobs}
+        for future in as_completed(futures):  # each finished run lands in the CSV at once
+            run = future.result()
+            if run:
+                recorded[futures[future]] = run
+                if not args.report:
+                    common.write_csv(trials_csv, [r for rows in recorded.values() for r in rows])
+    rows = [r for key in wanted if key in recorded for r in recorded[key]]
     wall = time.perf_counter() - t0
     if not rows:
         sys.exit(f"no run has spent its {args.cpu_budget:.0f} CPU-s yet: nothing to report")
-    trials_csv = common.RESULTS / "multifidelity_trials.csv"
-    common.write_csv(trials_csv, rows)
     curves = hv_curves(rows)
     summary = table(curves, methods)
     table_csv = common.RESULTS / "multifidelity.csv"
