@@ -49,14 +49,16 @@ def main() -> None:
     ap.add_argument("--source", default="sst2")
     ap.add_argument("--targets", default="mr,mpqa")
     ap.add_argument("--found", type=Path, default=None,
-                    help="the source's retraining runs (default: the newest search_vs_baselines_runs_*.csv)")
+                    help="the source's retraining runs (default: the newest search_vs_baselines_runs_*.csv holding it)")
     ap.add_argument("--baselines", type=Path, default=common.SUITE_RESULTS / "baselines_runs.csv")
     args = ap.parse_args()
     if not args.data_dir:
         sys.exit("give --data-dir or AUTOPEFT_DATA_DIR (the data folder, e.g. ../shared/data)")
     args.data_dir = str(Path(args.data_dir).resolve())
-    found_csv = args.found or max(common.SUITE_RESULTS.glob("search_vs_baselines_runs_*.csv"),
-                                  key=lambda p: p.stat().st_mtime, default=None)
+    # The newest search that has the source task: a later pass over other tasks alone leaves it be.
+    with_source = [p for p in common.SUITE_RESULTS.glob("search_vs_baselines_runs_*.csv")
+                   if any(r["task"] == args.source for r in common.read_csv(p))]
+    found_csv = args.found or max(with_source, key=lambda p: p.stat().st_mtime, default=None)
     found_rows = common.read_csv(found_csv) if found_csv else []
     base_all = common.in_sweep(common.read_csv(args.baselines))
     lrs = chosen_lrs(base_all)
