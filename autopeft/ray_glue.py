@@ -180,6 +180,7 @@ class TrackingCallback(Callback):
         self.searcher: StudySearcher | None = None
         self._dead_nodes: dict[str, set[str]] = {}  # per running trial: the nodes dead when it started
         self.asked_again: set[str] = set()  # lost trials whose configuration runs again (not progress)
+        self.failed_cpu: dict[str, float] = {}  # failed trials: the CPU-s their traceback noted
 
     def on_trial_start(self, iteration, trials, trial, **info):
         from autopeft.cluster import dead_nodes
@@ -219,6 +220,8 @@ class TrackingCallback(Callback):
                       f"the trial's worker process died; its node lives ({reason})")
         self._dead_nodes.pop(trial.trial_id, None)
         cpu = failed_cpu_seconds(error)
+        if cpu is not None:
+            self.failed_cpu[trial.trial_id] = cpu
         asked_again = self.searcher.record_failure(trial.trial_id, category, cpu) if self.searcher else False
         if asked_again:
             self.asked_again.add(trial.trial_id)
@@ -239,12 +242,13 @@ class ProgressCallback(Callback):
 
     def __init__(self, total: int, metric_name: str, enabled: bool, done: int = 0,
                  asked_again: set[str] | None = None, cpu_budget_s: float | None = None,
-                 cpu_done: float = 0.0) -> None:
+                 cpu_done: float = 0.0, failed_cpu: dict[str, float] | None = None) -> None:
         self.total, self.metric_name, self.enabled, self.done = total, metric_name, enabled, done
         self.cpu_budget_s, self.cpu_done = cpu_budget_s, cpu_done
         self.best: float | None = None
         self.failed = 0
         self.asked_again = asked_again if asked_again is not None else set()  # filled by TrackingCallback
+        self.failed_cpu = failed_cpu if failed_cpu is not None else {}  # likewise
 
     def __enter__(self):
         if self.enabled:
@@ -286,7 +290,5 @@ class ProgressCallback(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         if trial.trial_id in self.asked_again:  # its retry will advance the bar
             return
-        from autopeft.schema import failed_cpu_seconds
-
         self.failed += 1
-        self._update(trial, advance=1, cost=failed_cpu_seconds(_read_error(trial)) or 0.0)
+        self._update(trial, advance=1, cost=self.failed_cpu.get(trial.trial_id, 0.0))

@@ -174,13 +174,12 @@ def trial_record(run: Any) -> TrialRecord:
 
 def failed_cpu_seconds(traceback_text: str) -> float | None:
     """The CPU-seconds a failed trial's process noted in its traceback (``CPU_SECONDS_NOTE``)."""
-    for line in reversed(traceback_text.splitlines()):
-        if line.strip().startswith(CPU_SECONDS_NOTE):
-            try:
-                return float(line.strip()[len(CPU_SECONDS_NOTE):])
-            except ValueError:
-                return None
-    return None
+    noted = [ln.strip()[len(CPU_SECONDS_NOTE):] for ln in traceback_text.splitlines()
+             if ln.strip().startswith(CPU_SECONDS_NOTE)]
+    try:
+        return float(noted[-1]) if noted else None
+    except ValueError:
+        return None
 
 
 def cpu_seconds_spent(records: Iterable[Mapping]) -> float:

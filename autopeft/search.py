@@ -330,7 +330,8 @@ def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> No
     started_ray = False
     tracking = ray_glue.TrackingCallback(stores.tracker)
     progress = ray_glue.ProgressCallback(settings.num_samples, prep.task.primary_metric, show_progress, done,
-                                         tracking.asked_again, settings.cpu_budget_s, cpu_spent(trials))
+                                         tracking.asked_again, settings.cpu_budget_s, cpu_spent(trials),
+                                         tracking.failed_cpu)
     try:
         if not ray.is_initialized():
             connect(settings.ray_address)

@@ -24,8 +24,8 @@ Writes multifidelity_trials.csv (every trial), multifidelity.csv (the table) and
 (hypervolume / best against CPU-seconds) under benchmarks/results (AUTOPEFT_BENCH_RESULTS moves
 them), and logs one MLflow run. The trials CSV is rewritten as each run finishes and is the
 record: a run it holds is not run again (the study database is a git-ignored working file; a
-fresh clone without it resumes from the committed CSV; delete a run's rows to rerun it). Runs go seed by seed (every method at seed 0 first); ``--report``
-trains nothing and tabulates the runs that have spent their budget, so a benchmark stopped
+fresh clone without it resumes from the committed CSV; delete a run's rows to rerun it). Runs go
+seed by seed (every method at seed 0 first); ``--report`` trains nothing and tabulates the runs that have spent their budget, so a benchmark stopped
 part-way can be read.
 """
 

@@ -4,7 +4,7 @@ CSV, and how much sharing a core with outside work inflated the baselines' per-r
 
     .venv/bin/python benchmarks/suite_evidence.py
 
-Writes benchmarks/results/suite/search_trials.csv (task, search, trial, holdout metric, params,
+Writes (merging, per search) benchmarks/results/suite/search_trials.csv (task, search, trial, holdout metric, params,
 learning rate, how many trials had finished when it was asked, config key) and prints, per task,
 the best trials on the holdout, which trials the sampler drew in its random start-up phase, and the CPU
 inflation of contended runs (wall/CPU above 1.3) against runs of the same configuration that had
@@ -63,7 +63,9 @@ def contention(rows: list[dict]) -> dict[str, list[float]]:
 def main() -> None:
     trials = search_trials()
     path = common.SUITE_RESULTS / "search_trials.csv"
-    common.write_csv(path, trials)
+    # The local database holds the searches run on this checkout; the CSV keeps the others' rows.
+    fresh = {r["search"] for r in trials}
+    common.write_csv(path, [r for r in common.read_csv(path) if r["search"] not in fresh] + trials)
     for search in sorted({r["search"] for r in trials}):
         best = sorted((r for r in trials if r["search"] == search), key=lambda r: -r["holdout_metric"])[:3]
         print(f"{search}: best on the holdout " + ", ".join(
