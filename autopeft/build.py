@@ -9,6 +9,7 @@ of a Stack.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -154,7 +155,16 @@ def _apply(model: nn.Module, peft: PeftConfig, info: ModelInfo) -> list[str]:
     names = list(configs)
     if names:
         setup = names[0] if len(names) == 1 else adapters.composition.Stack(*names)
-        model.train_adapter(setup)
+        # train_adapter resets the adapters before it activates them and, in between, warns that
+        # none is active: true of no forward pass, and noise on every build (the search driver
+        # counts each sampled config's parameters this way).
+        mixin_log = logging.getLogger("adapters.model_mixin")
+        level = mixin_log.level
+        mixin_log.setLevel(logging.ERROR)
+        try:
+            model.train_adapter(setup)
+        finally:
+            mixin_log.setLevel(level)
     else:
         model.requires_grad_(False)
     _mark_head_and_base_trainable(model, peft)

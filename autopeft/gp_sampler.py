@@ -8,6 +8,13 @@ false has no ``seq_bn/layer00/size``. Optuna 5.0 then raises ``KeyError`` from i
 the driver stops. Here the space is worked out again on the trials as they are now and the
 sampling retried; should it still fail, the trial is sampled by the independent (random) sampler,
 as a start-up trial would be, instead of stopping the search.
+
+A configuration the space refuses (``min_peft_params``, reuse.py) is told FAIL, and Optuna's GP
+fits only completed trials: it never learns the point is out of bounds and, where the metric is
+flat in size (the head-only config then promises the most hypervolume), proposes it again at every
+ask until the search gives up (`tests/test_gp_sampler.py`). Refused trials are therefore handed to
+the acquisition function as pending points, as running trials are: their neighbourhood promises
+nothing new, and the sampler moves on after one refusal.
 """
 
 from __future__ import annotations
@@ -16,9 +23,18 @@ import warnings
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
+
+from autopeft.study import REFUSED_ATTR
 
 
 class GPSampler(optuna.samplers.GPSampler):
+    def _sample_relative_impl(self, study: optuna.Study, completed_trials: list, running_trials: list,
+                              search_space: dict[str, Any]) -> dict[str, Any]:
+        refused = [t for t in study._get_trials(deepcopy=False, states=(TrialState.FAIL,), use_cache=False)
+                   if REFUSED_ATTR in t.user_attrs and search_space.keys() <= t.params.keys()]
+        return super()._sample_relative_impl(study, completed_trials, [*running_trials, *refused], search_space)
+
     def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
                         search_space: dict[str, Any]) -> dict[str, Any]:
         try:

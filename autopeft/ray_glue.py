@@ -101,7 +101,7 @@ class StudySearcher(OptunaSearch):
             # the target: give up after this many in a row.
             if refusals >= _MAX_REFUSALS:
                 warnings.warn(f"the sampler proposed {_MAX_REFUSALS} configurations in a row that the space "
-                              "refuses (min_trainable_params); the search stops here")
+                              "refuses (min_peft_params); the search stops here")
                 return Searcher.FINISHED
 
     def save(self, checkpoint_path: str) -> None:

@@ -61,10 +61,10 @@ def tell_refused(study: Any, trial: Any, reason: str) -> None:
 @dataclass
 class Vetting:
     """What happens to a sampled trial before Ray runs it: ``run`` it, ``reuse`` a finished
-    trial's result, or ``refuse`` it (fewer trainable parameters than the space allows)."""
+    trial's result, or ``refuse`` it (its PEFT modules add fewer parameters than the space allows)."""
 
     budget: TrainBudget
-    min_trainable_params: int = 0
+    min_peft_params: int = 0
     count: Callable[[PeftConfig], int] | None = None  # trainable parameters of a config (build.count_trainable_params)
     _counts: dict[str, int] = field(default_factory=dict)
 
@@ -75,12 +75,16 @@ class Vetting:
         source = evaluated(trials, key)
         if source is not None:
             return "reuse", source
-        if self.min_trainable_params and self.count is not None:
+        if self.min_peft_params and self.count is not None:
             peft = PeftConfig.from_dict(config["peft_config"])
-            canonical = peft.canonical()
-            if canonical not in self._counts:
-                self._counts[canonical] = self.count(peft)
-            if self._counts[canonical] < self.min_trainable_params:
-                return "refuse", (f"{peft.describe()} trains {self._counts[canonical]:,} parameters, below the "
-                                  f"space's min_trainable_params {self.min_trainable_params:,}")
+            added = self._trainable(peft) - self._trainable(PeftConfig(()))  # the head alone: no modules
+            if added < self.min_peft_params:
+                return "refuse", (f"{peft.describe()} adds {added:,} parameters to the task head, below the "
+                                  f"space's min_peft_params {self.min_peft_params:,}")
         return "run", None
+
+    def _trainable(self, peft: PeftConfig) -> int:
+        canonical = peft.canonical()
+        if canonical not in self._counts:
+            self._counts[canonical] = self.count(peft)
+        return self._counts[canonical]

@@ -386,7 +386,7 @@ def _vetting(prep: Prepared) -> Any:
         from autopeft.build import count_trainable_params  # imports adapters: only when a space asks
 
         return count_trainable_params(prep.settings.model, peft, prep.task.num_labels, prep.model)
-    return Vetting(prep.settings.budget, prep.space.min_trainable_params, count)
+    return Vetting(prep.settings.budget, prep.space.min_peft_params, count)
 
 
 def _scheduler(prep: Prepared, stores: Stores) -> Any:

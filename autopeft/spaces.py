@@ -17,7 +17,9 @@ Schema (every key optional unless said)::
         <param>: <domain>          # the method's parameters (size/rank/length, alpha, targets, ...)
     training:                      # optional: training settings to search too
       learning_rate: <domain>      #   sampled as "train/learning_rate"
-    min_trainable_params: 1000     # refuse sampled configs training fewer parameters (head included)
+    min_peft_params: 1             # refuse sampled configs whose PEFT modules add fewer parameters
+                                   #   (the task head excluded, so one value means the same on every
+                                   #   task; 1 refuses the head-only config)
     warm_start:                    # configurations evaluated first (e.g. known-good baselines):
       - {"seq_bn/layer*/size": 64} #   flat parameter values; "layer*" expands to every layer;
                                    #   parameters not given are sampled as usual
@@ -220,9 +222,10 @@ class SearchSpace:
     warm_start: tuple[dict[str, Any], ...] = ()
     source: str = "<memory>"
     lines: dict[str, int] = field(default_factory=dict, compare=False)  # dotted key -> line in its file
-    # Sampled configs training fewer parameters (head included) are refused before they run: e.g.
-    # the head-only config, which a size-0 everywhere point of a per-layer space can produce.
-    min_trainable_params: int = 0
+    # Sampled configs whose PEFT modules add fewer parameters (the head excluded: it depends on the
+    # task, a space does not) are refused before they run: e.g. the head-only config, which a
+    # size-0 everywhere point of a per-layer space can produce.
+    min_peft_params: int = 0
 
     def check_model(self, num_layers: int) -> None:
         for m in self.methods:
@@ -353,13 +356,16 @@ def parse_space(data: Any, source: str = "<memory>", name: str | None = None,
 def _parse_space(data: Any, source: str, name: str | None, lines: Mapping[str, int]) -> SearchSpace:
     if not isinstance(data, Mapping):
         raise SpaceError("", "a search space is a YAML mapping with a 'methods' key")
-    unknown = sorted(set(data) - {"description", "methods", "training", "warm_start", "min_trainable_params"})
+    if "min_trainable_params" in data:  # its name until 2026-11-27, when it counted the head too
+        raise SpaceError("min_trainable_params", "min_trainable_params is now min_peft_params, which counts the "
+                                                 "PEFT modules' parameters without the task head: rename it")
+    unknown = sorted(set(data) - {"description", "methods", "training", "warm_start", "min_peft_params"})
     if unknown:
         raise SpaceError(unknown[0], f"unknown top-level key(s) {unknown}; allowed: description, methods, training, "
-                                     f"warm_start, min_trainable_params")
-    min_trainable = data.get("min_trainable_params", 0)
-    if not isinstance(min_trainable, int) or isinstance(min_trainable, bool) or min_trainable < 0:
-        raise SpaceError("min_trainable_params", f"min_trainable_params must be a whole number >= 0, got {min_trainable!r}")
+                                     f"warm_start, min_peft_params")
+    min_peft = data.get("min_peft_params", 0)
+    if not isinstance(min_peft, int) or isinstance(min_peft, bool) or min_peft < 0:
+        raise SpaceError("min_peft_params", f"min_peft_params must be a whole number >= 0, got {min_peft!r}")
     methods_raw = data.get("methods")
     if not isinstance(methods_raw, Mapping) or not methods_raw:
         raise SpaceError("methods", "'methods' must map at least one PEFT method to its settings")
@@ -396,7 +402,7 @@ def _parse_space(data: Any, source: str, name: str | None, lines: Mapping[str, i
         warm_start=tuple(dict(p) for p in warm),
         source=source,
         lines=dict(lines),
-        min_trainable_params=min_trainable,
+        min_peft_params=min_peft,
     )
 
 

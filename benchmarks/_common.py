@@ -285,6 +285,24 @@ class TreeCPU:
         self.seconds = self._total()
 
 
+def written_at(path: Path) -> float:
+    """When ``path``'s content was last written: its last commit's time when the file is committed
+    and unchanged (a clone stamps every file with the checkout's time), else its modification time."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=path.parent, capture_output=True, text=True,
+                                  timeout=30).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+    if not git("status", "--porcelain", "--", path.name):
+        committed = git("log", "-1", "--format=%ct", "--", path.name)
+        if committed:
+            return float(committed)
+    return path.stat().st_mtime
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     if not path.exists():
         return []

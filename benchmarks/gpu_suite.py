@@ -91,7 +91,7 @@ def search(task: str, args: argparse.Namespace, out: Path, deadline: float) -> N
         for point in space.warm_start_points(info.num_layers):  # the hand-picks the space starts from
             study.enqueue_trial(point)
     define = space.define_by_run(info.num_layers)
-    vetting = Vetting(budget, space.min_trainable_params,
+    vetting = Vetting(budget, space.min_peft_params,
                       lambda peft: count_trainable_params(common.MODEL, peft, num_labels, info))
     counted = sum(r["action"] != "refused" for r in rows)
     new_file = not out.exists()

@@ -6,8 +6,9 @@ CSV, and how much sharing a core with outside work inflated the baselines' per-r
 
 Writes (merging, per search) benchmarks/results/suite/search_trials.csv (task, search, trial, holdout metric, params,
 learning rate, how many trials had finished when it was asked, config key) and prints, per task,
-the best trials on the holdout, which trials the sampler drew in its random start-up phase, and the CPU
-inflation of contended runs (wall/CPU above 1.3) against runs of the same configuration that had
+the best trials on the holdout, which trials the sampler drew in its random start-up phase, how
+often trials above and at or below a learning rate of 1e-2 ended at the majority class (why the
+`small` space stops at 1e-2), and the CPU inflation of contended runs (wall/CPU above 1.3) against runs of the same configuration that had
 a core to themselves (wall/CPU below 1.1).
 """
 
@@ -60,6 +61,23 @@ def contention(rows: list[dict]) -> dict[str, list[float]]:
     return out
 
 
+# A trial "collapsed" when its holdout metric ends within this of the majority class (dev split's,
+# from the search-vs-baselines CSVs; 0 for Pearson): it learned nothing the class prior lacks.
+COLLAPSE_MARGIN = 0.05
+RATE_SPLIT = 1e-2
+
+
+def collapse_by_rate(rows: list[dict], majority: dict[str, float]) -> dict[str, tuple[int, int]]:
+    """"above" / "at or below" RATE_SPLIT -> (trials, collapsed trials), over the tasks in ``majority``."""
+    out = {"above": [0, 0], "at or below": [0, 0]}
+    for r in rows:
+        if r["task"] in majority and r["learning_rate"] not in (None, ""):
+            side = out["above" if float(r["learning_rate"]) > RATE_SPLIT else "at or below"]
+            side[0] += 1
+            side[1] += float(r["holdout_metric"]) <= majority[r["task"]] + COLLAPSE_MARGIN
+    return {k: (n, c) for k, (n, c) in out.items()}
+
+
 def main() -> None:
     trials = search_trials()
     path = common.SUITE_RESULTS / "search_trials.csv"
@@ -75,6 +93,12 @@ def main() -> None:
                          and r["finished_when_asked"] < _startup(trials_wanted))
         print(f"  asked before the sampler's model took over (fewer than {_startup(trials_wanted)} trials "
               f"finished; the warm starts, then random draws): " + ", ".join(f"t{n}" for n in startup))
+    majority = {r["task"]: float(r["majority_metric"]) for f in sorted(common.SUITE_RESULTS.glob(
+        "search_vs_baselines_small_*.csv")) for r in common.read_csv(f)}
+    all_rows = common.read_csv(path)
+    for side, (n, collapsed) in collapse_by_rate(all_rows, majority).items():
+        print(f"learning rate {side} {RATE_SPLIT:g}: {collapsed} of {n} trials ended within {COLLAPSE_MARGIN} "
+              f"of the majority class ({len({r['search'] for r in all_rows})} searches)")
     for task, ratios in contention(common.read_csv(common.SUITE_RESULTS / "baselines_runs.csv")).items():
         if ratios:
             print(f"{task}: contended / uncontended CPU-s per run, {len(ratios)} configurations: "

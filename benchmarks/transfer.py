@@ -58,7 +58,7 @@ def main() -> None:
     # The newest search that has the source task: a later pass over other tasks alone leaves it be.
     with_source = [p for p in common.SUITE_RESULTS.glob("search_vs_baselines_runs_*.csv")
                    if any(r["task"] == args.source for r in common.read_csv(p))]
-    found_csv = args.found or max(with_source, key=lambda p: p.stat().st_mtime, default=None)
+    found_csv = args.found or max(with_source, key=common.written_at, default=None)
     found_rows = common.read_csv(found_csv) if found_csv else []
     base_all = common.in_sweep(common.read_csv(args.baselines))
     lrs = chosen_lrs(base_all)

@@ -40,11 +40,11 @@ def test_evaluated_takes_the_earliest_finished_original():
     assert evaluated(study.trials, "c") is None, "a running trial has no result to reuse"
 
 
-# rank 0 switches LoRA off: the head-only config, which the space refuses. On the tiny model the
-# 2-label classifier alone trains 32 * 2 + 2 = 66 parameters; LoRA r=2 on query and value adds
+# rank 0 switches LoRA off: the head-only config, which the space refuses (its modules add 0
+# parameters to the 2-label head's 32 * 2 + 2 = 66); LoRA r=2 on query and value adds
 # 3 layers * 2 modules * 2 * (32 * 2) = 768.
 SPACE = """
-min_trainable_params: 100
+min_peft_params: 1
 methods:
   lora: {rank: [0, 2], targets: [query, value]}
 warm_start:
@@ -66,7 +66,7 @@ def test_duplicates_are_reused_and_small_configs_refused(tiny_bert, tiny_task, t
     trials = optuna.load_study(study_name="dedup", storage=settings.storage_url()).trials
     refused = [t for t in trials if REFUSED_ATTR in t.user_attrs]
     assert refused and all(t.state == TrialState.FAIL and t.params == {"lora/rank": 0} for t in refused)
-    assert "trains 66 parameters, below the space's min_trainable_params 100" in refused[0].user_attrs[REFUSED_ATTR]
+    assert "adds 0 parameters to the task head, below the space's min_peft_params 1" in refused[0].user_attrs[REFUSED_ATTR]
     kept = counted(trials)
     assert len(kept) == 3, "refused configs do not count towards the target"
     original, *reuses = kept
@@ -90,9 +90,11 @@ def test_duplicates_are_reused_and_small_configs_refused(tiny_bert, tiny_task, t
     assert parent.data.metrics["trials_reused"] == 2 and parent.data.metrics["trials_completed"] == 1
 
 
-def test_min_trainable_params_is_checked_in_the_space():
+def test_min_peft_params_is_checked_in_the_space():
     from autopeft.spaces import SpaceError, parse_space
 
-    assert parse_space({"methods": {"bitfit": {}}, "min_trainable_params": 500}).min_trainable_params == 500
-    with pytest.raises(SpaceError, match="min_trainable_params must be a whole number >= 0"):
-        parse_space({"methods": {"bitfit": {}}, "min_trainable_params": -1})
+    assert parse_space({"methods": {"bitfit": {}}, "min_peft_params": 500}).min_peft_params == 500
+    with pytest.raises(SpaceError, match="min_peft_params must be a whole number >= 0"):
+        parse_space({"methods": {"bitfit": {}}, "min_peft_params": -1})
+    with pytest.raises(SpaceError, match="min_trainable_params is now min_peft_params"):  # its former name
+        parse_space({"methods": {"bitfit": {}}, "min_trainable_params": 500})

@@ -247,3 +247,45 @@ def test_gp_sampler_survives_a_trial_completed_between_its_two_reads():
         optuna.samplers.GPSampler.sample_relative(sampler, study, frozen, space)  # Optuna's own
     params = sampler.sample_relative(study, frozen, space)
     assert "lr" in params and "size" not in params
+
+
+def _refusals_before(sampler_cls, completed: int, give_up: int) -> int:
+    """Ask/tell as the search's driver does: a config without modules is refused (told FAIL with the
+    refusal attribute), the rest score a metric flat in size, so the fewest parameters, the refused
+    point, promise the most hypervolume. How many refusals until ``completed`` trials finish?"""
+    import random
+
+    from optuna.trial import TrialState
+
+    from autopeft.study import REFUSED_ATTR
+
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=sampler_cls(seed=0, n_startup_trials=5))
+    noise, done, refused = random.Random(0), 0, 0
+    while done < completed and refused < give_up:
+        trial = study.ask()
+        sizes = [trial.suggest_categorical(f"layer{i}/size", [0, 3, 6]) for i in range(3)]
+        trial.suggest_float("lr", 1e-3, 1e-2, log=True)
+        if sum(sizes) == 0:
+            trial.set_user_attr(REFUSED_ATTR, "no modules")
+            study.tell(trial, state=TrialState.FAIL)
+            refused += 1
+        else:
+            study.tell(trial, [0.8 + noise.gauss(0, 0.005), 10 + 100 * sum(sizes)])
+            done += 1
+    return refused
+
+
+def test_gp_sampler_does_not_propose_a_refused_config_again():
+    # Optuna's GP fits completed trials only: a refused config stays the acquisition's best and is
+    # proposed until the search's refusal limit stops it. Ours hands refusals in as pending points.
+    from autopeft.gp_sampler import GPSampler
+
+    assert _refusals_before(optuna.samplers.GPSampler, completed=12, give_up=8) >= 4, \
+        "Optuna's own GP no longer repeats a refused config: the pending-point hand-in may be moot"
+    assert _refusals_before(GPSampler, completed=12, give_up=8) <= 2
+
+
+@pytest.mark.parametrize("name", sorted(available_spaces()))
+def test_shipped_spaces_refuse_the_head_only_config(name):
+    assert load_space(name).min_peft_params >= 1
