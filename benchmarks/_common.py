@@ -321,10 +321,12 @@ def write_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 
 def write_task_table(path: Path, rows: list[dict[str, Any]], tasks: Iterable[str]) -> None:
     """Write a per-task table, keeping the rows of tasks this run did not touch: the suite runs one
-    task at a time (run_suite.sh), so each task's rows land as soon as it finishes."""
+    task at a time (run_suite.sh), so each task's rows land as soon as it finishes. Tasks keep the
+    suite's order (TASKS), whichever ran last, so rerunning one task does not reorder the table."""
     tasks = set(tasks)
     kept = [r for r in read_csv(path) if r["task"] not in tasks]
-    write_csv(path, kept + rows)
+    order = {t: i for i, t in enumerate(TASKS)}
+    write_csv(path, sorted(kept + rows, key=lambda r: order.get(r["task"], len(order))))
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
