@@ -160,11 +160,26 @@ def cpu_budget_allows_another(trials: Collection[FrozenTrial], cpu_budget_s: flo
     successive halving that mean includes the cheap stopped trials, as the next one may be)."""
     if cpu_budget_s is None:
         return True
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    per_trial = _mean_trial_cost(trials) or 0.0  # nothing finished yet: start as many as run at once
+    return cpu_spent(trials) + (running + 1) * per_trial <= cpu_budget_s
+
+
+def _mean_trial_cost(trials: Collection[FrozenTrial]) -> float | None:
     costs = [t.user_attrs[CPU_SECONDS_ATTR] for t in trials
              if CPU_SECONDS_ATTR in t.user_attrs and t.state == TrialState.COMPLETE]
-    running = sum(t.state == TrialState.RUNNING for t in trials)
-    per_trial = sum(costs) / len(costs) if costs else 0.0  # nothing finished yet: start as many as run at once
-    return cpu_spent(trials) + (running + 1) * per_trial <= cpu_budget_s
+    return sum(costs) / len(costs) if costs else None
+
+
+def expected_trials(trials: Collection[FrozenTrial], target: int, cpu_budget_s: float | None = None) -> int:
+    """How many counted trials the search will run: ``target``, or fewer where ``cpu_budget_s``
+    runs out first at the finished trials' mean cost (the rule ``cpu_budget_allows_another``
+    stops on). A sampler sizes its random start-up phase from it (``GPSampler.plan_trials``)."""
+    per_trial = _mean_trial_cost(trials) if cpu_budget_s is not None else None
+    if per_trial is None or per_trial <= 0:
+        return target
+    done = sum(t.state != TrialState.RUNNING for t in counted(trials))
+    return min(target, done + int(max(0.0, cpu_budget_s - cpu_spent(trials)) // per_trial))
 
 
 def target_reached(trials: Collection[FrozenTrial], target: int, cpu_budget_s: float | None = None) -> bool:
@@ -190,6 +205,9 @@ def ask_within_target(study: optuna.Study, target: int, owner: str,
             # tell alive (another host, no heartbeat) are not waited for.
             running = [t for t in counted(trials) if t.state == TrialState.RUNNING]
             return WAIT if any(driver_alive(t) is not None for t in running) else FULL
+        plan = getattr(study.sampler, "plan_trials", None)
+        if plan is not None:  # a search bounded by CPU runs fewer trials than its target
+            plan(expected_trials(trials, target, cpu_budget_s))
         trial = study.ask()
         # Stamp the owner before sampling (many writes): a driver killed mid-sampling must still
         # leave a trial that the next run recognises as a dead driver's.

@@ -188,3 +188,26 @@ def test_a_lost_trial_is_told_from_a_failing_one(text, category):
     assert failed_cpu_seconds(text) is None  # a lost process could not say what it spent
     noted = f"{text}\n{CPU_SECONDS_NOTE} 12.500"  # how Python prints an exception's note
     assert classify_failure(noted) == classify_failure(text) and failed_cpu_seconds(noted) == 12.5
+
+
+def test_a_cpu_budget_sizes_the_samplers_start_up_phase(tmp_path):
+    # Built for 200 trials, the GP sampler would draw 10 at random; a budget that buys 9 leaves it
+    # samplers._startup(9) = 2, and a later, cheaper estimate does not send it back to random draws.
+    from autopeft.samplers import SAMPLERS
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s",
+                                directions=["maximize", "minimize"], sampler=SAMPLERS["gp"](0, 200))
+    assert study.sampler._n_startup_trials == 10
+    me = studies.this_process()
+    trials = [studies.ask_within_target(study, 200, me, cpu_budget_s=90.0) for _ in range(2)]
+    assert study.sampler._n_startup_trials == 10, "nothing finished: no cost to expect from yet"
+    for t in trials:
+        t.suggest_int("x", 0, 10)
+        t.set_user_attr(studies.CPU_SECONDS_ATTR, 10.0)
+        study.tell(t, [0.5, 1.0])
+    assert studies.expected_trials(study.trials, 200, 90.0) == 2 + 7  # 70 CPU-s left at 10 each
+    assert studies.expected_trials(study.trials, 200) == 200 and studies.expected_trials(study.trials, 5, 90.0) == 5
+    studies.ask_within_target(study, 200, me, cpu_budget_s=90.0)
+    assert study.sampler._n_startup_trials == 2
+    studies.ask_within_target(study, 200, me, cpu_budget_s=10_000.0)
+    assert study.sampler._n_startup_trials == 2, "only ever shortened"
