@@ -12,7 +12,7 @@ as a start-up trial would be, instead of stopping the search.
 A configuration the space refuses (``min_peft_params``, reuse.py) is told FAIL, and Optuna's GP
 fits only completed trials: it never learns the point is out of bounds and, where the metric is
 flat in size (the head-only config then promises the most hypervolume), proposes it again at every
-ask until the search gives up (`tests/test_gp_sampler.py`). Refused trials are therefore handed to
+ask until the search gives up (`tests/test_spaces.py`). Refused trials are therefore handed to
 the acquisition function as pending points, as running trials are: their neighbourhood promises
 nothing new, and the sampler moves on after one refusal.
 """
