@@ -77,7 +77,11 @@ class Vetting:
             return "reuse", source
         if self.min_peft_params and self.count is not None:
             peft = PeftConfig.from_dict(config["peft_config"])
-            added = self._trainable(peft) - self._trainable(PeftConfig(()))  # the head alone: no modules
+            # Every entry is validated non-empty (layers, targets, a positive size), so it adds
+            # parameters: the shipped floor of 1 needs no model built on each ask.
+            if peft.methods and self.min_peft_params <= 1:
+                return "run", None
+            added = self._trainable(peft) - self._trainable(PeftConfig(())) if peft.methods else 0
             if added < self.min_peft_params:
                 return "refuse", (f"{peft.describe()} adds {added:,} parameters to the task head, below the "
                                   f"space's min_peft_params {self.min_peft_params:,}")

@@ -25,8 +25,8 @@ Writes multifidelity_trials.csv (every trial), multifidelity.csv (the table) and
 them), and logs one MLflow run. The trials CSV is rewritten as each run finishes and is the
 record: a run it holds is not run again (the study database is a git-ignored working file; a
 fresh clone without it resumes from the committed CSV; delete a run's rows to rerun it). Runs go
-seed by seed (every method at seed 0 first); ``--report`` trains nothing and tabulates the runs that have spent their budget, so a benchmark stopped
-part-way can be read.
+seed by seed (every method at seed 0 first); ``--report`` trains nothing and tabulates the runs
+that have spent their budget, so a benchmark stopped part-way can be read.
 """
 
 from __future__ import annotations

@@ -98,3 +98,38 @@ def test_min_peft_params_is_checked_in_the_space():
         parse_space({"methods": {"bitfit": {}}, "min_peft_params": -1})
     with pytest.raises(SpaceError, match="min_trainable_params is now min_peft_params"):  # its former name
         parse_space({"methods": {"bitfit": {}}, "min_trainable_params": 500})
+
+
+def test_min_peft_params_counts_the_modules_without_the_head():
+    # The floor of 1 needs no count (every validated entry adds parameters); a higher floor counts
+    # each config once and takes the head-only count away.
+    from autopeft.config import PeftConfig
+    from autopeft.methods.lora import LoRAConfig
+    from autopeft.reuse import Vetting
+
+    head = PeftConfig(())
+    small = PeftConfig((LoRAConfig(layers=(0,), targets=("query",), rank=1, alpha=16),))
+    large = PeftConfig((LoRAConfig(layers=(0, 1, 2), targets=("query", "value"), rank=8, alpha=16),))
+    sizes = {head.canonical(): 66, small.canonical(): 66 + 64, large.canonical(): 66 + 3000}
+    counted_configs: list[str] = []
+
+    def count(peft: PeftConfig) -> int:
+        counted_configs.append(peft.canonical())
+        return sizes[peft.canonical()]
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+
+    def check(vetting: Vetting, peft: PeftConfig) -> tuple[str, object]:
+        return vetting.check([], study.ask(), {"peft_config": peft.to_dict(), "training": {}})
+
+    floor_one = Vetting(TrainBudget(), 1, count)
+    assert check(floor_one, small)[0] == "run" and counted_configs == []
+    verdict, reason = check(floor_one, head)
+    assert verdict == "refuse" and "adds 0 parameters to the task head" in reason and counted_configs == []
+
+    floor_100 = Vetting(TrainBudget(), 100, count)
+    verdict, reason = check(floor_100, small)
+    assert verdict == "refuse" and "adds 64 parameters to the task head, below the space's min_peft_params 100" in reason
+    assert check(floor_100, large)[0] == "run" and check(floor_100, small)[0] == "refuse"
+    assert sorted(counted_configs) == sorted({small.canonical(), head.canonical(), large.canonical()}), \
+        "each config counted once, the head once"
