@@ -40,6 +40,11 @@ class GPSampler(optuna.samplers.GPSampler):
 
         self._n_startup_trials = min(self._n_startup_trials, _startup(n_trials))
 
+    @property
+    def startup_trials(self) -> int:
+        """Finished trials before the GP takes over from random draws (recorded on each trial)."""
+        return self._n_startup_trials
+
     def _sample_relative_impl(self, study: optuna.Study, completed_trials: list, running_trials: list,
                               search_space: dict[str, Any]) -> dict[str, Any]:
         refused = [t for t in study._get_trials(deepcopy=False, states=(TrialState.FAIL,), use_cache=False)

@@ -43,6 +43,9 @@ ASKED_AGAIN_ATTR = "autopeft_asked_again"
 RETRIES_ATTR = "autopeft_retries"
 REFUSED_ATTR = "autopeft_refused"  # a sampled config the space refused (reuse.py): not counted
 CPU_SECONDS_ATTR = "autopeft_cpu_seconds"
+# The sampler's random start-up count when the trial was asked (samplers that have one): with fewer
+# trials finished than that, the trial was a random draw, not the sampler's model's proposal.
+STARTUP_ATTR = "autopeft_sampler_startup"
 # Successive halving, per trial: the objective values at rung k (``autopeft_rung_values_k``), the
 # highest rung reached and its share of the full budget, and the rung a stopped trial stopped at.
 RUNG_VALUES_ATTR = "autopeft_rung_values_"
@@ -212,6 +215,9 @@ def ask_within_target(study: optuna.Study, target: int, owner: str,
         # Stamp the owner before sampling (many writes): a driver killed mid-sampling must still
         # leave a trial that the next run recognises as a dead driver's.
         trial.set_user_attr(OWNER_ATTR, owner)
+        startup = getattr(study.sampler, "startup_trials", None)
+        if startup is not None:
+            trial.set_user_attr(STARTUP_ATTR, startup)
         if hasattr(study._storage, "record_heartbeat"):  # RDB storages beat; the in-memory one cannot
             trial.set_user_attr(BEATS_ATTR, True)
             study._storage.record_heartbeat(trial._trial_id)

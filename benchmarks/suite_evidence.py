@@ -23,6 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
 from autopeft.samplers import _startup  # noqa: E402
+from autopeft.reuse import CONFIG_KEY_ATTR  # noqa: E402
+from autopeft.study import STARTUP_ATTR  # noqa: E402
 
 
 def search_trials() -> list[dict]:
@@ -38,12 +40,15 @@ def search_trials() -> list[dict]:
         for t in study.trials:
             if t.values:
                 # The sampler sees only finished trials: with fewer than its start-up count finished
-                # (samplers._startup), it samples at random, with the same seed in every search.
+                # (recorded per trial), it samples at random, with the same seed in every search.
                 rows.append({"task": task, "search": summary.study_name, "trial": t.number,
                              "holdout_metric": t.values[0], "trainable_params": int(t.values[1]),
                              "learning_rate": t.params.get("train/learning_rate"),
                              "finished_when_asked": sum(e <= t.datetime_start for e in ends),
-                             "config": t.user_attrs.get("autopeft_config_key", "")})
+                             # Recorded since 2026-11-27; older searches sized it from their target.
+                             "sampler_startup": t.user_attrs.get(STARTUP_ATTR,
+                                                                 _startup(int(summary.study_name.split("-")[4]))),
+                             "config": t.user_attrs.get(CONFIG_KEY_ATTR, "")})
     return rows
 
 
@@ -89,11 +94,10 @@ def main() -> None:
         best = sorted((r for r in trials if r["search"] == search), key=lambda r: -r["holdout_metric"])[:3]
         print(f"{search}: best on the holdout " + ", ".join(
             f"t{r['trial']} {r['holdout_metric']:.3f} ({r['trainable_params']:,} params)" for r in best))
-        trials_wanted = int(search.split("-")[4])
         startup = sorted(r["trial"] for r in trials if r["search"] == search
-                         and r["finished_when_asked"] < _startup(trials_wanted))
-        print(f"  asked before the sampler's model took over (fewer than {_startup(trials_wanted)} trials "
-              f"finished; the warm starts, then random draws): " + ", ".join(f"t{n}" for n in startup))
+                         and r["finished_when_asked"] < r["sampler_startup"])
+        print("  asked before the sampler's model took over (fewer trials finished than its start-up count; "
+              "the warm starts, then random draws): " + ", ".join(f"t{n}" for n in startup))
     majority = {r["task"]: float(r["majority_metric"]) for f in sorted(common.SUITE_RESULTS.glob(
         "search_vs_baselines_small_*.csv")) for r in common.read_csv(f)}
     all_rows = common.read_csv(path)

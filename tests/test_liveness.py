@@ -197,17 +197,21 @@ def test_a_cpu_budget_sizes_the_samplers_start_up_phase(tmp_path):
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s",
                                 directions=["maximize", "minimize"], sampler=SAMPLERS["gp"](0, 200))
-    assert study.sampler._n_startup_trials == 10
+    assert study.sampler.startup_trials == 10
     me = studies.this_process()
     trials = [studies.ask_within_target(study, 200, me, cpu_budget_s=90.0) for _ in range(2)]
-    assert study.sampler._n_startup_trials == 10, "nothing finished: no cost to expect from yet"
+    assert study.sampler.startup_trials == 10, "nothing finished: no cost to expect from yet"
     for t in trials:
         t.suggest_int("x", 0, 10)
         t.set_user_attr(studies.CPU_SECONDS_ATTR, 10.0)
         study.tell(t, [0.5, 1.0])
     assert studies.expected_trials(study.trials, 200, 90.0) == 2 + 7  # 70 CPU-s left at 10 each
     assert studies.expected_trials(study.trials, 200) == 200 and studies.expected_trials(study.trials, 5, 90.0) == 5
-    studies.ask_within_target(study, 200, me, cpu_budget_s=90.0)
-    assert study.sampler._n_startup_trials == 2
+    third = studies.ask_within_target(study, 200, me, cpu_budget_s=90.0)
+    assert study.sampler.startup_trials == 2
     studies.ask_within_target(study, 200, me, cpu_budget_s=10_000.0)
-    assert study.sampler._n_startup_trials == 2, "only ever shortened"
+    assert study.sampler.startup_trials == 2, "only ever shortened"
+    # Each trial records the start-up count it was asked under: readers tell random draws from
+    # the model's proposals by it, not by the search's nominal trial target.
+    recorded = [t.user_attrs[studies.STARTUP_ATTR] for t in study.get_trials(deepcopy=False)]
+    assert recorded == [10, 10, 2, 2] and third.number == 2
