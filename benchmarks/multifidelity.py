@@ -44,7 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
-METHODS = ("gp", "random", "sh+gp", "sh+random")
+METHODS = ("gp", "random", "sh+gp", "sh+random")  # the default set; "sh2+gp": halving over 2 rungs
 # The issue's suite; without MR and SICK-R tasks installed, SST-2 and STS-B stand in.
 PREFERRED_TASKS, FALLBACK_TASK = ("sst2", "mr", "sick_r"), "stsb"
 TARGET = 0.95
@@ -57,6 +57,18 @@ def default_tasks() -> list[str]:
     have = set(available_tasks())
     tasks = [t for t in PREFERRED_TASKS if t in have]
     return tasks if len(tasks) == len(PREFERRED_TASKS) else tasks + [FALLBACK_TASK] * (FALLBACK_TASK not in tasks)
+
+
+def parse_method(method: str, rungs: int) -> tuple[int, str]:
+    """``"sh+gp"`` -> (``rungs``, "gp"); ``"sh2+gp"`` -> (2, "gp"): a halving method may name its
+    own rung count, so runs over other rungs get their own study and rows; ``"gp"`` -> (0, "gp")."""
+    halving, plus, sampler = method.partition("+")
+    if not plus:
+        return 0, method
+    count = halving.removeprefix("sh")
+    if not halving.startswith("sh") or not (count == "" or count.isdigit() and int(count) >= 2):
+        raise ValueError(f"unknown method {method!r}")
+    return int(count or rungs), sampler
 
 
 def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> list[dict]:
@@ -77,7 +89,8 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
     common._quiet_worker()
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    halving, sampler = method.startswith("sh+"), method.removeprefix("sh+")
+    rungs, sampler = parse_method(method, args.rungs)
+    halving = rungs > 0
     space = load_space(args.space)
     num_layers = inspect_model(common.MODEL).num_layers
     sample = space.define_by_run(num_layers)
@@ -86,7 +99,7 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
     budget = TrainBudget(train_examples=args.train_examples, eval_examples=args.eval_examples, seed=seed,
                          select_on="holdout", holdout_size=args.holdout)
     objectives = resolve_objectives("metric,trainable_params")
-    fractions = rung_fractions(args.rungs, args.reduction_factor) if halving else ()
+    fractions = rung_fractions(rungs, args.reduction_factor) if halving else ()
     ctx = TrialContext(common.MODEL, task, budget, args.data_dir, rungs=fractions, rung_objectives=tuple(objectives))
     storage, name = STORAGE, f"{args.space}-{task}-{method}-{seed}"
     if args.report:  # what is stored, trains nothing; a run short of its budget is not a result yet
@@ -102,7 +115,7 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
     if not study.trials:
         for point in space.warm_start_points(num_layers):  # as the search does
             study.enqueue_trial(point)
-    ledger = RungLedger(objectives, args.rungs, args.reduction_factor)
+    ledger = RungLedger(objectives, rungs or args.rungs, args.reduction_factor)  # unused without halving
     for number, rung, values in rung_values(study.trials):
         ledger.record(str(number), rung, values)
     vetting = Vetting(budget)
@@ -137,7 +150,7 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
         if halving:
             trial.set_user_attr(RUNG_ATTR, report["rung"])
             trial.set_user_attr(FIDELITY_ATTR, report["fidelity"])
-            if report["rung"] < args.rungs - 1:
+            if report["rung"] < rungs - 1:
                 trial.set_user_attr(STOPPED_ATTR, report["rung"])
         study.tell(trial, [report["metric"], report["trainable_params"]])
         print(f"{task} {method} seed {seed} trial {trial.number}: {report['metric']:.4f} "
@@ -277,7 +290,8 @@ def rung_agreement(rows: list[dict]) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default=None, help="comma-separated (default: sst2,mr,sick_r, else sst2,stsb)")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help="gp, random, sh+gp, sh+random (halving over --rungs), or shN+gp (over N rungs)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--cpu-budget", type=float, default=2400.0, help="CPU-seconds of trials per run")
     ap.add_argument("--space", default="autopeft")
@@ -292,9 +306,17 @@ def main() -> None:
                     help="train nothing: the table and plot of the runs already finished in multifidelity.db")
     args = common.parse_with_data_dir(ap)
     methods = args.methods.split(",")
-    unknown = sorted(set(methods) - set(METHODS))
+    from autopeft.samplers import SAMPLERS
+
+    def known(method: str) -> bool:
+        try:
+            return parse_method(method, args.rungs)[1] in SAMPLERS
+        except ValueError:
+            return False
+
+    unknown = [m for m in methods if not known(m)]
     if unknown:
-        sys.exit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        sys.exit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}, or shN+SAMPLER (N >= 2 rungs)")
     tasks = args.tasks.split(",") if args.tasks else default_tasks()
     common.RESULTS.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -362,6 +384,8 @@ def _plot(curves: dict, path: Path) -> None:
     tasks = sorted({k[0] for k in curves})
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
     colours = dict(zip(METHODS, ("tab:red", "tab:gray", "tab:blue", "tab:green")))
+    extra = iter(("tab:purple", "tab:olive", "tab:brown", "tab:cyan"))  # methods beyond the default four
+    colours.update({m: next(extra, None) for m in sorted({k[1] for k in curves} - set(colours))})
     for ax, task in zip(axes[0], tasks):
         best = max(c[-1][1] for k, c in curves.items() if k[0] == task and c) or 1.0
         for (t, m, seed), c in sorted(curves.items()):
