@@ -125,22 +125,24 @@ def train_once(task: str, peft_json: str | None, budget_json: str, data_dir: str
 
 
 def majority_metric(task_name: str, data_dir: str, train_examples: int | None, eval_examples: int | None,
-                    seeds: int) -> float:
+                    seeds: int, holdout: float | None = None) -> float:
     """The metric of a model that learned nothing: it predicts the majority label of its training
     subsample on its dev subsample (for regression, a constant: correlation 0); mean over seeds.
-    A run at this value has not learned, and beating another one there is a tie, not a win."""
-    from autopeft.tasks import compute_metrics, load_split, load_task
+    With ``holdout``, on the rows held out of train instead (as trials with ``select_on="holdout"``
+    score), trained on the rest. A run at this value has not learned, and beating another one
+    there is a tie, not a win."""
+    from autopeft.tasks import HOLDOUT, compute_metrics, load_splits, load_task
     from autopeft.train import subsample
 
     task = load_task(task_name)
     if task.is_regression:
         return 0.0
-    train, dev = load_split(task, "train", data_dir), load_split(task, "dev", data_dir)
+    splits = load_splits(task, data_dir, HOLDOUT, holdout) if holdout is not None else load_splits(task, data_dir)
     scores = []
     for seed in range(seeds):
-        labels = subsample(train, train_examples, seed).labels
+        labels = subsample(splits.train, train_examples, seed).labels
         guess = max(set(labels), key=labels.count)
-        refs = subsample(dev, eval_examples, seed).labels
+        refs = subsample(splits.select, eval_examples, seed).labels
         scores.append(compute_metrics(task, [guess] * len(refs), refs)[task.primary_metric])
     return sum(scores) / len(scores)
 

@@ -14,7 +14,8 @@ Spearman's rank correlation, with a 95% interval (Fisher z), of
 - the full budget with seed 0 vs seed 1: the ceiling no fidelity and no scheduler can beat.
 
 Over every configuration and over those that learned (both full-budget runs above the majority
-class + 0.05; a configuration stuck at the class prior is easy to rank low at any fidelity).
+class of the selection split + 0.05; a configuration stuck at the class prior is easy to rank low
+at any fidelity).
 
     AUTOPEFT_DATA_DIR=../shared/data .venv/bin/python benchmarks/rank_agreement.py \\
         [--task sst2] [--configs 16] [--space autopeft] [--train-examples 2048]
@@ -138,6 +139,9 @@ def _plot(rows: list[dict], rungs: int, path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
     for ax, (key, seed, label) in zip(axes[0], panels):
         ax.scatter([float(runs[(c, seed)][key]) for c in configs], [float(runs[(c, 0)]["full"]) for c in configs], s=18)
+        if key == "full":  # the line two seeds would fall on if the configuration alone set the metric
+            lo, hi = ax.get_xlim()
+            ax.plot([lo, hi], [lo, hi], color="gray", lw=0.8, ls="--")
         ax.set_xlabel(label)
         ax.set_ylabel("full budget, seed 0")
     fig.suptitle(f"{rows[0]['task']}: {len(configs)} random configurations, metric on the selection split")
@@ -180,7 +184,7 @@ def main() -> None:
                 f"{row[f'rung{k}']:.3f}" for k in range(args.rungs - 1)) + f" -> {row['full']:.3f}  "
                 f"{row['trainable_params']:,} params, {row['cpu_seconds']:.0f} CPU-s  {row['describe']}", flush=True)
     mine = [r for r in mine if int(r["config"]) < args.configs]
-    floor = common.majority_metric(args.task, args.data_dir, args.train_examples, None, 1)
+    floor = common.majority_metric(args.task, args.data_dir, args.train_examples, None, 1, holdout=args.holdout)
     from autopeft.fidelity import rung_fractions
 
     table = agreement(mine, rung_fractions(args.rungs, args.reduction_factor), floor)
