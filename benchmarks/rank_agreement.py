@@ -31,6 +31,7 @@ import argparse
 import math
 import os
 import platform
+import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -107,12 +108,41 @@ def spearman(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
     return rho, math.tanh(z - half), math.tanh(z + half)
 
 
+def paired(rows: list[dict]) -> tuple[dict[tuple[int, int], dict], list[int]]:
+    """Runs by (configuration, seed), and the configurations that have a run for every seed."""
+    runs = {(int(r["config"]), int(r["seed"])): r for r in rows}
+    return runs, sorted({c for c, _ in runs if all((c, s) in runs for s in SEEDS)})
+
+
+def learned_configs(rows: list[dict], floor: float) -> list[int]:
+    runs, configs = paired(rows)
+    return [c for c in configs if all(float(runs[(c, s)]["full"]) > floor + LEARNED_MARGIN for s in SEEDS)]
+
+
+def seed_noise(rows: list[dict], floor: float) -> dict[str, float]:
+    """Over the configurations that learned: one run's seed noise (std of a run around its
+    configuration's mean, from the two seeds' differences), the spread of the two-seed means, and
+    the share of one run's variance the configuration explains (the means' variance less the
+    noise it carries, var / 2, over the configuration's plus one run's)."""
+    runs, _ = paired(rows)
+    learned = learned_configs(rows, floor)
+    if len(learned) < 3:
+        return {}
+    full = [[float(runs[(c, s)]["full"]) for s in SEEDS] for c in learned]
+    noise_var = statistics.variance([a - b for a, b in full]) / 2
+    means = [statistics.fmean(f) for f in full]
+    config_var = max(0.0, statistics.variance(means) - noise_var / 2)
+    return {"learned": len(learned), "seed_std": math.sqrt(noise_var), "means_std": statistics.stdev(means),
+            "means_low": min(means), "means_high": max(means),
+            "run_low": min(min(f) for f in full), "run_high": max(max(f) for f in full),
+            "config_share": config_var / (config_var + noise_var)}
+
+
 def agreement(rows: list[dict], fractions: tuple[float, ...], floor: float) -> list[dict]:
     """The table: for each pair of readings, over every configuration and over those that learned.
     ``fractions``: the rungs' shares of the full budget (``fidelity.rung_fractions``)."""
-    runs = {(int(r["config"]), int(r["seed"])): r for r in rows}
-    configs = sorted({c for c, s in runs if all((c, s) in runs for s in SEEDS)})
-    learned = [c for c in configs if all(float(runs[(c, s)]["full"]) > floor + LEARNED_MARGIN for s in SEEDS)]
+    runs, configs = paired(rows)
+    learned = learned_configs(rows, floor)
     readings = [(f"rung{k}", f"rung {k} (1/{round(1 / f)})") for k, f in enumerate(fractions[:-1])]
     pairs = [(key, 0, label, seed) for seed in SEEDS for key, label in readings] + [("full", 0, "full budget", 1)]
     out = []
@@ -133,8 +163,7 @@ def _plot(rows: list[dict], rungs: int, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = {(int(r["config"]), int(r["seed"])): r for r in rows}
-    configs = sorted({c for c, s in runs if all((c, s) in runs for s in SEEDS)})
+    runs, configs = paired(rows)
     panels = [(f"rung{k}", 0, f"rung {k}, seed 0") for k in range(rungs - 1)] + [("full", 1, "full budget, seed 1")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
     for ax, (key, seed, label) in zip(axes[0], panels):
@@ -197,6 +226,13 @@ def main() -> None:
     for r in table:
         print(f"| {r['reading']} | {r['against']} | {r['configs']} | {r['n']} | {r['spearman']} | "
               f"{r['ci_low']} to {r['ci_high']} |")
+    noise = seed_noise(mine, floor)
+    if noise:
+        print(f"\n{noise['learned']} configurations learned: {noise['run_low']:.3f}-{noise['run_high']:.3f} per run, "
+              f"{noise['means_low']:.3f}-{noise['means_high']:.3f} as two-seed means; one run's seed noise "
+              f"{noise['seed_std']:.4f}; the means spread by {noise['means_std']:.4f} (seed noise alone gives "
+              f"{noise['seed_std'] / math.sqrt(len(SEEDS)):.4f}); share of a run's variance the configuration "
+              f"explains: {noise['config_share']:.2f}")
     png = common.RESULTS / "rank_agreement.png"
     _plot(mine, args.rungs, png)
     common.log_mlflow("rank_agreement", {**setting, "configs": args.configs},
