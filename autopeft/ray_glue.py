@@ -151,6 +151,10 @@ class StudySearcher(OptunaSearch):
                 if value is not None and math.isfinite(float(value)):
                     ot_trial.set_constraint(key, objective.violation(float(value), bound))
         super().on_trial_complete(trial_id, result, error)
+        # A trial that ends is what changes a waiting study's answer (FULL once none runs): look
+        # at once. Tune polls a searcher that has nothing with a 1 s sleep, so the throttle would
+        # otherwise hold the end of every search a second or two.
+        self._waited_at = 0.0
 
     def record_failure(self, trial_id: str, category: str, cpu_seconds: float | None = None) -> bool:
         """Record why ``trial_id`` failed (and what it spent), ask it again if it was lost, tell it
@@ -165,6 +169,7 @@ class StudySearcher(OptunaSearch):
                                   cpu_seconds)
         finally:
             super().on_trial_complete(trial_id, error=True)
+            self._waited_at = 0.0
 
 
 # What Ray adds to every reported result; the rest is the trial's own report.

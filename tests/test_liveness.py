@@ -67,6 +67,27 @@ def race_to_the_target(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
     return trials
 
 
+def test_the_searcher_says_finished_as_soon_as_the_last_trial_ends(tmp_path):
+    """Tune asks a searcher that returned nothing again only after a 1 s sleep; the searcher looks
+    at a waiting study at most once a second. The trial that ends is what changes the answer, so
+    the next ask must see it at once, not after the throttle (which held every search's end)."""
+    from ray.tune.search import Searcher
+
+    from autopeft.ray_glue import StudySearcher
+
+    def space(trial):
+        trial.suggest_int("x", 0, 10)
+        return {"peft_config": {"methods": []}}
+
+    searcher = StudySearcher(space=space, metric=["metric", "trainable_params"], mode=["max", "min"],
+                             sampler=optuna.samplers.RandomSampler(seed=0), storage=optuna.storages.InMemoryStorage(),
+                             study_name="end", target=1, owner=studies.this_process())
+    assert searcher.suggest("t0")["trial_number"] == 0
+    assert searcher.suggest("t1") is None, "at the target with a trial running: wait"
+    searcher.on_trial_complete("t0", {"metric": 0.8, "trainable_params": 10})
+    assert searcher.suggest("t1") == Searcher.FINISHED
+
+
 def test_drivers_racing_at_the_target_ask_exactly_the_target(tmp_path):
     trials = race_to_the_target(f"sqlite:///{tmp_path / 'optuna.db'}", "race")  # the lock file
     assert len(studies.counted(trials)) == TARGET == len(trials)
