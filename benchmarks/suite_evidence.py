@@ -10,7 +10,8 @@ the best trials on the holdout, which trials the sampler drew in its random star
 often trials above and at or below a learning rate of 1e-2 ended within 0.05 of the majority
 class (why the `small` space stops at 1e-2), and the CPU inflation of contended runs (wall/CPU
 above 1.3) against runs of the same configuration that had a core to themselves (wall/CPU below
-1.1).
+1.1), and per task how large one run's seed noise is against the spread of the configurations' 3-seed
+means (baselines and found configurations, on dev).
 """
 
 from __future__ import annotations
@@ -84,6 +85,39 @@ def collapse_by_rate(rows: list[dict], majority: dict[str, float]) -> dict[str, 
     return {k: (n, c) for k, (n, c) in out.items()}
 
 
+def seed_noise(runs: list[dict], majority: dict[str, float]) -> dict[str, dict[str, float]]:
+    """task -> how far one run's dev metric strays from its configuration's mean, against how far
+    apart the means of the configurations a search would choose between are: every (configuration,
+    learning rate) with 3 or more seeds whose mean is within COLLAPSE_MARGIN of the task's best
+    mean. One-way analysis of variance: one run's noise is the pooled within-configuration
+    variance; the configuration's share is what of the means' variance that noise (/ seeds) does
+    not explain, over the sum of the two. A share near zero: one run cannot rank them.
+    ``split_seeds``: configurations (any mean) where one seed stayed within COLLAPSE_MARGIN of the
+    majority class and another learned, the other face of seed noise."""
+    groups: dict[tuple, list[float]] = {}
+    for r in runs:
+        groups.setdefault((r["task"], r["source"], r["name"], r["lr"]), []).append(float(r["dev_metric"]))
+    out = {}
+    for task in sorted({k[0] for k in groups}):
+        seeded = [g for k, g in groups.items() if k[0] == task and len(g) >= 3]
+        if not seeded:
+            continue
+        floor = majority.get(task, 0.0) + COLLAPSE_MARGIN
+        top = max(statistics.fmean(g) for g in seeded)
+        kept = [g for g in seeded if statistics.fmean(g) >= top - COLLAPSE_MARGIN]
+        split = sum(min(g) <= floor < max(g) for g in seeded)
+        if len(kept) < 3:
+            continue
+        noise = statistics.fmean(statistics.variance(g) for g in kept)
+        means = [statistics.fmean(g) for g in kept]
+        seeds = statistics.fmean(len(g) for g in kept)
+        config_var = max(0.0, statistics.variance(means) - noise / seeds)
+        out[task] = {"configs": len(kept), "seed_std": noise ** 0.5, "means_std": statistics.stdev(means),
+                     "noise_only": (noise / seeds) ** 0.5, "config_share": config_var / (config_var + noise),
+                     "split_seeds": split, "of": len(seeded)}
+    return out
+
+
 def main() -> None:
     trials = search_trials()
     path = common.SUITE_RESULTS / "search_trials.csv"
@@ -104,6 +138,17 @@ def main() -> None:
     for side, (n, collapsed) in collapse_by_rate(all_rows, majority).items():
         print(f"learning rate {side} {RATE_SPLIT:g}: {collapsed} of {n} trials ended within {COLLAPSE_MARGIN} "
               f"of the majority class ({len({r['search'] for r in all_rows})} searches)")
+    found = [{**r, "source": f.stem} for f in sorted(common.SUITE_RESULTS.glob("search_vs_baselines_runs_small_*.csv"))
+             for r in common.read_csv(f)]
+    baseline_runs = [{**r, "source": "baselines"} for r in common.read_csv(common.SUITE_RESULTS / "baselines_runs.csv")]
+    print(f"seed noise on dev (3 seeds each; configurations whose mean is within {COLLAPSE_MARGIN} of the task's best): "
+          "one run's std | std of the configurations' means | what noise alone gives the means | share of one run's "
+          "variance the configuration explains | configurations where one seed collapsed and another learned")
+    for which, rows in (("baselines (nine hand-picks at their rates)", baseline_runs),
+                        ("found configurations (small space, every pass)", found)):
+        for task, n in seed_noise(rows, majority).items():
+            print(f"  {which}, {task}: {n['configs']} configs, {n['seed_std']:.4f} | {n['means_std']:.4f} | "
+                  f"{n['noise_only']:.4f} | {n['config_share']:.2f} | {n['split_seeds']} of {n['of']}")
     for task, ratios in contention(common.read_csv(common.SUITE_RESULTS / "baselines_runs.csv")).items():
         if ratios:
             print(f"{task}: contended / uncontended CPU-s per run, {len(ratios)} configurations: "
