@@ -290,6 +290,19 @@ def per_seed(curves: dict, method: str = "sh+gp") -> list[dict]:
     return out
 
 
+def first_trials(rows: list[dict], n: int) -> list[dict]:
+    """What the first ``n`` trials of each run give (the default search asks 8): full-fidelity
+    trials among them, CPU-s spent by then, and the best full-fidelity metric. Runs are one trial
+    at a time, so a run's first ``n`` trials are what an ``n``-trial search of that method asks."""
+    out = []
+    for key in sorted({(r["task"], r["method"], r["seed"]) for r in rows}):
+        run = sorted((r for r in rows if (r["task"], r["method"], r["seed"]) == key), key=lambda r: r["trial"])[:n]
+        full = [r["metric"] for r in run if r["full_fidelity"]]
+        out.append({"task": key[0], "method": key[1], "seed": key[2], "full_fidelity": len(full),
+                    "cpu_seconds": run[-1]["cpu_seconds"], "best": max(full, default=math.nan)})
+    return out
+
+
 def rung_agreement(rows: list[dict]) -> list[dict]:
     """Does a rung order trials as the next rung does? Per task and halving method, pooled over the
     seeds: Spearman's rank correlation between a trial's metric at rung k and at rung k + 1, over
@@ -390,6 +403,20 @@ def main() -> None:
         for r in seeds:
             print(f"| {r['task']} | {r['seed']} | {r['best_method']} | {cpu(r['method_cpu'])} | {cpu(r['gp_cpu'])} "
                   f"| {r['ratio']} |")
+    from autopeft.search import SearchSettings
+
+    default_trials = SearchSettings.__dataclass_fields__["num_samples"].default
+    first = [r for r in first_trials(rows, default_trials) if r["method"] in ("gp", "sh+gp")]
+    if first:
+        print(f"\nThe first {default_trials} trials (what a default-sized search asks): full-fidelity trials, "
+              "CPU-s spent, best full-fidelity metric, per seed")
+        print("| task | method | full-fidelity | CPU-s | best |\n|---|---|---|---|---|")
+        for task, method in sorted({(r["task"], r["method"]) for r in first}):
+            mine = [r for r in first if (r["task"], r["method"]) == (task, method)]
+            full = " ".join(str(r["full_fidelity"]) for r in mine)
+            cpu = " ".join(f"{r['cpu_seconds']:.0f}" for r in mine)
+            best = " ".join(f"{r['best']:.3f}" for r in mine)
+            print(f"| {task} | {method} | {full} | {cpu} | {best} |")
     agreement = rung_agreement(rows)
     if agreement:
         print("\nDoes a rung order trials as the next does? (Spearman, pooled over seeds; promoted trials only)")
