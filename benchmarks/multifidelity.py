@@ -399,9 +399,9 @@ def main() -> None:
     if seeds:
         print("\nRead per seed (95% of the best final HV of that seed's runs): sh+gp / gp CPU-s")
         print("| task | seed | best run | sh+gp CPU-s | gp CPU-s | ratio |\n|---|---|---|---|---|---|")
-        cpu = lambda x: "-" if math.isinf(x) else f"{x:.0f}"  # noqa: E731
+        never = lambda x: "-" if math.isinf(x) else f"{x:.0f}"  # noqa: E731
         for r in seeds:
-            print(f"| {r['task']} | {r['seed']} | {r['best_method']} | {cpu(r['method_cpu'])} | {cpu(r['gp_cpu'])} "
+            print(f"| {r['task']} | {r['seed']} | {r['best_method']} | {never(r['method_cpu'])} | {never(r['gp_cpu'])} "
                   f"| {r['ratio']} |")
     from autopeft.search import SearchSettings
 

@@ -1,6 +1,7 @@
-"""The study's side of cluster faults, without Ray: the ask at the target is atomic across drivers,
-a driver's heartbeat tells its trials alive from a dead driver's on any host, and a lost trial's
-configuration is asked again as many times as the user allows."""
+"""The study's side of cluster faults, without a running Ray: the ask at the target is atomic across
+drivers, a driver's heartbeat tells its trials alive from a dead driver's on any host, a lost trial's
+configuration is asked again as many times as the user allows, and the searcher ends a search as
+soon as its last trial does."""
 
 from __future__ import annotations
 
