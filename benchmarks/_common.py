@@ -339,6 +339,19 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
     return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
 
 
+def variance_split(groups: list[list[float]]) -> dict[str, float]:
+    """One-way analysis of variance over configurations, each a list of its runs (one per seed):
+    one run's seed noise (pooled within-configuration std), the spread of the configurations'
+    means, what noise alone gives the means (noise / sqrt(seeds)), and the share of one run's
+    variance the configuration explains. A share near zero: one run cannot rank them."""
+    noise = statistics.fmean(statistics.variance(g) for g in groups)
+    means = [statistics.fmean(g) for g in groups]
+    seeds = statistics.fmean(len(g) for g in groups)
+    config_var = max(0.0, statistics.variance(means) - noise / seeds)
+    return {"seed_std": math.sqrt(noise), "means_std": statistics.stdev(means),
+            "noise_only": math.sqrt(noise / seeds), "config_share": config_var / (config_var + noise)}
+
+
 def summarise(rows: list[dict[str, str]], group: Callable[[dict[str, str]], tuple],
               column: str = "metric", cost: str = "cpu_seconds") -> dict[tuple, dict[str, float]]:
     """Group runs; per group: ``column``'s mean/std over seeds, params, total ``cost`` seconds (in

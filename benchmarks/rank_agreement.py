@@ -120,22 +120,16 @@ def learned_configs(rows: list[dict], floor: float) -> list[int]:
 
 
 def seed_noise(rows: list[dict], floor: float) -> dict[str, float]:
-    """Over the configurations that learned: one run's seed noise (std of a run around its
-    configuration's mean, from the two seeds' differences), the spread of the two-seed means, and
-    the share of one run's variance the configuration explains (the means' variance less the
-    noise it carries, var / 2, over the configuration's plus one run's)."""
+    """Over the configurations that learned: ``_common.variance_split`` of their full-budget runs,
+    with the ranges of the runs and of the two-seed means."""
     runs, _ = paired(rows)
     learned = learned_configs(rows, floor)
     if len(learned) < 3:
         return {}
     full = [[float(runs[(c, s)]["full"]) for s in SEEDS] for c in learned]
-    noise_var = statistics.variance([a - b for a, b in full]) / 2
     means = [statistics.fmean(f) for f in full]
-    config_var = max(0.0, statistics.variance(means) - noise_var / 2)
-    return {"learned": len(learned), "seed_std": math.sqrt(noise_var), "means_std": statistics.stdev(means),
-            "means_low": min(means), "means_high": max(means),
-            "run_low": min(min(f) for f in full), "run_high": max(max(f) for f in full),
-            "config_share": config_var / (config_var + noise_var)}
+    return {"learned": len(learned), **common.variance_split(full), "means_low": min(means),
+            "means_high": max(means), "run_low": min(min(f) for f in full), "run_high": max(max(f) for f in full)}
 
 
 def agreement(rows: list[dict], fractions: tuple[float, ...], floor: float) -> list[dict]:
@@ -231,7 +225,7 @@ def main() -> None:
         print(f"\n{noise['learned']} configurations learned: {noise['run_low']:.3f}-{noise['run_high']:.3f} per run, "
               f"{noise['means_low']:.3f}-{noise['means_high']:.3f} as two-seed means; one run's seed noise "
               f"{noise['seed_std']:.4f}; the means spread by {noise['means_std']:.4f} (seed noise alone gives "
-              f"{noise['seed_std'] / math.sqrt(len(SEEDS)):.4f}); share of a run's variance the configuration "
+              f"{noise['noise_only']:.4f}); share of a run's variance the configuration "
               f"explains: {noise['config_share']:.2f}")
     png = common.RESULTS / "rank_agreement.png"
     _plot(mine, args.rungs, png)

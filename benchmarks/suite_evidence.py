@@ -86,35 +86,26 @@ def collapse_by_rate(rows: list[dict], majority: dict[str, float]) -> dict[str, 
 
 
 def seed_noise(runs: list[dict], majority: dict[str, float]) -> dict[str, dict[str, float]]:
-    """task -> how far one run's dev metric strays from its configuration's mean, against how far
-    apart the means of the configurations a search would choose between are: every (configuration,
-    learning rate) with 3 or more seeds whose mean is within COLLAPSE_MARGIN of the task's best
-    mean. One-way analysis of variance: one run's noise is the pooled within-configuration
-    variance; the configuration's share is what of the means' variance that noise (/ seeds) does
-    not explain, over the sum of the two. A share near zero: one run cannot rank them.
-    ``split_seeds``: configurations (any mean) where one seed stayed within COLLAPSE_MARGIN of the
-    majority class and another learned, the other face of seed noise."""
-    groups: dict[tuple, list[float]] = {}
+    """task -> ``_common.variance_split`` of the dev metric over the configurations a search would
+    choose between: every (configuration, learning rate) with 3 or more seeds whose mean on the
+    selection split (holdout) is within COLLAPSE_MARGIN of the task's best there, so the subset is
+    not chosen on the split the noise is read on. ``split_seeds``: configurations (any mean) where
+    one seed's dev metric stayed within COLLAPSE_MARGIN of the majority class and another learned."""
+    groups: dict[tuple, list[tuple[float, float]]] = {}
     for r in runs:
-        groups.setdefault((r["task"], r["source"], r["name"], r["lr"]), []).append(float(r["dev_metric"]))
+        groups.setdefault((r["task"], r["source"], r["name"], r["lr"]), []).append(
+            (float(r["metric"]), float(r["dev_metric"])))
     out = {}
     for task in sorted({k[0] for k in groups}):
         seeded = [g for k, g in groups.items() if k[0] == task and len(g) >= 3]
         if not seeded:
             continue
+        top = max(statistics.fmean(h for h, _ in g) for g in seeded)
+        kept = [[d for _, d in g] for g in seeded if statistics.fmean(h for h, _ in g) >= top - COLLAPSE_MARGIN]
         floor = majority.get(task, 0.0) + COLLAPSE_MARGIN
-        top = max(statistics.fmean(g) for g in seeded)
-        kept = [g for g in seeded if statistics.fmean(g) >= top - COLLAPSE_MARGIN]
-        split = sum(min(g) <= floor < max(g) for g in seeded)
-        if len(kept) < 3:
-            continue
-        noise = statistics.fmean(statistics.variance(g) for g in kept)
-        means = [statistics.fmean(g) for g in kept]
-        seeds = statistics.fmean(len(g) for g in kept)
-        config_var = max(0.0, statistics.variance(means) - noise / seeds)
-        out[task] = {"configs": len(kept), "seed_std": noise ** 0.5, "means_std": statistics.stdev(means),
-                     "noise_only": (noise / seeds) ** 0.5, "config_share": config_var / (config_var + noise),
-                     "split_seeds": split, "of": len(seeded)}
+        split = sum(min(d for _, d in g) <= floor < max(d for _, d in g) for g in seeded)
+        if len(kept) >= 3:
+            out[task] = {"configs": len(kept), **common.variance_split(kept), "split_seeds": split, "of": len(seeded)}
     return out
 
 
@@ -141,7 +132,7 @@ def main() -> None:
     found = [{**r, "source": f.stem} for f in sorted(common.SUITE_RESULTS.glob("search_vs_baselines_runs_small_*.csv"))
              for r in common.read_csv(f)]
     baseline_runs = [{**r, "source": "baselines"} for r in common.read_csv(common.SUITE_RESULTS / "baselines_runs.csv")]
-    print(f"seed noise on dev (3 seeds each; configurations whose mean is within {COLLAPSE_MARGIN} of the task's best): "
+    print(f"seed noise on dev (3 seeds each; configurations whose holdout mean is within {COLLAPSE_MARGIN} of the task's best): "
           "one run's std | std of the configurations' means | what noise alone gives the means | share of one run's "
           "variance the configuration explains | configurations where one seed collapsed and another learned")
     for which, rows in (("baselines (nine hand-picks at their rates)", baseline_runs),
