@@ -72,7 +72,8 @@ def search(
     task: str = typer.Option(_default(_S, "task"), help=f"A shipped task ({_shipped('tasks')}) or a task YAML path."),
     space: str = typer.Option(_default(_S, "space"),
                               help=f"A shipped search space ({_shipped('search_spaces')}) or a YAML path."),
-    num_samples: Optional[int] = typer.Option(None, help=_help(_S, "num_samples") + f" [default: {_default(_S, 'num_samples')}]"),
+    num_samples: Optional[int] = typer.Option(None, help=_help(_S, "num_samples")),
+    full_trials: Optional[float] = typer.Option(None, help=_help(_S, "full_trials")),
     cpu_budget_s: Optional[float] = typer.Option(None, help=_help(_S, "cpu_budget_s")),
     max_concurrent_trials: int = typer.Option(_default(_S, "max_concurrent_trials"), help=_help(_S, "max_concurrent_trials")),
     cpus_per_trial: float = typer.Option(_default(_S, "cpus_per_trial"), help=_help(_S, "cpus_per_trial")),
@@ -112,7 +113,7 @@ def search(
     max_memory: Optional[float] = typer.Option(None, help="Constraint the sampler is told: at most this peak training memory (MB)."),
     max_latency: Optional[float] = typer.Option(None, help="Constraint the sampler is told: at most this latency (ms/example)."),
     resume: Optional[str] = typer.Option(None, help="Continue the search of this name with the settings it was started with (from --storage / --workdir); "
-                                                    "--num-samples / --cpu-budget-s given with it move its target."),
+                                                    "--num-samples / --cpu-budget-s / --full-trials given with it move its target."),
 ) -> None:
     """Run a multi-objective search and print its Pareto front.
 
@@ -125,7 +126,8 @@ def search(
     if resume:
         url = storage or SearchSettings(name=resume, workdir=workdir).storage_url()
         check_database_url(url, "--storage")
-        settings = extend_target(SearchSettings.from_dict(stored_settings(resume, url)), num_samples, cpu_budget_s)
+        settings = extend_target(SearchSettings.from_dict(stored_settings(resume, url)), num_samples, cpu_budget_s,
+                                 full_trials)
         if ray_address:
             settings = settings.replace(ray_address=ray_address)
         _run_and_report(settings)
@@ -140,8 +142,7 @@ def search(
                          holdout_seed=holdout_seed)
     settings = SearchSettings(
         name=name or default_name(task, space), model=model, task=task, space=space, budget=budget,
-        num_samples=num_samples if num_samples is not None else (
-            BUDGETED_NUM_SAMPLES if cpu_budget_s is not None else _default(_S, "num_samples")),
+        num_samples=num_samples, full_trials=full_trials,
         cpu_budget_s=cpu_budget_s, max_concurrent_trials=max_concurrent_trials, cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial, sampler=sampler, objectives=keys, seed=seed,
         data_dir=data_dir, workdir=str(Path(workdir).resolve()), storage=storage, tracking_uri=tracking_uri,
@@ -153,16 +154,22 @@ def search(
     _run_and_report(settings)
 
 
-def extend_target(settings: SearchSettings, num_samples: Optional[int], cpu_budget_s: Optional[float]) -> SearchSettings:
-    """``--resume NAME`` keeps the settings a search started with, except its target: a count or a
-    CPU budget given beside it replaces the stored one (more trials for a search that ended, a
-    budget for one that had none), and the study records it for later resumes (search.open_stores)."""
-    if num_samples is None and cpu_budget_s is None:
+def extend_target(settings: SearchSettings, num_samples: Optional[int], cpu_budget_s: Optional[float],
+                  full_trials: Optional[float] = None) -> SearchSettings:
+    """``--resume NAME`` keeps the settings a search started with, except its target: a count, a
+    CPU budget or a size in full trials given beside it replaces the stored one (more trials for a
+    search that ended, a budget for one that had none), and the study records it for later resumes
+    (search.open_stores). A count or a CPU budget given ends a stored --full-trials: it would
+    otherwise stop the search first."""
+    if num_samples is None and cpu_budget_s is None and full_trials is None:
         return settings
+    if full_trials is not None and num_samples is None and cpu_budget_s is None:
+        return settings.replace(num_samples=None, full_trials=full_trials)  # its trial cap as for a new search
     if num_samples is None and settings.cpu_budget_s is None:  # a budget where there was a count: as for a new search
         num_samples = max(BUDGETED_NUM_SAMPLES, settings.num_samples)
     return settings.replace(num_samples=settings.num_samples if num_samples is None else num_samples,
-                            cpu_budget_s=settings.cpu_budget_s if cpu_budget_s is None else cpu_budget_s)
+                            cpu_budget_s=settings.cpu_budget_s if cpu_budget_s is None else cpu_budget_s,
+                            full_trials=full_trials)
 
 
 def _run_and_report(settings) -> None:
@@ -172,9 +179,13 @@ def _run_and_report(settings) -> None:
     prepared = prepare(settings)  # every input checked before Ray starts
     for note in prepared.notes:
         console.print(f"[yellow]note:[/] {_escape(note)}", highlight=False)
-    trials = (f"{settings.num_samples} trials" if settings.cpu_budget_s is None else
-              f"trials within {settings.cpu_budget_s:g} CPU-s" + (f" (at most {settings.num_samples})"
-                                                                 if settings.num_samples < BUDGETED_NUM_SAMPLES else ""))
+    if settings.cpu_budget_s is not None:
+        trials = f"trials within {settings.cpu_budget_s:g} CPU-s" + (
+            f" (at most {settings.num_samples})" if settings.num_samples < BUDGETED_NUM_SAMPLES else "")
+    elif settings.full_trials is not None:
+        trials = f"trials worth {settings.full_trials:g} full-budget trials"
+    else:
+        trials = f"{settings.num_samples} trials"
     console.print(f"search [bold]{settings.name}[/]: {trials} of {settings.model} on "
                   f"{settings.task}, space {settings.space}, sampler {settings.sampler}"
                   + (f", successive halving ({settings.rungs} rungs, eta {settings.reduction_factor})"

@@ -56,10 +56,10 @@ class StudySearcher(OptunaSearch):
     def __init__(self, *args: Any, target: int, owner: str, retry_lost_trials: int = 0,
                  limits: dict[str, tuple[Any, float]] | None = None, vetting: Any = None,
                  on_reuse: Callable[[int, int], None] | None = None, cpu_budget_s: float | None = None,
-                 **kwargs: Any) -> None:
+                 full_trials: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._target, self._owner, self._limits = target, owner, limits or {}
-        self._cpu_budget_s = cpu_budget_s
+        self._cpu_budget_s, self._full_trials = cpu_budget_s, full_trials
         self._retry_lost = retry_lost_trials
         self._failed: set[str] = set()  # failed, not yet told: record_failure comes first
         self._waited_at = 0.0
@@ -76,7 +76,8 @@ class StudySearcher(OptunaSearch):
             if trial_id not in self._ot_trials:
                 if time.monotonic() - self._waited_at < self._WAIT_POLL_S:
                     return None
-                ot_trial = ask_within_target(self._ot_study, self._target, self._owner, self._cpu_budget_s)
+                ot_trial = ask_within_target(self._ot_study, self._target, self._owner, self._cpu_budget_s,
+                                             self._full_trials)
                 if ot_trial == FULL:
                     return Searcher.FINISHED
                 if ot_trial == WAIT:
@@ -242,14 +243,23 @@ def _read_error(trial: Any) -> str:
 
 
 class ProgressCallback(Callback):
-    """A progress bar over trials with the best metric so far; under a CPU budget, over the
-    budget's CPU-seconds (trials counted in the description)."""
+    """A progress bar over trials with the best metric so far; under a CPU budget over its
+    CPU-seconds, under ``--full-trials`` over full-budget trials' worth of training (trials
+    counted in the description)."""
 
     def __init__(self, total: int, metric_name: str, enabled: bool, done: int = 0,
                  asked_again: set[str] | None = None, cpu_budget_s: float | None = None,
-                 cpu_done: float = 0.0, failed_cpu: dict[str, float] | None = None) -> None:
+                 cpu_done: float = 0.0, failed_cpu: dict[str, float] | None = None,
+                 full_trials: float | None = None, trainings_done: float = 0.0) -> None:
         self.total, self.metric_name, self.enabled, self.done = total, metric_name, enabled, done
-        self.cpu_budget_s, self.cpu_done = cpu_budget_s, cpu_done
+        # What the bar counts: the budget that ends the search (a CPU budget first, as it is the
+        # one a user set when both are given), and what one finished trial adds to it.
+        if cpu_budget_s:
+            self.unit, self.bar_total, self.bar_done = "CPU-s", cpu_budget_s, cpu_done
+        elif full_trials:
+            self.unit, self.bar_total, self.bar_done = "full trials", full_trials, trainings_done
+        else:
+            self.unit, self.bar_total, self.bar_done = "", total, done
         self.best: float | None = None
         self.failed = 0
         self.asked_again = asked_again if asked_again is not None else set()  # filled by TrackingCallback
@@ -258,29 +268,36 @@ class ProgressCallback(Callback):
     def __enter__(self):
         if self.enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-            unit = [TextColumn("CPU-s")] if self.cpu_budget_s else []
-            self.progress = Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), *unit,
+            count = (TextColumn("{task.completed:.1f}/{task.total:g}") if self.unit == "full trials"
+                     else MofNCompleteColumn())
+            unit = [TextColumn(self.unit)] if self.unit else []
+            self.progress = Progress(TextColumn("[bold]search"), BarColumn(), count, *unit,
                                      TimeElapsedColumn(), TextColumn("{task.description}"))
             self.progress.start()
-            total, completed = (self.cpu_budget_s, self.cpu_done) if self.cpu_budget_s else (self.total, self.done)
-            self.task = self.progress.add_task("starting", total=total, completed=completed)
+            self.task = self.progress.add_task("starting", total=self.bar_total, completed=self.bar_done)
         return self
 
     def __exit__(self, *exc):
         if self.enabled:
             self.progress.stop()
 
-    def _update(self, trial: Any, advance: int = 0, cost: float | None = None) -> None:
+    def _cost(self, trial: Any, failed: bool) -> float:
+        result = trial.last_result or {}
+        if self.unit == "CPU-s":
+            return self.failed_cpu.get(trial.trial_id, 0.0) if failed else result.get(CPU_SECONDS, 0.0)
+        if self.unit == "full trials":  # as study.trainings_spent counts it
+            return float(result.get(FIDELITY, 0.0 if failed else 1.0))
+        return 1.0
+
+    def _update(self, trial: Any, failed: bool = False) -> None:
         if not self.enabled:
             return
-        self.done += advance
-        cost = (trial.last_result or {}).get(CPU_SECONDS, 0.0) if cost is None else cost
+        self.done += 1
         best = f"best {self.metric_name} {self.best:.4f}" if self.best is not None else "no result yet"
         extra = f", {self.failed} failed" if self.failed else ""
-        if self.cpu_budget_s:  # the bar counts CPU-seconds: say how many trials they bought
-            extra = f", {self.done} trials{extra}"
-            advance = cost if advance else 0
-        self.progress.update(self.task, advance=advance, description=f"{best}{extra}")
+        if self.unit:  # the bar counts a budget: say how many trials it bought
+            extra = f", {self.done} trial{'s' * (self.done != 1)}{extra}"
+        self.progress.update(self.task, advance=self._cost(trial, failed), description=f"{best}{extra}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(METRIC)
@@ -290,10 +307,10 @@ class ProgressCallback(Callback):
             self.best = value
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._update(trial, advance=1)
+        self._update(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         if trial.trial_id in self.asked_again:  # its retry will advance the bar
             return
         self.failed += 1
-        self._update(trial, advance=1, cost=self.failed_cpu.get(trial.trial_id, 0.0))
+        self._update(trial, failed=True)

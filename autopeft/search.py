@@ -9,6 +9,7 @@ validating inputs does not start or configure Ray.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -33,9 +34,15 @@ def _field_help(text: str) -> dict[str, Any]:
 SCHEDULERS = ("fifo", "sh")
 # A search bounded by --cpu-budget-s alone: a trial cap it does not reach first.
 BUDGETED_NUM_SAMPLES = 1000
-# Every trial at the full budget stays the default until benchmarks/multifidelity.py has been
-# run on the three tasks and shows successive halving ahead (benchmarks/README.md).
-DEFAULT_SCHEDULER = "fifo"
+# What says when a search ends; --resume NAME may move it.
+TARGET_FIELDS = ("num_samples", "cpu_budget_s", "full_trials")
+# Successive halving: at equal CPU it ended with a larger full-fidelity front than full-budget GP
+# (benchmarks/multifidelity.py; benchmarks/README.md, "Multi-fidelity").
+DEFAULT_SCHEDULER = "sh"
+# A search given no count and no CPU budget trains as much as this many full-budget trials do:
+# that many trials under fifo, more and shorter ones under sh. (A count of trials would make
+# halving's default search cheaper and its front one or two full-budget points.)
+DEFAULT_FULL_TRIALS = 8
 
 
 @dataclass(frozen=True)
@@ -48,8 +55,15 @@ class SearchSettings:
     task: str = field(default="sst2", metadata=_field_help("a shipped task or a task YAML path"))
     space: str = field(default="autopeft", metadata=_field_help("a shipped search space or a YAML path"))
     budget: TrainBudget = field(default_factory=TrainBudget)
-    num_samples: int = field(default=8, metadata=_field_help(
-        f"number of trials (with --cpu-budget-s, the most trials: default {BUDGETED_NUM_SAMPLES})"))
+    num_samples: int | None = field(default=None, metadata=_field_help(
+        "number of trials (the most trials, with --full-trials or --cpu-budget-s). Default: set by "
+        "--full-trials under fifo; under sh, as many as --full-trials could pay for at the lowest rung; "
+        f"with --cpu-budget-s, {BUDGETED_NUM_SAMPLES}"))
+    full_trials: float | None = field(default=None, metadata=_field_help(
+        "the search's size in full-budget trials: it ends when its trials have trained, together, as much "
+        "as this many trials at the full budget (under fifo: this many trials; under sh a trial stopped at "
+        "a rung counts that rung's share of the budget, so more, shorter trials run). "
+        f"Default: {DEFAULT_FULL_TRIALS} when neither --num-samples nor --cpu-budget-s is given"))
     cpu_budget_s: float | None = field(default=None, metadata=_field_help(
         "CPU-seconds the trials may use in all (each trial's process: building, training, scoring, measuring; "
         "summed over trials). No trial starts that is not expected to fit, at the mean cost of the trials so far"))
@@ -91,6 +105,23 @@ class SearchSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))
+        full = self.full_trials
+        if full is None and self.num_samples is None and self.cpu_budget_s is None:
+            full = DEFAULT_FULL_TRIALS
+        if full is not None and full > 0 and self.scheduler != "sh":  # every trial is a full one: a count says it
+            if self.num_samples is None:
+                object.__setattr__(self, "num_samples", math.ceil(full))
+            full = None
+        object.__setattr__(self, "full_trials", full)
+        if self.num_samples is None:
+            object.__setattr__(self, "num_samples", BUDGETED_NUM_SAMPLES if full is None else self._most_trials(full))
+
+    def _most_trials(self, full_trials: float) -> int:
+        """A cap no search under sh reaches unless its trials fail: what ``full_trials`` pays for at
+        the lowest rung's share of the budget."""
+        if self.rungs < 2 or self.reduction_factor < 2:  # refused in prepare, with the flag's name
+            return BUDGETED_NUM_SAMPLES
+        return math.ceil(full_trials / rung_fractions(self.rungs, self.reduction_factor)[0])
 
     def objective_entries(self) -> dict[str, Objective]:
         return resolve_objectives(self.objectives)
@@ -144,6 +175,8 @@ def prepare(settings: SearchSettings) -> Prepared:
     check_ray_address(settings.ray_address)
     if settings.sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {settings.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if settings.full_trials is not None and not settings.full_trials > 0:
+        raise ConfigError(f"--full-trials must be positive, got {settings.full_trials:g}")
     if settings.num_samples < 1 or settings.max_concurrent_trials < 1:
         raise ConfigError("--num-samples and --max-concurrent-trials must be at least 1")
     if settings.cpu_budget_s is not None and not settings.cpu_budget_s > 0:
@@ -195,7 +228,7 @@ def _check_rungs(settings: SearchSettings, train: Any) -> None:
     total = settings.budget.total_steps(len(train))
     if total < settings.rungs:
         raise ConfigError(f"--rungs {settings.rungs} needs at least {settings.rungs} training steps, and the budget "
-                          f"gives {total}; lower --rungs or raise --train-examples / --epochs")
+                          f"gives {total}; lower --rungs, raise --train-examples / --epochs, or use --scheduler fifo")
 
 
 def _rung_context(settings: SearchSettings, objectives: dict[str, Objective]) -> tuple[tuple[float, ...], tuple[str, ...]]:
@@ -272,6 +305,7 @@ def open_stores(prep: Prepared) -> Stores:
         "model": settings.model, "task": prep.task.name, "space": settings.space, "sampler": settings.sampler,
         "num_samples": settings.num_samples,
         **({"cpu_budget_s": settings.cpu_budget_s} if settings.cpu_budget_s is not None else {}),
+        **({"full_trials": settings.full_trials} if settings.full_trials is not None else {}),
         schema.OBJECTIVES_PARAM: ",".join(prep.objectives),
         "seed": settings.seed, **{f"{schema.BUDGET_PREFIX}{k}": v for k, v in settings.budget.to_dict().items()},
         "scheduler": settings.scheduler, "top_seeds": settings.top_seeds,
@@ -297,11 +331,10 @@ def open_stores(prep: Prepared) -> Stores:
         study.set_user_attr(studies.SETTINGS_ATTR, settings.to_dict())
         for point in prep.space.warm_start_points(prep.model.num_layers):
             study.enqueue_trial(point, skip_if_exists=True)
-    elif (stored.get("num_samples"), stored.get("cpu_budget_s")) != (settings.num_samples, settings.cpu_budget_s):
+    elif {k: stored.get(k) for k in TARGET_FIELDS} != {k: getattr(settings, k) for k in TARGET_FIELDS}:
         # Continued with a new target (--resume NAME --num-samples / --cpu-budget-s): later resumes
         # and drivers joining it read the target from here. MLflow's parent params keep the first.
-        study.set_user_attr(studies.SETTINGS_ATTR, {**stored, "num_samples": settings.num_samples,
-                                                    "cpu_budget_s": settings.cpu_budget_s})
+        study.set_user_attr(studies.SETTINGS_ATTR, {**stored, **{k: getattr(settings, k) for k in TARGET_FIELDS}})
     owner = studies.this_process()
     # Reclaims dead drivers' trials now (resume, joining) and at every beat while this one runs.
     heartbeat = Heartbeat(study, settings.storage_url(), owner, on_reclaimed=tracker.mark_interrupted)
@@ -319,19 +352,19 @@ def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> No
     from ray import tune
 
     from autopeft import ray_glue
-    from autopeft.study import counted, cpu_spent, target_reached
+    from autopeft.study import counted, cpu_spent, target_reached, trainings_spent
     from autopeft.trial import ray_trainable
 
     settings = prep.settings
     trials = stores.study.get_trials(deepcopy=False)
-    if target_reached(trials, settings.num_samples, settings.cpu_budget_s):
+    if target_reached(trials, settings.num_samples, settings.cpu_budget_s, settings.full_trials):
         return
     done = len(counted(trials))
     started_ray = False
     tracking = ray_glue.TrackingCallback(stores.tracker)
     progress = ray_glue.ProgressCallback(settings.num_samples, prep.task.primary_metric, show_progress, done,
                                          tracking.asked_again, settings.cpu_budget_s, cpu_spent(trials),
-                                         tracking.failed_cpu)
+                                         tracking.failed_cpu, settings.full_trials, trainings_spent(trials))
     try:
         if not ray.is_initialized():
             connect(settings.ray_address)
@@ -341,7 +374,7 @@ def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> No
             mode=list(directions(prep.objectives).values()), sampler=stores.sampler, storage=stores.storage,
             study_name=settings.name, seed=settings.seed, target=settings.num_samples, owner=stores.owner,
             retry_lost_trials=settings.retry_lost_trials, cpu_budget_s=settings.cpu_budget_s,
-            limits=limit_objectives(settings.limits), vetting=_vetting(prep), on_reuse=stores.tracker.trial_reused)
+            full_trials=settings.full_trials, limits=limit_objectives(settings.limits), vetting=_vetting(prep), on_reuse=stores.tracker.trial_reused)
         tracking.searcher = searcher  # records each failure in the study, with its reason
         trainable = tune.with_resources(
             tune.with_parameters(ray_trainable, context=prep.context.to_dict()),

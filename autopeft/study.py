@@ -161,11 +161,7 @@ def cpu_budget_allows_another(trials: Collection[FrozenTrial], cpu_budget_s: flo
     """Whether one more trial is expected to fit in ``cpu_budget_s``: what finished trials spent,
     plus the running ones and the new one at the mean cost of those that finished (under
     successive halving that mean includes the cheap stopped trials, as the next one may be)."""
-    if cpu_budget_s is None:
-        return True
-    running = sum(t.state == TrialState.RUNNING for t in trials)
-    per_trial = _mean_trial_cost(trials) or 0.0  # nothing finished yet: start as many as run at once
-    return cpu_spent(trials) + (running + 1) * per_trial <= cpu_budget_s
+    return cpu_budget_s is None or _room_for_another(trials, cpu_budget_s, cpu_spent(trials), _mean_trial_cost(trials))
 
 
 def _mean_trial_cost(trials: Collection[FrozenTrial]) -> float | None:
@@ -174,27 +170,65 @@ def _mean_trial_cost(trials: Collection[FrozenTrial]) -> float | None:
     return sum(costs) / len(costs) if costs else None
 
 
-def expected_trials(trials: Collection[FrozenTrial], target: int, cpu_budget_s: float | None = None) -> int:
+def _training(t: FrozenTrial) -> float:
+    """Full-budget trials' worth of training one finished trial did: 1 at the full budget, the
+    share of the full budget's steps where successive halving stopped it, nothing for a duplicate
+    answered from the study; a failed trial counts the rung it reached, if it reported one."""
+    from autopeft.reuse import REUSE_ATTR  # (reuse imports this module)
+
+    if t.state == TrialState.COMPLETE:
+        return 0.0 if REUSE_ATTR in t.user_attrs else float(t.user_attrs.get(FIDELITY_ATTR, 1.0))
+    return float(t.user_attrs.get(FIDELITY_ATTR, 0.0)) if t.state == TrialState.FAIL else 0.0
+
+
+def trainings_spent(trials: Iterable[FrozenTrial]) -> float:
+    """What ``--full-trials`` adds up: the study's finished trials' training, in full-budget trials."""
+    return sum(_training(t) for t in counted(trials))
+
+
+def _room_for_another(trials: Collection[FrozenTrial], budget: float, spent: float, per_trial: float | None) -> bool:
+    """What finished trials spent, plus the running ones and a new one at the mean cost of those
+    that finished, within ``budget``?"""
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    return spent + (running + 1) * (per_trial or 0.0) <= budget  # nothing finished: start as many as run at once
+
+
+def _mean_training(trials: Collection[FrozenTrial]) -> float | None:
+    from autopeft.reuse import REUSE_ATTR
+
+    costs = [_training(t) for t in counted(trials) if t.state == TrialState.COMPLETE and REUSE_ATTR not in t.user_attrs]
+    return sum(costs) / len(costs) if costs else None
+
+
+def expected_trials(trials: Collection[FrozenTrial], target: int, cpu_budget_s: float | None = None,
+                    full_trials: float | None = None) -> int:
     """How many counted trials the search will run: ``target``, or fewer where ``cpu_budget_s``
-    runs out first at the finished trials' mean cost (the rule ``cpu_budget_allows_another``
-    stops on). A sampler sizes its random start-up phase from it (``GPSampler.plan_trials``)."""
-    per_trial = _mean_trial_cost(trials) if cpu_budget_s is not None else None
-    if per_trial is None or per_trial <= 0:
-        return target
+    or ``full_trials`` runs out first at the finished trials' mean cost (the rule
+    ``target_reached`` stops on). A sampler sizes its random start-up phase from it
+    (``GPSampler.plan_trials``)."""
     done = sum(t.state != TrialState.RUNNING for t in counted(trials))
-    return min(target, done + int(max(0.0, cpu_budget_s - cpu_spent(trials)) // per_trial))
+    out = target
+    for budget, spent, per_trial in ((cpu_budget_s, cpu_spent, _mean_trial_cost),
+                                     (full_trials, trainings_spent, _mean_training)):
+        mean = per_trial(trials) if budget is not None else None
+        if mean:
+            out = min(out, done + int(max(0.0, budget - spent(trials)) // mean))
+    return out
 
 
-def target_reached(trials: Collection[FrozenTrial], target: int, cpu_budget_s: float | None = None) -> bool:
+def target_reached(trials: Collection[FrozenTrial], target: int, cpu_budget_s: float | None = None,
+                   full_trials: float | None = None) -> bool:
     """A search's stopping rule, one place for every driver and reader: ``target`` counted
-    trials, or no room in ``cpu_budget_s`` for another one."""
-    return len(counted(trials)) >= target or not cpu_budget_allows_another(trials, cpu_budget_s)
+    trials, or no room in ``cpu_budget_s`` or in ``full_trials`` for another one."""
+    return (len(counted(trials)) >= target or not cpu_budget_allows_another(trials, cpu_budget_s)
+            or (full_trials is not None
+                and not _room_for_another(trials, full_trials, trainings_spent(trials), _mean_training(trials))))
 
 
 def ask_within_target(study: optuna.Study, target: int, owner: str,
-                      cpu_budget_s: float | None = None) -> optuna.Trial | str:
+                      cpu_budget_s: float | None = None, full_trials: float | None = None) -> optuna.Trial | str:
     """Ask the study's next trial for ``owner`` unless it holds ``target`` counted trials, or
-    another trial is not expected to fit in ``cpu_budget_s`` (``cpu_budget_allows_another``).
+    another trial is not expected to fit in ``cpu_budget_s`` or ``full_trials`` (``target_reached``).
 
     Atomic across drivers (``study_lock``): two drivers at the target never both ask. Returns the
     trial, stamped with its owner and its first heartbeat, else FULL or WAIT.
@@ -202,15 +236,15 @@ def ask_within_target(study: optuna.Study, target: int, owner: str,
     # Optuna wraps the RDB storage of a study in a cache; the lock needs the database behind it.
     with study_lock(getattr(study._storage, "_backend", study._storage), study.study_name):
         trials = study.get_trials(deepcopy=False)
-        if target_reached(trials, target, cpu_budget_s):
+        if target_reached(trials, target, cpu_budget_s, full_trials):
             # Wait for running trials, whoever runs them: a lost one is asked again and a dead
             # driver's is reclaimed, and this driver must still be asking then. Trials nobody can
             # tell alive (another host, no heartbeat) are not waited for.
             running = [t for t in counted(trials) if t.state == TrialState.RUNNING]
             return WAIT if any(driver_alive(t) is not None for t in running) else FULL
         plan = getattr(study.sampler, "plan_trials", None)
-        if plan is not None:  # a search bounded by CPU runs fewer trials than its target
-            plan(expected_trials(trials, target, cpu_budget_s))
+        if plan is not None:  # a search bounded by CPU or training runs fewer trials than its target
+            plan(expected_trials(trials, target, cpu_budget_s, full_trials))
         trial = study.ask()
         # Stamp the owner before sampling (many writes): a driver killed mid-sampling must still
         # leave a trial that the next run recognises as a dead driver's.

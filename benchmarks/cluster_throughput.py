@@ -41,6 +41,7 @@ def run_once(nodes: int, args: argparse.Namespace, work: Path) -> dict:
         settings = SearchSettings(
             name=f"throughput-{nodes}node-{time.strftime('%H%M%S')}", model=args.model, task=args.task, space=args.space,
             num_samples=args.trials, max_concurrent_trials=2, cpus_per_trial=1, sampler="random", seed=args.seed,
+            scheduler="fifo",  # trials of one length, so that trials per hour compare node counts
             budget=TrainBudget(train_examples=args.train_examples, eval_examples=args.eval_examples, seed=args.seed),
             data_dir=str(Path(args.data_dir).resolve()), workdir=str(work / "runs"), tracking_uri=f"sqlite:///{work / 'mlflow.db'}", ray_address=address)
         load_before = os.getloadavg()[0]

@@ -290,16 +290,33 @@ def per_seed(curves: dict, method: str = "sh+gp") -> list[dict]:
     return out
 
 
-def first_trials(rows: list[dict], n: int) -> list[dict]:
-    """What the first ``n`` trials of each run give (the default search asks 8): full-fidelity
-    trials among them, CPU-s spent by then, and the best full-fidelity metric. Runs are one trial
-    at a time, so a run's first ``n`` trials are what an ``n``-trial search of that method asks."""
+def default_sized(run: list[dict], full_trials: float) -> list[dict]:
+    """The trials a search of ``full_trials`` (``--full-trials``; the default search's size) asks
+    of this run, one at a time: another while what the trials trained, plus one more at their
+    mean, fits (``study.target_reached``'s rule). Under fifo that is ``full_trials`` trials."""
+    taken: list[dict] = []
+    spent = 0.0
+    for r in run:
+        if taken and spent + spent / len(taken) > full_trials:
+            break
+        taken.append(r)
+        spent += float(r["fidelity"])
+    return taken
+
+
+def first_trials(rows: list[dict], curves: dict, full_trials: float) -> list[dict]:
+    """What a default-sized search of each run gives (``default_sized``): its trials, the
+    full-fidelity ones among them, CPU-s spent, the best full-fidelity metric and the front's
+    hypervolume. Runs are one trial at a time, so a run's first trials are what a smaller search
+    of that method asks."""
     out = []
     for key in sorted({(r["task"], r["method"], r["seed"]) for r in rows}):
-        run = sorted((r for r in rows if (r["task"], r["method"], r["seed"]) == key), key=lambda r: r["trial"])[:n]
+        run = default_sized(sorted((r for r in rows if (r["task"], r["method"], r["seed"]) == key),
+                                   key=lambda r: r["trial"]), full_trials)
         full = [r["metric"] for r in run if r["full_fidelity"]]
-        out.append({"task": key[0], "method": key[1], "seed": key[2], "full_fidelity": len(full),
-                    "cpu_seconds": run[-1]["cpu_seconds"], "best": max(full, default=math.nan)})
+        out.append({"task": key[0], "method": key[1], "seed": key[2], "trials": len(run), "full_fidelity": len(full),
+                    "cpu_seconds": run[-1]["cpu_seconds"], "best": max(full, default=math.nan),
+                    "hv": curves[key][len(run) - 1][1]})
     return out
 
 
@@ -403,20 +420,19 @@ def main() -> None:
         for r in seeds:
             print(f"| {r['task']} | {r['seed']} | {r['best_method']} | {never(r['method_cpu'])} | {never(r['gp_cpu'])} "
                   f"| {r['ratio']} |")
-    from autopeft.search import SearchSettings
+    from autopeft.search import DEFAULT_FULL_TRIALS
 
-    default_trials = SearchSettings.__dataclass_fields__["num_samples"].default
-    first = [r for r in first_trials(rows, default_trials) if r["method"] in ("gp", "sh+gp")]
+    first = [r for r in first_trials(rows, curves, DEFAULT_FULL_TRIALS) if r["method"] in ("gp", "sh+gp")]
     if first:
-        print(f"\nThe first {default_trials} trials (what a default-sized search asks): full-fidelity trials, "
-              "CPU-s spent, best full-fidelity metric, per seed")
-        print("| task | method | full-fidelity | CPU-s | best |\n|---|---|---|---|---|")
+        print(f"\nA default-sized search ({DEFAULT_FULL_TRIALS} full trials' worth of training): its trials, the "
+              "full-fidelity ones, CPU-s spent, best full-fidelity metric and the front's hypervolume, per seed")
+        print("| task | method | trials | full-fidelity | CPU-s | best | HV |\n|---|---|---|---|---|---|---|")
         for task, method in sorted({(r["task"], r["method"]) for r in first}):
             mine = [r for r in first if (r["task"], r["method"]) == (task, method)]
-            full = " ".join(str(r["full_fidelity"]) for r in mine)
-            cpu = " ".join(f"{r['cpu_seconds']:.0f}" for r in mine)
-            best = " ".join(f"{r['best']:.3f}" for r in mine)
-            print(f"| {task} | {method} | {full} | {cpu} | {best} |")
+            cells = [" ".join(fmt.format(r[k]) for r in mine)
+                     for k, fmt in (("trials", "{}"), ("full_fidelity", "{}"), ("cpu_seconds", "{:.0f}"),
+                                    ("best", "{:.3f}"), ("hv", "{:.3f}"))]
+            print(f"| {task} | {method} | " + " | ".join(cells) + " |")
     agreement = rung_agreement(rows)
     if agreement:
         print("\nDoes a rung order trials as the next does? (Spearman, pooled over seeds; promoted trials only)")

@@ -56,7 +56,7 @@ def search(root: Path, name: str, data_dir: str, budget: TrainBudget, trials: in
     settings = SearchSettings(name=name, task="sst2", space=str(space), budget=budget, num_samples=trials,
                               max_concurrent_trials=concurrent, cpus_per_trial=1, data_dir=data_dir,
                               workdir=str(root / name), tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-                              reuse_workers=reuse_workers)
+                              reuse_workers=reuse_workers, scheduler="fifo")  # N equal trials: no halving
     t0 = time.perf_counter()
     result = run_search(settings, show_progress=False)
     wall = time.perf_counter() - t0

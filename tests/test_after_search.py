@@ -39,6 +39,7 @@ def search(tiny_bert, tiny_task, tmp_path_factory):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     settings = SearchSettings(
         name="tiny-after", model=tiny_bert, task=tiny_task, space="hybrid", num_samples=2, max_concurrent_trials=2,
+        scheduler="fifo",
         budget=TrainBudget(train_examples=32, eval_examples=32, batch_size=16), workdir=str(root / "runs"),
         tracking_uri=uri)
     result = run_search(settings, show_progress=False)

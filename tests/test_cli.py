@@ -51,3 +51,26 @@ def test_resume_moves_only_the_target():
     assert (budgeted.num_samples, budgeted.cpu_budget_s) == (BUDGETED_NUM_SAMPLES, 300.0)
     assert extend_target(budgeted, None, 600.0).cpu_budget_s == 600.0
     assert extend_target(budgeted, 12, None).num_samples == 12 and extend_target(budgeted, 12, None).cpu_budget_s == 300.0
+    sized = SearchSettings(name="s", scheduler="sh")  # the default: 8 full trials' worth
+    assert extend_target(sized, None, None, 12.0).full_trials == 12.0
+    assert extend_target(sized, None, None, 12.0).num_samples == 12 * 9, "its cap as for a new search"
+    assert (extend_target(sized, 20, None).num_samples, extend_target(sized, 20, None).full_trials) == (20, None), \
+        "a count given ends the stored size: it would stop the search first"
+    assert extend_target(sized, None, 300.0).full_trials is None
+
+
+def test_a_default_search_trains_eight_full_trials_worth():
+    from autopeft.search import BUDGETED_NUM_SAMPLES, DEFAULT_FULL_TRIALS, DEFAULT_SCHEDULER, SearchSettings
+
+    halving = SearchSettings(name="s", scheduler="sh")
+    assert (halving.full_trials, halving.num_samples) == (DEFAULT_FULL_TRIALS, DEFAULT_FULL_TRIALS * 9), \
+        "more, shorter trials; at most as many as 8 full trials pay for at rung 0's 1/9"
+    assert (SearchSettings(name="s", scheduler="fifo").num_samples, SearchSettings(name="s", scheduler="fifo").full_trials) \
+        == (DEFAULT_FULL_TRIALS, None), "under fifo every trial is a full one: the count says it"
+    assert SearchSettings(name="s", scheduler="fifo", full_trials=4.5).num_samples == 5
+    assert SearchSettings(name="s").scheduler == DEFAULT_SCHEDULER
+    assert (SearchSettings(name="s", scheduler="sh", num_samples=5).full_trials,
+            SearchSettings(name="s", scheduler="sh", cpu_budget_s=60.0).full_trials) == (None, None), \
+        "a count or a CPU budget given is the target"
+    assert SearchSettings(name="s", scheduler="sh", cpu_budget_s=60.0).num_samples == BUDGETED_NUM_SAMPLES
+    assert SearchSettings.from_dict(halving.to_dict()) == halving, "a resumed search keeps its size"

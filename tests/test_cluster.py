@@ -75,7 +75,7 @@ def cluster(tmp_path_factory, data_dir):
 def _search_cmd(cluster, tiny_bert, name: str, trials: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "autopeft.cli", "search", "--name", name, "--model", tiny_bert, "--task", "sst2",
             "--space", "hybrid", "--num-samples", str(trials), "--max-concurrent-trials", "2", "--cpus-per-trial", "1",
-            "--eval-examples", "32", "--batch-size", "16", "--seed", "0",
+            "--eval-examples", "32", "--batch-size", "16", "--seed", "0", "--scheduler", "fifo",
             "--ray-address", cluster["address"], "--storage", cluster["storage"],
             "--tracking-uri", cluster["tracking_uri"], "--workdir", str(cluster["work"] / "runs"), *extra]
 

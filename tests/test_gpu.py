@@ -48,7 +48,7 @@ def test_trial_trains_on_cuda_with_autocast_and_reports_cuda_memory(tiny_bert, t
 def test_search_trials_take_gpu_resources(tiny_bert, tiny_task, tmp_path):
     from autopeft.search import SearchSettings, run_search
 
-    settings = SearchSettings(name="gpu-search", model=tiny_bert, task=tiny_task, space="lora", num_samples=2,
+    settings = SearchSettings(name="gpu-search", model=tiny_bert, task=tiny_task, space="lora", num_samples=2, scheduler="fifo",
                               max_concurrent_trials=1, gpus_per_trial=1, budget=BUDGET,
                               workdir=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     result = run_search(settings, show_progress=False)

@@ -212,6 +212,38 @@ def test_a_lost_trial_is_told_from_a_failing_one(text, category):
     assert classify_failure(noted) == classify_failure(text) and failed_cpu_seconds(noted) == 12.5
 
 
+def test_full_trials_count_what_each_trial_trained(tmp_path):
+    # --full-trials under successive halving: a trial stopped at a rung counts that rung's share
+    # of the full budget, a duplicate answered from the study nothing; the rule is the CPU budget's.
+    from autopeft.reuse import REUSE_ATTR
+
+    study, _ = _new_study(tmp_path)
+    me = studies.this_process()
+
+    def ask(full: float):
+        return studies.ask_within_target(study, TARGET, me, full_trials=full)
+
+    def finish(trial, fidelity: float, **attrs):
+        for key, value in {studies.FIDELITY_ATTR: fidelity, **attrs}.items():
+            trial.set_user_attr(key, value)
+        study.tell(trial, 0.5)
+
+    first, second = ask(2.0), ask(2.0)  # nothing finished yet: nothing to expect a cost from
+    finish(first, 1.0)
+    assert ask(2.0) == studies.WAIT, "1 trained + the running one and a new one at 1 each pass 2"
+    finish(second, 1 / 9)
+    assert studies.trainings_spent(study.trials) == pytest.approx(10 / 9)
+    third = ask(2.0)  # 10/9 + one more at the mean, 5/9, fits in 2
+    finish(third, 1 / 9, **{REUSE_ATTR: 1})  # a duplicate: trained nothing, and not in the mean
+    assert studies.trainings_spent(study.trials) == pytest.approx(10 / 9)
+    assert studies.expected_trials(study.trials, TARGET, full_trials=2.0) == 3 + 1  # 8/9 left at 5/9 each
+    fourth = ask(2.0)
+    fourth.suggest_int("x", 0, 10)
+    study.tell(fourth, state=TrialState.FAIL)  # failed before its first rung: trained nothing counted
+    assert studies.trainings_spent(study.trials) == pytest.approx(10 / 9)
+    assert ask(1.6) == studies.FULL and ask(2.0) not in (studies.FULL, studies.WAIT)
+
+
 def test_a_cpu_budget_sizes_the_samplers_start_up_phase(tmp_path):
     # Built for 200 trials, the GP sampler would draw 10 at random; a budget that buys 9 leaves it
     # samplers._startup(9) = 2, and a later, cheaper estimate does not send it back to random draws.

@@ -9,8 +9,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from autopeft import study as studies
 from autopeft.config import PeftConfig, TrainBudget
 from autopeft.results import load_search
+from autopeft.reuse import REUSE_ATTR
 from autopeft.schema import STOPPED_TAG
 from autopeft.search import SearchSettings, run_search
 from autopeft.study import FIDELITY_ATTR, RUNG_ATTR, RUNG_VALUES_ATTR, STOPPED_ATTR
@@ -38,7 +40,7 @@ def halved(tiny_bert, tiny_task, tmp_path_factory):
     space = root / "lora.yaml"
     space.write_text(SPACE)
     settings = SearchSettings(
-        name="halved", model=tiny_bert, task=tiny_task, space=str(space), num_samples=4, max_concurrent_trials=1,
+        name="halved", model=tiny_bert, task=tiny_task, space=str(space), num_samples=4, full_trials=2.0, max_concurrent_trials=1,
         budget=TrainBudget(train_examples=96, eval_examples=48, epochs=3, batch_size=16),
         workdir=str(root / "runs"), tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
         scheduler="sh", rungs=3, reduction_factor=3)
@@ -55,10 +57,19 @@ def test_some_trials_stop_at_rung_0_and_some_reach_the_top(halved):
     assert trials[1].user_attrs[STOPPED_ATTR] == 0 and trials[1].user_attrs[FIDELITY_ATTR] == pytest.approx(1 / 9)
     # Each trial's rung values are kept (a resumed scheduler decides against them) and Optuna
     # was told the values of the highest rung reached.
-    for t in trials:
+    for t in (t for t in trials if REUSE_ATTR not in t.user_attrs):  # a reuse holds its source's result
         top = t.user_attrs[RUNG_ATTR]
         assert set(range(top + 1)) <= {int(k[len(RUNG_VALUES_ATTR):]) for k in t.user_attrs if k.startswith(RUNG_VALUES_ATTR)}
         assert t.values == [t.user_attrs[f"{RUNG_VALUES_ATTR}{top}"][k] for k in ("metric", "trainable_params")]
+
+
+def test_the_study_counts_what_the_trials_trained_in_full_trials(halved):
+    settings, _ = halved  # 4 trials within 2 full trials' worth: both targets went to the searcher
+    trials = optuna.load_study(study_name="halved", storage=settings.storage_url()).trials
+    spent = studies.trainings_spent(trials)
+    assert spent == pytest.approx(sum(t.user_attrs[FIDELITY_ATTR] for t in trials)) and spent <= 2.0
+    assert studies.target_reached(trials, 4, full_trials=2.0)
+    assert not studies.target_reached(trials, 5, full_trials=2.0), "the count ended it, within the full trials"
 
 
 def test_mlflow_agrees_and_the_front_is_full_fidelity_only(halved):
@@ -82,7 +93,7 @@ def test_mlflow_agrees_and_the_front_is_full_fidelity_only(halved):
     assert record.front and all(r.status == "COMPLETE" and r["fidelity"] == 1.0 for r in record.front)
     assert not any(r.pareto for r in record.trials if r.status == "STOPPED")
     parent = client.get_run(result.parent_run_id)
-    assert parent.data.params["scheduler"] == "sh"
+    assert parent.data.params["scheduler"] == "sh" and float(parent.data.params["full_trials"]) == 2.0
     assert parent.data.metrics["trials_stopped"] == sum(r.status == "STOPPED" for r in record.trials) >= 1
 
 

@@ -110,6 +110,7 @@ def test_a_plugin_objective_and_latency_reach_optuna_mlflow_pareto_and_report(ti
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     settings = SearchSettings(
         name="objectives", model=tiny_bert, task=tiny_task, space="lora", num_samples=3, max_concurrent_trials=2,
+        scheduler="fifo",
         budget=TrainBudget(train_examples=32, eval_examples=32), workdir=str(tmp_path / "runs"), tracking_uri=uri,
         objectives=("metric", "trainable_params", LATENCY_MS, "head_norm"))
     record = run_search(settings, show_progress=False)

@@ -54,6 +54,7 @@ def test_failed_trials_are_recorded_and_the_search_goes_on(tiny_bert, data_dir, 
     space.write_text(FAILING_SPACE)
     settings = SearchSettings(
         name="faults", model=tiny_bert, task="sst2", space=str(space), num_samples=4, max_concurrent_trials=2,
+        scheduler="fifo",
         budget=TrainBudget(train_examples=512, eval_examples=32, epochs=1), data_dir=str(data_dir),
         workdir=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
         trial_memory_limit_mb=150)
@@ -228,6 +229,7 @@ def test_same_seed_same_configurations_and_metrics(tiny_bert, tiny_task, tmp_pat
     def run(name: str):
         settings = SearchSettings(
             name=name, model=tiny_bert, task=tiny_task, space="hybrid", num_samples=3, max_concurrent_trials=1,
+            scheduler="fifo",
             budget=TrainBudget(train_examples=48, eval_examples=32), seed=5, workdir=str(tmp_path / name),
             tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
         return [(r["peft"], r["metric"], r["train_loss"]) for r in run_search(settings, show_progress=False).trials]

@@ -59,6 +59,7 @@ def test_duplicates_are_reused_and_small_configs_refused(tiny_bert, tiny_task, t
     space.write_text(SPACE)
     settings = SearchSettings(
         name="dedup", model=tiny_bert, task=tiny_task, space=str(space), num_samples=3, max_concurrent_trials=1,
+        scheduler="fifo",
         sampler="random", budget=TrainBudget(train_examples=32, eval_examples=32),
         workdir=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     result = run_search(settings, show_progress=False)

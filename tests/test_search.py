@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 def finished_search(tiny_bert, tiny_task, tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
     settings = SearchSettings(
-        name="tiny-search", model=tiny_bert, task=tiny_task, space="hybrid", num_samples=3,
+        name="tiny-search", model=tiny_bert, task=tiny_task, space="hybrid", num_samples=3, scheduler="fifo",
         # Scored on 24 rows held out of the tiny task's 96 training rows (tests/test_after_search.py's
         # search covers the default, the dev split).
         max_concurrent_trials=2, budget=TrainBudget(train_examples=32, eval_examples=32, batch_size=16,
@@ -109,6 +109,7 @@ def test_a_cpu_budget_ends_the_search_before_its_trial_count(tiny_bert, tiny_tas
 
     settings = SearchSettings(
         name="budgeted", model=tiny_bert, task=tiny_task, space="small", num_samples=2, max_concurrent_trials=1,
+        scheduler="fifo",
         budget=TrainBudget(train_examples=32, eval_examples=32, batch_size=16), workdir=str(tmp_path / "runs"),
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     first = run_search(settings, show_progress=False)

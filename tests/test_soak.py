@@ -94,7 +94,7 @@ def test_soak_every_trial_accounted_for_once(tiny_bert, tiny_task, tmp_path):
     t0 = time.monotonic()
     driver = _driver("--name", NAME, "--model", tiny_bert, "--task", tiny_task, "--space", str(space),
                      "--num-samples", str(TRIALS), "--max-concurrent-trials", "2", "--sampler", "random",
-                     "--seed", "0", "--train-examples", "96", "--eval-examples", "48", "--epochs", "2",
+                     "--seed", "0", "--train-examples", "96", "--eval-examples", "48", "--epochs", "2", "--scheduler", "fifo",
                      "--trial-memory-limit-mb", "150", "--retry-lost-trials", "1",
                      "--workdir", str(tmp_path / "runs"), "--tracking-uri", tracking)
     try:
