@@ -41,6 +41,15 @@ def rung_fractions(rungs: int, eta: int) -> tuple[float, ...]:
     return tuple(float(eta) ** (k - rungs + 1) for k in range(rungs))
 
 
+def expected_share(rungs: int, eta: int) -> float:
+    """What one trial trains in expectation, as a share of a full-budget trial, if exactly 1/eta
+    of the trials at each rung go on: each rung adds its steps for the 1/eta**k that reach it
+    (7/27 with 3 rungs, eta 3). Asynchronous promotion lets more go on, so real searches train
+    more per trial than this."""
+    fractions = rung_fractions(rungs, eta)
+    return sum(float(eta) ** -k * (f - (fractions[k - 1] if k else 0.0)) for k, f in enumerate(fractions))
+
+
 def rung_steps(fractions: Sequence[float], total_steps: int) -> tuple[int, ...]:
     """Training steps done at each rung for a trial whose full budget is ``total_steps``.
 

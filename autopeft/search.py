@@ -19,7 +19,7 @@ from typing import Any
 from autopeft.cluster import check_ray_address, check_resources, connect, on_cluster, trial_data_dir
 from autopeft.config import TrainBudget
 from autopeft.errors import ConfigError, DataError
-from autopeft.fidelity import DEFAULT_REDUCTION_FACTOR, DEFAULT_RUNGS, rung_fractions
+from autopeft.fidelity import DEFAULT_REDUCTION_FACTOR, DEFAULT_RUNGS, expected_share, rung_fractions
 from autopeft.objectives import DEFAULT_OBJECTIVES, METRIC, PEAK_MEMORY_MB, Objective, directions, resolve_objectives
 from autopeft.results import SearchRecord
 from autopeft.samplers import DEFAULT_SAMPLER, SAMPLERS
@@ -117,11 +117,19 @@ class SearchSettings:
             object.__setattr__(self, "num_samples", BUDGETED_NUM_SAMPLES if full is None else self._most_trials(full))
 
     def _most_trials(self, full_trials: float) -> int:
-        """A cap no search under sh reaches unless its trials fail: what ``full_trials`` pays for at
-        the lowest rung's share of the budget."""
+        """A cap that only trials which train nothing (failed early, or duplicates answered from the
+        study) let a search reach: what ``full_trials`` pays for at the lowest rung's share."""
         if self.rungs < 2 or self.reduction_factor < 2:  # refused in prepare, with the flag's name
             return BUDGETED_NUM_SAMPLES
         return math.ceil(full_trials / rung_fractions(self.rungs, self.reduction_factor)[0])
+
+    def planned_trials(self) -> int:
+        """The trials a sampler is sized for (its random start-up phase, NSGA-II's population):
+        the count, or under --full-trials what that many full trials buy at halving's expected
+        share per trial (an upper estimate; the GP sampler re-plans from the trials' real cost)."""
+        if self.full_trials is None or self.rungs < 2 or self.reduction_factor < 2:
+            return self.num_samples
+        return min(self.num_samples, math.ceil(self.full_trials / expected_share(self.rungs, self.reduction_factor)))
 
     def objective_entries(self) -> dict[str, Objective]:
         return resolve_objectives(self.objectives)
@@ -317,7 +325,7 @@ def open_stores(prep: Prepared) -> Stores:
 
     Path(settings.workdir).mkdir(parents=True, exist_ok=True)
     storage = studies.open_storage(settings.storage_url())
-    sampler = SAMPLERS[settings.sampler](settings.seed, settings.num_samples)
+    sampler = SAMPLERS[settings.sampler](settings.seed, settings.planned_trials())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=storage, study_name=settings.name, sampler=sampler, load_if_exists=True,
                                 directions=["maximize" if o.direction == "max" else "minimize"

@@ -119,7 +119,7 @@ def _finished(settings) -> bool:
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
     if any(t.state not in finished for t in counted(study.trials)):
         return False
-    return target_reached(study.trials, settings.num_samples, settings.cpu_budget_s)
+    return target_reached(study.trials, settings.num_samples, settings.cpu_budget_s, settings.full_trials)
 
 
 def _choose(front: list[dict], budgets: list[float], k: int) -> list[dict]:

@@ -74,3 +74,5 @@ def test_a_default_search_trains_eight_full_trials_worth():
         "a count or a CPU budget given is the target"
     assert SearchSettings(name="s", scheduler="sh", cpu_budget_s=60.0).num_samples == BUDGETED_NUM_SAMPLES
     assert SearchSettings.from_dict(halving.to_dict()) == halving, "a resumed search keeps its size"
+    # Samplers are sized for what 8 full trials buy if 1/3 go on at each rung (7/27 each): 31, not the cap
+    assert halving.planned_trials() == 31 and SearchSettings(name="s", scheduler="fifo").planned_trials() == 8

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from autopeft.fidelity import (RungLedger, crowding_distance, nondominated_sort, pareto_order, promoted,
-                               rung_fractions, rung_rows, rung_steps)
+from autopeft.fidelity import (RungLedger, crowding_distance, expected_share, nondominated_sort, pareto_order,
+                               promoted, rung_fractions, rung_rows, rung_steps)
 from autopeft.objectives import resolve_objectives
 
 MAXMIN = ["max", "min"]
@@ -75,6 +75,12 @@ def test_rung_ladder():
     assert rung_rows(1 / 9, 48) == 48
     with pytest.raises(ValueError):
         rung_fractions(3, 1)
+
+
+def test_expected_share_of_a_full_trial():
+    # every trial trains 1/9; a third goes on to 1/3 (2/9 more); a ninth to the end (2/3 more)
+    assert expected_share(3, 3) == pytest.approx(1 / 9 + 2 / 27 + 2 / 27)
+    assert expected_share(2, 2) == pytest.approx(1 / 2 + 1 / 4)
 
 
 def test_budget_total_steps():
