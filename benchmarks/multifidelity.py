@@ -295,12 +295,14 @@ def default_sized(run: list[dict], full_trials: float) -> list[dict]:
     of this run, one at a time: another while what the trials trained, plus one more at their
     mean, fits (``study.target_reached``'s rule). Under fifo that is ``full_trials`` trials."""
     taken: list[dict] = []
-    spent = 0.0
+    spent, paid, last_cpu = 0.0, 0, 0.0
     for r in run:
-        if taken and spent + spent / len(taken) > full_trials:
+        if paid and spent + spent / paid > full_trials:
             break
         taken.append(r)
-        spent += float(r["fidelity"])
+        if r["cpu_seconds"] > last_cpu:  # a duplicate answered from the study spent and trained nothing
+            spent, paid = spent + float(r["fidelity"]), paid + 1
+        last_cpu = r["cpu_seconds"]
     return taken
 
 
