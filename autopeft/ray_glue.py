@@ -285,8 +285,8 @@ class ProgressCallback(Callback):
         result = trial.last_result or {}
         if self.unit == "CPU-s":
             return self.failed_cpu.get(trial.trial_id, 0.0) if failed else result.get(CPU_SECONDS, 0.0)
-        if self.unit == "full trials":  # as study.trainings_spent counts it
-            return float(result.get(FIDELITY, 0.0 if failed else 1.0))
+        if self.unit == "full trials":  # as study.trainings_spent counts it: a failed trial, nothing
+            return 0.0 if failed else float(result.get(FIDELITY, 1.0))
         return 1.0
 
     def _update(self, trial: Any, failed: bool = False) -> None:

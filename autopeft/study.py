@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
-from typing import Any, Collection, Iterable, Iterator
+from typing import Any, Callable, Collection, Iterable, Iterator
 
 import optuna
 import psutil
@@ -157,13 +157,6 @@ def cpu_spent(trials: Iterable[FrozenTrial]) -> float:
     return sum(t.user_attrs.get(CPU_SECONDS_ATTR, 0.0) for t in trials)
 
 
-def cpu_budget_allows_another(trials: Collection[FrozenTrial], cpu_budget_s: float | None) -> bool:
-    """Whether one more trial is expected to fit in ``cpu_budget_s``: what finished trials spent,
-    plus the running ones and the new one at the mean cost of those that finished (under
-    successive halving that mean includes the cheap stopped trials, as the next one may be)."""
-    return cpu_budget_s is None or _room_for_another(trials, cpu_budget_s, cpu_spent(trials), _mean_trial_cost(trials))
-
-
 def _mean_trial_cost(trials: Collection[FrozenTrial]) -> float | None:
     costs = [t.user_attrs[CPU_SECONDS_ATTR] for t in trials
              if CPU_SECONDS_ATTR in t.user_attrs and t.state == TrialState.COMPLETE]
@@ -171,26 +164,19 @@ def _mean_trial_cost(trials: Collection[FrozenTrial]) -> float | None:
 
 
 def _training(t: FrozenTrial) -> float:
-    """Full-budget trials' worth of training one finished trial did: 1 at the full budget, the
-    share of the full budget's steps where successive halving stopped it, nothing for a duplicate
-    answered from the study; a failed trial counts the rung it reached, if it reported one."""
+    """Full-budget trials' worth of training one trial counts: 1 at the full budget, the share of
+    the full budget's steps where successive halving stopped it; nothing for a duplicate answered
+    from the study, nor for a failed trial (its CPU still counts towards a CPU budget)."""
     from autopeft.reuse import REUSE_ATTR  # (reuse imports this module)
 
-    if t.state == TrialState.COMPLETE:
-        return 0.0 if REUSE_ATTR in t.user_attrs else float(t.user_attrs.get(FIDELITY_ATTR, 1.0))
-    return float(t.user_attrs.get(FIDELITY_ATTR, 0.0)) if t.state == TrialState.FAIL else 0.0
+    if t.state != TrialState.COMPLETE or REUSE_ATTR in t.user_attrs:
+        return 0.0
+    return float(t.user_attrs.get(FIDELITY_ATTR, 1.0))
 
 
 def trainings_spent(trials: Iterable[FrozenTrial]) -> float:
-    """What ``--full-trials`` adds up: the study's finished trials' training, in full-budget trials."""
+    """What ``--full-trials`` adds up: the study's trials' training, in full-budget trials."""
     return sum(_training(t) for t in counted(trials))
-
-
-def _room_for_another(trials: Collection[FrozenTrial], budget: float, spent: float, per_trial: float | None) -> bool:
-    """What finished trials spent, plus the running ones and a new one at the mean cost of those
-    that finished, within ``budget``?"""
-    running = sum(t.state == TrialState.RUNNING for t in trials)
-    return spent + (running + 1) * (per_trial or 0.0) <= budget  # nothing finished: start as many as run at once
 
 
 def _mean_training(trials: Collection[FrozenTrial]) -> float | None:
@@ -200,19 +186,33 @@ def _mean_training(trials: Collection[FrozenTrial]) -> float | None:
     return sum(costs) / len(costs) if costs else None
 
 
+def _budgets(cpu_budget_s: float | None, full_trials: float | None) -> list[tuple[float, Callable, Callable]]:
+    """The budgets a search has, each as (budget, what the trials spent, the mean cost of a
+    finished trial): CPU-seconds, and training in full-budget trials. One rule reads them all."""
+    return [(budget, spent, mean) for budget, spent, mean in ((cpu_budget_s, cpu_spent, _mean_trial_cost),
+                                                               (full_trials, trainings_spent, _mean_training))
+            if budget is not None]
+
+
+def _room_for_another(trials: Collection[FrozenTrial], budget: float, spent: Callable, mean: Callable) -> bool:
+    """What the trials spent, plus the running ones and a new one at the mean cost of those that
+    finished (under successive halving that mean includes the cheap stopped trials, as the next
+    one may be), within ``budget``? Nothing finished yet: start as many as run at once."""
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    return spent(trials) + (running + 1) * (mean(trials) or 0.0) <= budget
+
+
 def expected_trials(trials: Collection[FrozenTrial], target: int, cpu_budget_s: float | None = None,
                     full_trials: float | None = None) -> int:
-    """How many counted trials the search will run: ``target``, or fewer where ``cpu_budget_s``
-    or ``full_trials`` runs out first at the finished trials' mean cost (the rule
-    ``target_reached`` stops on). A sampler sizes its random start-up phase from it
-    (``GPSampler.plan_trials``)."""
+    """How many counted trials the search will run: ``target``, or fewer where a budget runs out
+    first at the finished trials' mean cost (the rule ``target_reached`` stops on). A sampler
+    sizes its random start-up phase from it (``GPSampler.plan_trials``)."""
     done = sum(t.state != TrialState.RUNNING for t in counted(trials))
     out = target
-    for budget, spent, per_trial in ((cpu_budget_s, cpu_spent, _mean_trial_cost),
-                                     (full_trials, trainings_spent, _mean_training)):
-        mean = per_trial(trials) if budget is not None else None
-        if mean:
-            out = min(out, done + int(max(0.0, budget - spent(trials)) // mean))
+    for budget, spent, mean in _budgets(cpu_budget_s, full_trials):
+        per_trial = mean(trials)
+        if per_trial:
+            out = min(out, done + int(max(0.0, budget - spent(trials)) // per_trial))
     return out
 
 
@@ -220,9 +220,8 @@ def target_reached(trials: Collection[FrozenTrial], target: int, cpu_budget_s: f
                    full_trials: float | None = None) -> bool:
     """A search's stopping rule, one place for every driver and reader: ``target`` counted
     trials, or no room in ``cpu_budget_s`` or in ``full_trials`` for another one."""
-    return (len(counted(trials)) >= target or not cpu_budget_allows_another(trials, cpu_budget_s)
-            or (full_trials is not None
-                and not _room_for_another(trials, full_trials, trainings_spent(trials), _mean_training(trials))))
+    return len(counted(trials)) >= target or not all(
+        _room_for_another(trials, *budget) for budget in _budgets(cpu_budget_s, full_trials))
 
 
 def ask_within_target(study: optuna.Study, target: int, owner: str,

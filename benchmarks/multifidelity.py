@@ -322,6 +322,29 @@ def first_trials(rows: list[dict], curves: dict, full_trials: float) -> list[dic
     return out
 
 
+def sh_vs_gp(curves: dict, first: list[dict], method: str = "sh+gp") -> list[dict]:
+    """``method`` against full-fidelity GP, seed by seed: the ratio of their final hypervolumes,
+    and at the default search's size (``first_trials``) the ratios of CPU-s and hypervolume and
+    the difference of the best full-fidelity metric."""
+    at_default = {(r["task"], r["method"], r["seed"]): r for r in first}
+    out = []
+    for task, seed in sorted({(k[0], k[2]) for k in curves}):
+        mine, gp = curves.get((task, method, seed)), curves.get((task, "gp", seed))
+        a, b = at_default.get((task, method, seed)), at_default.get((task, "gp", seed))
+        if not (mine and gp and a and b):
+            continue
+        out.append({"task": task, "seed": seed, "final_hv": mine[-1][1] / gp[-1][1],
+                    "default_cpu": a["cpu_seconds"] / b["cpu_seconds"], "default_hv": a["hv"] / b["hv"],
+                    "default_best": a["best"] - b["best"]})
+    return out
+
+
+def sign_test(wins: int, n: int) -> float:
+    """Two-sided sign test: the chance of a split at least this uneven if each seed were a coin."""
+    k = max(wins, n - wins)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n)
+
+
 def rung_agreement(rows: list[dict]) -> list[dict]:
     """Does a rung order trials as the next rung does? Per task and halving method, pooled over the
     seeds: Spearman's rank correlation between a trial's metric at rung k and at rung k + 1, over
@@ -435,6 +458,25 @@ def main() -> None:
                      for k, fmt in (("trials", "{}"), ("full_fidelity", "{}"), ("cpu_seconds", "{:.0f}"),
                                     ("best", "{:.3f}"), ("hv", "{:.3f}"))]
             print(f"| {task} | {method} | " + " | ".join(cells) + " |")
+    paired = sh_vs_gp(curves, first)
+    if paired:
+        print("\nsh+gp against gp, seed by seed: final HV ratio; at the default size, CPU-s ratio, HV ratio and "
+              "best-metric difference")
+        print("| task | seed | final HV | default CPU-s | default HV | default best |\n|---|---|---|---|---|---|")
+        for r in paired:
+            print(f"| {r['task']} | {r['seed']} | {r['final_hv']:.2f} | {r['default_cpu']:.2f} | {r['default_hv']:.2f} "
+                  f"| {r['default_best']:+.3f} |")
+        n = len(paired)
+        for key, label in (("final_hv", "final front larger"), ("default_hv", "front larger at the default size")):
+            wins = sum(r[key] > 1 for r in paired)
+            print(f"{label}: {wins} of {n} seeds (ratios {min(r[key] for r in paired):.2f}-"
+                  f"{max(r[key] for r in paired):.2f}, median {statistics.median(r[key] for r in paired):.2f}; "
+                  f"sign test p = {sign_test(wins, n):.3f})")
+        diffs = [r["default_best"] for r in paired]
+        print(f"best metric at the default size: higher on {sum(d > 0 for d in diffs)}, equal on "
+              f"{sum(d == 0 for d in diffs)}, lower on {sum(d < 0 for d in diffs)} "
+              f"(differences {min(diffs):+.3f} to {max(diffs):+.3f}); default CPU-s ratio "
+              f"{min(r['default_cpu'] for r in paired):.2f}-{max(r['default_cpu'] for r in paired):.2f}")
     agreement = rung_agreement(rows)
     if agreement:
         print("\nDoes a rung order trials as the next does? (Spearman, pooled over seeds; promoted trials only)")
