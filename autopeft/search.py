@@ -36,6 +36,11 @@ SCHEDULERS = ("fifo", "sh")
 BUDGETED_NUM_SAMPLES = 1000
 # What says when a search ends; --resume NAME may move it.
 TARGET_FIELDS = ("num_samples", "cpu_budget_s", "full_trials")
+# What makes two trials of one study comparable. Running an existing --name again with any of these
+# changed would mix incomparable trials in one front (or, after a default changed, continue a
+# search under a scheduler it was not started with), so it is refused; --resume NAME keeps them.
+IDENTITY_FIELDS = ("model", "task", "space", "budget", "objectives", "seed", "sampler", "scheduler", "rungs",
+                   "reduction_factor", "top_seeds", "limits")
 # Successive halving: at equal CPU it ended with a larger full-fidelity front than full-budget GP on
 # 8 of 9 seeds, and at the default size as good a front for about the same CPU
 # (benchmarks/multifidelity.py; benchmarks/README.md, "Multi-fidelity").
@@ -148,6 +153,7 @@ class SearchSettings:
         data = dict(data)
         if "memory_objective" in data:  # settings stored by searches before objectives were a list
             data["objectives"] = DEFAULT_OBJECTIVES + ((PEAK_MEMORY_MB,) if data.pop("memory_objective") else ())
+        data.setdefault("scheduler", "fifo")  # stored before schedulers existed: every trial ran at the full budget
         return dataclass_from_dict(cls, {**data, "budget": TrainBudget.from_dict(data["budget"])}, "search settings")
 
     def replace(self, **changes: Any) -> "SearchSettings":
@@ -310,6 +316,11 @@ def open_stores(prep: Prepared) -> Stores:
     from autopeft.tracking import SearchTracker
 
     settings = prep.settings
+    Path(settings.workdir).mkdir(parents=True, exist_ok=True)
+    storage = studies.open_storage(settings.storage_url())
+    stored = studies.find_settings(storage, settings.name)
+    if stored is not None:  # before the MLflow parent run is reopened: a refusal leaves nothing behind
+        check_same_search(settings, stored)
     tracker = SearchTracker(settings.tracking_uri, settings.experiment, settings.name, {
         "model": settings.model, "task": prep.task.name, "space": settings.space, "sampler": settings.sampler,
         "num_samples": settings.num_samples,
@@ -324,8 +335,6 @@ def open_stores(prep: Prepared) -> Stores:
     }, tags={schema.TASK_TAG: prep.task.name, schema.MODEL_TAG: settings.model,
              schema.METRIC_NAME_TAG: prep.task.primary_metric, schema.EVAL_SPLIT_TAG: settings.budget.select_on})
 
-    Path(settings.workdir).mkdir(parents=True, exist_ok=True)
-    storage = studies.open_storage(settings.storage_url())
     sampler = SAMPLERS[settings.sampler](settings.seed, settings.planned_trials())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=storage, study_name=settings.name, sampler=sampler, load_if_exists=True,
@@ -335,7 +344,6 @@ def open_stores(prep: Prepared) -> Stores:
     with warnings.catch_warnings():  # experimental since Optuna 3.2 and unchanged since: not news to users
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([prep.task.primary_metric if k == METRIC else k for k in prep.objectives])
-    stored = study.user_attrs.get(studies.SETTINGS_ATTR)
     if stored is None:  # new: record how to resume it, warm-start it
         study.set_user_attr(studies.SETTINGS_ATTR, settings.to_dict())
         for point in prep.space.warm_start_points(prep.model.num_layers):
@@ -349,6 +357,25 @@ def open_stores(prep: Prepared) -> Stores:
     heartbeat = Heartbeat(study, settings.storage_url(), owner, on_reclaimed=tracker.mark_interrupted)
     heartbeat.reclaim()
     return Stores(tracker, storage, study, sampler, owner, heartbeat)
+
+
+def check_same_search(settings: SearchSettings, stored: dict[str, Any]) -> None:
+    """Refuse to continue the study ``settings.name`` with settings that make its trials another
+    experiment (IDENTITY_FIELDS); the target may change freely."""
+    started = SearchSettings.from_dict(stored).to_dict()
+    asked = settings.to_dict()
+    changed = []
+    for key in IDENTITY_FIELDS:
+        if key == "budget":
+            changed += [(f"budget.{k}", started[key].get(k), v) for k, v in asked[key].items()
+                        if started[key].get(k) != v]
+        elif started[key] != asked[key]:
+            changed.append((key, started[key], asked[key]))
+    if changed:
+        what = "; ".join(f"{key} {old!r}, not {new!r}" for key, old, new in changed)
+        raise ConfigError(
+            f"search {settings.name!r} already exists with other settings ({what}): continue it with "
+            f"--resume {settings.name}, which keeps its own settings, or start a new search under another --name")
 
 
 # ---------------------------------------------------------------------------- phase 3: run trials

@@ -292,6 +292,15 @@ def open_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
                            retry_on=(sqlalchemy.exc.OperationalError,))
 
 
+def find_settings(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any] | None:
+    """The settings the search ``name`` was started with, or None if the storage holds no such study."""
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        return None
+    return storage.get_study_user_attrs(study_id).get(SETTINGS_ATTR)
+
+
 def stored_settings(name: str, storage_url: str) -> dict[str, Any]:
     """The settings a search was started with, for ``--resume NAME``."""
     db = sqlite_path(storage_url)

@@ -97,3 +97,29 @@ def tiny_regression_task(tmp_path_factory, data_dir) -> str:
         "name: tiny_r\nmetrics: [pearson, spearman]\nprimary_metric: pearson\n"
         "local:\n  train: train.tsv\n  dev: dev.tsv\n  text_columns: [a, b]\n  label_column: score\n")
     return str(folder / "tiny_r.yaml")
+
+
+@pytest.fixture(scope="session")
+def ray_for_searches():
+    """Call it before an in-process search: one local Ray for all of them. A search reuses a running
+    Ray and leaves it up (search.run_trials), so this saves a start and a stop (about 6 s) per
+    search. Searches in subprocesses start their own: a Ray that ray.init() started is not found by
+    another process's ray.init() (only `ray start` publishes its address)."""
+    def start() -> None:
+        import ray
+
+        from autopeft.cluster import connect
+
+        if not ray.is_initialized():
+            connect(None)
+    return start
+
+
+@pytest.fixture
+def ray_stopped():
+    """For a test that sets its trials' environment (a plugin module): the shared Ray, started
+    before, would not pass it on, so the search starts its own."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -34,7 +34,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
-def search(tiny_bert, tiny_task, tmp_path_factory):
+def search(tiny_bert, tiny_task, tmp_path_factory, ray_for_searches):
+    ray_for_searches()
     root = tmp_path_factory.mktemp("after-search")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     settings = SearchSettings(

@@ -130,3 +130,21 @@ def test_task_label_outside_its_set(data_dir, tmp_path):
 
 def test_at_least_twenty_bad_inputs_are_covered():
     assert len(SPACE_CASES) + len(OTHER_CASES) + 3 >= 20
+
+
+def test_rerunning_a_name_with_other_settings(data_dir, tmp_path, tiny_bert):
+    """A study started under fifo (the default before halving) is not continued under sh, nor on
+    another budget, by running its --name again; --resume keeps its settings."""
+    import optuna
+
+    from autopeft.search import SearchSettings
+    from autopeft.study import SETTINGS_ATTR
+
+    started = SearchSettings(name="taken", model=tiny_bert, workdir=str(tmp_path / "w"), scheduler="fifo",
+                             num_samples=2)
+    (tmp_path / "w").mkdir()
+    optuna.create_study(study_name="taken", storage=started.storage_url()).set_user_attr(
+        SETTINGS_ATTR, started.to_dict())
+    result = run(["--name", "taken", "--model", tiny_bert, "--train-examples", "64"], data_dir, tmp_path)
+    assert_clear(result, ["search 'taken' already exists with other settings", "scheduler 'fifo', not 'sh'",
+                          "budget.train_examples", "--resume taken"])

@@ -35,7 +35,8 @@ warm_start:
 
 
 @pytest.fixture(scope="module")
-def halved(tiny_bert, tiny_task, tmp_path_factory):
+def halved(tiny_bert, tiny_task, tmp_path_factory, ray_for_searches):
+    ray_for_searches()
     root = tmp_path_factory.mktemp("sh")
     space = root / "lora.yaml"
     space.write_text(SPACE)

@@ -100,7 +100,7 @@ def test_stacked_adapters_on_different_modules_each_merge(tiny_bert):
 
 @pytest.mark.integration
 def test_a_plugin_objective_and_latency_reach_optuna_mlflow_pareto_and_report(tiny_bert, tiny_task, tmp_path,
-                                                                            monkeypatch):
+                                                                            monkeypatch, ray_stopped):
     import tests.plugins.toy_objective  # noqa: F401  (registers "head_norm" in this driver)
     from autopeft.cli import app
     from autopeft.search import SearchSettings, run_search

@@ -54,7 +54,8 @@ warm_start:
 
 
 @pytest.mark.integration
-def test_duplicates_are_reused_and_small_configs_refused(tiny_bert, tiny_task, tmp_path):
+def test_duplicates_are_reused_and_small_configs_refused(tiny_bert, tiny_task, tmp_path, ray_for_searches):
+    ray_for_searches()
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     settings = SearchSettings(

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def finished_search(tiny_bert, tiny_task, tmp_path_factory):
+def finished_search(tiny_bert, tiny_task, tmp_path_factory, ray_for_searches):
+    ray_for_searches()
     root = tmp_path_factory.mktemp("search")
     settings = SearchSettings(
         name="tiny-search", model=tiny_bert, task=tiny_task, space="hybrid", num_samples=3, scheduler="fifo",
@@ -103,7 +104,8 @@ def test_resume_and_export_keep_the_holdout(finished_search):
     assert (exported.budget.select_on, exported.budget.holdout_size, exported.budget.holdout_seed) == ("holdout", 24, 0)
 
 
-def test_a_cpu_budget_ends_the_search_before_its_trial_count(tiny_bert, tiny_task, tmp_path):
+def test_a_cpu_budget_ends_the_search_before_its_trial_count(tiny_bert, tiny_task, tmp_path, ray_for_searches):
+    ray_for_searches()
     from autopeft.schema import cpu_seconds_spent
     from autopeft.study import CPU_SECONDS_ATTR, stored_settings
 
