@@ -46,7 +46,8 @@ CPU_SECONDS_ATTR = "autopeft_cpu_seconds"
 # The sampler's random start-up count when the trial was asked (samplers that have one): with fewer
 # trials finished than that, the trial was a random draw, not the sampler's model's proposal.
 STARTUP_ATTR = "autopeft_sampler_startup"
-# Successive halving, per trial: the objective values at rung k (``autopeft_rung_values_k``), the
+# Successive halving, per trial: the objective values at rung k (``autopeft_rung_values_k``, with
+# the report's ``schema.NO_SKILL`` where it has one), the
 # highest rung reached and its share of the full budget, and the rung a stopped trial stopped at.
 RUNG_VALUES_ATTR = "autopeft_rung_values_"
 RUNG_ATTR, FIDELITY_ATTR, STOPPED_ATTR = "autopeft_rung", "autopeft_fidelity", "autopeft_stopped_at_rung"

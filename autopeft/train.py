@@ -14,7 +14,7 @@ from autopeft.config import TrainBudget
 from autopeft.errors import AutopeftError
 from autopeft.fidelity import rung_rows, rung_steps
 from autopeft.memory import PeakMemory, TrialOutOfMemory
-from autopeft.tasks import Split, TaskSpec, compute_metrics
+from autopeft.tasks import Split, TaskSpec, compute_metrics, constant_score
 
 
 class TrainingDiverged(AutopeftError):
@@ -129,6 +129,9 @@ class TrainResult:
     memory_measure: str
     history: list[dict[str, float]] = field(default_factory=list)
     target_scale: TargetScale | None = None  # regression: what the targets were standardised with
+    # At a rung below the top: the primary metric a constant prediction scores on the rows scored
+    # there (successive halving does not rank trials that have not beaten it; fidelity.promoted).
+    no_skill: float | None = None
 
 
 def predict(model: torch.nn.Module, data: Batches, task: TaskSpec, pad_id: int, batch_size: int,
@@ -261,7 +264,8 @@ def _train(model, tokenizer, task, train, dev, budget, device, on_epoch, memory_
                     model.train()
                     tail = losses[-max(1, steps_per_epoch):]
                     partial = TrainResult(metrics, sum(tail) / len(tail), step, time.perf_counter() - t0 - eval_seconds,
-                                          eval_seconds, mem.current_peak_mb(), mem.kind, history, scale)
+                                          eval_seconds, mem.current_peak_mb(), mem.kind, history, scale,
+                                          constant_score(task, rows.labels))
                     if not on_rung(k, partial):
                         return partial
             epoch += 1

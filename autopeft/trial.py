@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from autopeft.config import PeftConfig, TrainBudget
 from autopeft.objectives import METRIC, PEAK_MEMORY_MB, TRAINABLE_PARAMS, available_objectives, measure_all
-from autopeft.schema import CPU_SECONDS, CPU_SECONDS_NOTE, EVAL_SPLIT, FIDELITY, RUNG, RUNGS
+from autopeft.schema import CPU_SECONDS, CPU_SECONDS_NOTE, EVAL_SPLIT, FIDELITY, NO_SKILL, RUNG, RUNGS
 
 
 @dataclass(frozen=True)
@@ -179,6 +179,8 @@ def _report(trained: TrainedTrial, measured: dict[str, float], rung: int | None,
     }
     if rung is not None:  # successive halving: the rung reached and its share of the full budget
         report.update({RUNG: rung, RUNGS: len(rungs), FIDELITY: rungs[rung]})
+        if result.no_skill is not None:
+            report[NO_SKILL] = result.no_skill
     return report
 
 

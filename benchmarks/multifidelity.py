@@ -81,6 +81,7 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
     from autopeft.models import inspect_model
     from autopeft.objectives import resolve_objectives
     from autopeft.reuse import Vetting, tell_reuse
+    from autopeft.schema import NO_SKILL
     from autopeft.samplers import SAMPLERS
     from autopeft.spaces import load_space
     from autopeft.study import FIDELITY_ATTR, RUNG_ATTR, RUNG_VALUES_ATTR, STOPPED_ATTR, rung_values
@@ -133,7 +134,7 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
             continue
 
         def at_rung(report: dict, number: int = trial.number, trial=trial) -> bool:
-            values = {k: report[k] for k in objectives}
+            values = {k: report[k] for k in (*objectives, NO_SKILL) if k in report}  # as the search stores them
             trial.set_user_attr(f"{RUNG_VALUES_ATTR}{report['rung']}", values)
             return ledger.decide(str(number), report["rung"], values)
 
@@ -365,6 +366,36 @@ def rung_agreement(rows: list[dict]) -> list[dict]:
             for (task, method, k), xy in sorted(pairs.items())]
 
 
+def unlearned_at_rung0(rows: list[dict], args: argparse.Namespace) -> list[dict]:
+    """Per task, halving method and seed: how many trials' rung-0 metric was no better than a
+    constant prediction's on that rung's rows (``fidelity``'s no-skill rule; it did not exist when
+    these runs were made, so their rung 0 ranked such trials by size)."""
+    import random
+
+    from autopeft.fidelity import rung_fractions, rung_rows
+    from autopeft.tasks import constant_score, load_task
+    from autopeft.tasks.selection import load_splits
+
+    floors: dict[tuple[str, int], float] = {}
+    out: dict[tuple[str, str, int], list[int]] = {}
+    for r in rows:
+        metrics = r["rung_metrics"].split()
+        if not metrics:
+            continue
+        key = (r["task"], r["seed"])
+        if key not in floors:  # the rows rung 0 scored: train.py samples them with the run's seed
+            task = load_task(r["task"])
+            labels = load_splits(task, args.data_dir, "holdout", args.holdout, 0).select.labels
+            n = rung_rows(rung_fractions(args.rungs, args.reduction_factor)[0], len(labels))
+            idx = sorted(random.Random(r["seed"]).sample(range(len(labels)), n)) if n < len(labels) else range(n)
+            floors[key] = constant_score(task, [labels[i] for i in idx])
+        counts = out.setdefault((r["task"], r["method"], r["seed"]), [0, 0])
+        counts[0] += float(metrics[0]) <= floors[key] + 1e-9
+        counts[1] += 1
+    return [{"task": t, "method": m, "seed": s, "no_skill": round(floors[(t, s)], 3), "unlearned": c[0], "trials": c[1]}
+            for (t, m, s), c in sorted(out.items())]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default=None, help="comma-separated (default: sst2,mr,sick_r, else sst2,stsb)")
@@ -483,6 +514,12 @@ def main() -> None:
         print("| task | method | rungs | trials | Spearman |\n|---|---|---|---|---|")
         for r in agreement:
             print(f"| {r['task']} | {r['method']} | {r['rungs']} | {r['trials']} | {r['spearman']} |")
+    unlearned = unlearned_at_rung0(rows, args)
+    if unlearned:
+        print("\nRung 0 trials no better than a constant prediction on the rung's rows (ranked by size alone then)")
+        print("| task | method | seed | constant prediction | such trials / trials at rung 0 |\n|---|---|---|---|---|")
+        for r in unlearned:
+            print(f"| {r['task']} | {r['method']} | {r['seed']} | {r['no_skill']} | {r['unlearned']} / {r['trials']} |")
     png = common.RESULTS / "multifidelity.png"
     _plot(curves, png)
     if args.report:  # the runs were logged when they ran

@@ -64,6 +64,37 @@ def test_ledger_decides_asynchronously_and_ranks_params_on_a_log_scale():
     assert ledger.vector({"metric": 0.5, "trainable_params": 1000}) == (0.5, 3.0)
 
 
+def test_trials_that_have_not_learned_are_not_ranked_by_size():
+    # Four trials at the majority class (0.7, what a constant prediction scores on the rung's rows):
+    # by Pareto rank the two smallest would go on (quota 2) and the rest stop for their size alone.
+    flat = [(0.7, 5.0), (0.7, 4.0), (0.7, 4.5), (0.7, 4.8)]
+    assert [promoted(flat, i, 3, MAXMIN) for i in range(4)] == [False, True, True, False]
+    assert all(promoted(flat, i, 3, MAXMIN, learned=[False] * 4) for i in range(4)), "a rung that saw nothing"
+    # One learned (quota 2 of 4): it goes on, and so do the others while the learned fill less than the quota.
+    one = [(0.7, 5.0), (0.72, 4.0), (0.7, 4.5), (0.7, 4.8)]
+    assert all(promoted(one, i, 3, MAXMIN, learned=[False, True, False, False]) for i in range(4))
+    # Two learned fill the quota: the unlearned stop, and the learned rank only among themselves.
+    two = [(0.7, 3.0), (0.72, 4.0), (0.75, 6.0), (0.7, 4.8)]
+    assert [promoted(two, i, 3, MAXMIN, learned=[False, True, True, False]) for i in range(4)] == [
+        False, True, True, False]
+    assert [promoted(two, i, 3, MAXMIN) for i in range(4)] == [True, False, True, False], "by rank: the smallest"
+
+
+def test_ledger_reads_no_skill_from_the_report():
+    ledger = RungLedger(resolve_objectives("metric,trainable_params"), rungs=3, eta=3)
+    flat = {"metric": 0.7, "no_skill": 0.7}
+    assert ledger.decide("a", 0, {**flat, "trainable_params": 100})
+    assert ledger.decide("b", 0, {**flat, "trainable_params": 10_000}), "not stopped for its size"
+    assert ledger.decide("c", 0, {**flat, "trainable_params": 50_000})
+    assert ledger.decide("d", 0, {"metric": 0.8, "no_skill": 0.7, "trainable_params": 90_000}), "learned: ranked first"
+    assert ledger.decide("e", 0, {"metric": 0.75, "no_skill": 0.7, "trainable_params": 80_000}), "2 of a quota of 2"
+    assert not ledger.decide("f", 0, {**flat, "trainable_params": 1}), "the learned fill the quota now"
+    assert ledger.decide("g", 0, {"metric": 0.71, "no_skill": 0.7, "trainable_params": 95_000}), "3rd learned, quota 3"
+    assert not ledger.decide("h", 0, {"metric": 0.72, "no_skill": 0.7, "trainable_params": 99_000}), "4th learned"
+    assert [ledger.has_learned(v) for v in ({"metric": 0.7}, {"metric": float("nan"), "no_skill": 0.7},
+                                             {"metric": 0.69, "no_skill": 0.7})] == [True, True, False]
+
+
 def test_rung_ladder():
     assert rung_fractions(3, 3) == pytest.approx((1 / 9, 1 / 3, 1.0))
     assert rung_fractions(1, 3) == (1.0,)

@@ -16,6 +16,7 @@ from autopeft.tasks import (
     TaskSpec,
     available_tasks,
     compute_metrics,
+    constant_score,
     load_split,
     load_task,
     resolve_data_dir,
@@ -447,6 +448,15 @@ def test_macro_f1_hand_computed():
     # Per class F1: 0 -> 0.5, 1 -> 0.8, 2 -> 0 (never predicted); mean 1.3 / 3.
     scores = compute_metrics(load_task("cb"), [0, 1, 1, 1, 0], [0, 0, 1, 1, 2])
     assert scores == {"accuracy": pytest.approx(0.6), "macro_f1": pytest.approx(1.3 / 3)}
+
+
+def test_constant_score_is_what_the_best_constant_prediction_scores():
+    # 3 of 5 rows are class 0: predicting 0 everywhere scores 0.6, predicting 1 scores 0.4.
+    assert constant_score(load_task("sst2"), [0, 0, 1, 0, 1]) == pytest.approx(0.6)
+    assert constant_score(load_task("cola"), [0, 0, 1, 0, 1]) == 0.0  # MCC of any constant
+    # MRPC's F1 of class 1: "all 1" on (1, 1, 0, 0, 0) has precision 0.4, recall 1; "all 0" scores 0.
+    assert constant_score(load_task("mrpc"), [1, 1, 0, 0, 0]) == pytest.approx(2 * 0.4 / 1.4)
+    assert constant_score(load_task("stsb"), [1.0, 2.0, 4.0]) == 0.0  # no correlation without variance
 
 
 def test_correlations_hand_computed():

@@ -50,6 +50,17 @@ def _correlation(kind: str, pred, ref) -> float:
     return float(result[0])
 
 
+def constant_score(task: TaskSpec, references) -> float:
+    """The best primary-metric score a constant prediction gets on ``references``: what a model that
+    has learned no more than a prior scores (each class in turn; for regression any constant, whose
+    correlations score 0)."""
+    import numpy as np
+
+    ref = np.asarray(references)
+    constants = [float(ref.astype(float).mean())] if task.is_regression else range(task.num_labels)
+    return max(compute_metrics(task, np.full(len(ref), c), ref)[task.primary_metric] for c in constants)
+
+
 def compute_metrics(task: TaskSpec, predictions, references) -> dict[str, float]:
     """Every metric in ``task.metrics`` for class-id (or float, regression) predictions."""
     import numpy as np
