@@ -141,6 +141,12 @@ def promoted(points: Sequence[Sequence[float]], candidate: int, eta: int, direct
 # ----------------------------------------------------------------------------- the ledger
 
 
+def rung_record(report: Mapping[str, float], keys: Sequence[str]) -> dict[str, float]:
+    """What a rung decision reads from a trial's report, and what the study keeps of it for a
+    resumed ledger: the objectives ``keys``, and ``NO_SKILL`` where the report has it."""
+    return {k: report.get(k) for k in keys} | ({NO_SKILL: report[NO_SKILL]} if NO_SKILL in report else {})
+
+
 @dataclass
 class RungLedger:
     """What every trial scored at every rung it reached, and the promotion decision.

@@ -25,7 +25,8 @@ from ray.tune.search import Searcher  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from autopeft.objectives import METRIC  # noqa: E402
-from autopeft.schema import CPU_SECONDS, FIDELITY, NO_SKILL, RUNG, RUNGS  # noqa: E402
+from autopeft.fidelity import rung_record  # noqa: E402
+from autopeft.schema import CPU_SECONDS, FIDELITY, RUNG, RUNGS  # noqa: E402
 
 
 _MAX_REFUSALS = 50
@@ -124,9 +125,7 @@ class StudySearcher(OptunaSearch):
 
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None and result.get(RUNG) is not None:
-            # With NO_SKILL where the trial reported it: a resumed ledger ranks as this one did.
-            ot_trial.set_user_attr(f"{RUNG_VALUES_ATTR}{int(result[RUNG])}",
-                                   {k: result.get(k) for k in (*self.metric, NO_SKILL) if k in self.metric or k in result})
+            ot_trial.set_user_attr(f"{RUNG_VALUES_ATTR}{int(result[RUNG])}", rung_record(result, self.metric))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         from autopeft.study import CPU_SECONDS_ATTR, FIDELITY_ATTR, RUNG_ATTR, STOPPED_ATTR

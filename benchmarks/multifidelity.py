@@ -77,11 +77,10 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
     import torch
 
     from autopeft.config import PeftConfig, TrainBudget
-    from autopeft.fidelity import RungLedger, rung_fractions
+    from autopeft.fidelity import RungLedger, rung_fractions, rung_record
     from autopeft.models import inspect_model
     from autopeft.objectives import resolve_objectives
     from autopeft.reuse import Vetting, tell_reuse
-    from autopeft.schema import NO_SKILL
     from autopeft.samplers import SAMPLERS
     from autopeft.spaces import load_space
     from autopeft.study import FIDELITY_ATTR, RUNG_ATTR, RUNG_VALUES_ATTR, STOPPED_ATTR, rung_values
@@ -134,7 +133,7 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
             continue
 
         def at_rung(report: dict, number: int = trial.number, trial=trial) -> bool:
-            values = {k: report[k] for k in (*objectives, NO_SKILL) if k in report}  # as the search stores them
+            values = rung_record(report, list(objectives))  # as the search stores them
             trial.set_user_attr(f"{RUNG_VALUES_ATTR}{report['rung']}", values)
             return ledger.decide(str(number), report["rung"], values)
 
@@ -370,11 +369,7 @@ def unlearned_at_rung0(rows: list[dict], args: argparse.Namespace) -> list[dict]
     """Per task, halving method and seed: how many trials' rung-0 metric was no better than a
     constant prediction's on that rung's rows (``fidelity``'s no-skill rule; it did not exist when
     these runs were made, so their rung 0 ranked such trials by size)."""
-    import random
-
-    from autopeft.fidelity import rung_fractions, rung_rows
-    from autopeft.tasks import constant_score, load_task
-    from autopeft.tasks.selection import load_splits
+    from autopeft.fidelity import rung_fractions
 
     floors: dict[tuple[str, int], float] = {}
     out: dict[tuple[str, str, int], list[int]] = {}
@@ -383,12 +378,9 @@ def unlearned_at_rung0(rows: list[dict], args: argparse.Namespace) -> list[dict]
         if not metrics:
             continue
         key = (r["task"], r["seed"])
-        if key not in floors:  # the rows rung 0 scored: train.py samples them with the run's seed
-            task = load_task(r["task"])
-            labels = load_splits(task, args.data_dir, "holdout", args.holdout, 0).select.labels
-            n = rung_rows(rung_fractions(args.rungs, args.reduction_factor)[0], len(labels))
-            idx = sorted(random.Random(r["seed"]).sample(range(len(labels)), n)) if n < len(labels) else range(n)
-            floors[key] = constant_score(task, [labels[i] for i in idx])
+        if key not in floors:
+            floors[key] = common.constant_at_rung(r["task"], args.data_dir, args.holdout, 0, r["seed"],
+                                                  rung_fractions(args.rungs, args.reduction_factor)[0])
         counts = out.setdefault((r["task"], r["method"], r["seed"]), [0, 0])
         counts[0] += float(metrics[0]) <= floors[key] + 1e-9
         counts[1] += 1

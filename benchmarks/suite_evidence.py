@@ -5,7 +5,8 @@ CSV, and how much sharing a core with outside work inflated the baselines' per-r
     .venv/bin/python benchmarks/suite_evidence.py
 
 Writes (merging, per search) benchmarks/results/suite/search_trials.csv (task, search, trial,
-holdout metric, params, learning rate, how many trials had finished when it was asked, config key) and prints, per task,
+holdout metric, params, learning rate, how many trials had finished when it was asked, config key,
+under successive halving its rung-0 metric and what a constant prediction scores there) and prints, per task,
 the best trials on the holdout, which trials the sampler drew in its random start-up phase, how
 often trials above and at or below a learning rate of 1e-2 ended within 0.05 of the majority
 class (why the `small` space stops at 1e-2), and the CPU inflation of contended runs (wall/CPU
@@ -25,7 +26,7 @@ import _common as common  # noqa: E402
 
 from autopeft.samplers import _startup  # noqa: E402
 from autopeft.reuse import CONFIG_KEY_ATTR  # noqa: E402
-from autopeft.study import STARTUP_ATTR  # noqa: E402
+from autopeft.study import RUNG_VALUES_ATTR, SETTINGS_ATTR, STARTUP_ATTR  # noqa: E402
 
 
 def search_trials() -> list[dict]:
@@ -38,6 +39,7 @@ def search_trials() -> list[dict]:
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         task = summary.study_name.split("-")[3]  # svb-SPACE-SAMPLER-TASK-TRIALS[-variant]
         ends = [t.datetime_complete for t in study.trials if t.values and t.datetime_complete]
+        floor = _rung0_floor(study, task)
         for t in study.trials:
             if t.values:
                 # The sampler sees only finished trials: with fewer than its start-up count finished
@@ -49,8 +51,24 @@ def search_trials() -> list[dict]:
                              # Recorded since 2026-11-27; older searches sized it from their target.
                              "sampler_startup": t.user_attrs.get(STARTUP_ATTR,
                                                                  _startup(int(summary.study_name.split("-")[4]))),
-                             "config": t.user_attrs.get(CONFIG_KEY_ATTR, "")})
+                             "config": t.user_attrs.get(CONFIG_KEY_ATTR, ""),
+                             # successive halving: the metric at rung 0, and the rung-0 no-skill level
+                             "rung0_metric": t.user_attrs.get(f"{RUNG_VALUES_ATTR}0", {}).get("metric", ""),
+                             "rung0_no_skill": floor})
     return rows
+
+
+def _rung0_floor(study, task: str) -> float | str:
+    """What a constant prediction scores on a halving search's rung-0 rows ("" without halving), from
+    the settings the search stored."""
+    from autopeft.fidelity import rung_fractions
+
+    settings = study.user_attrs.get(SETTINGS_ATTR, {})
+    if settings.get("scheduler") != "sh":
+        return ""
+    budget = settings["budget"]
+    return round(common.constant_at_rung(task, settings["data_dir"], budget["holdout_size"], budget["holdout_seed"],
+                                         budget["seed"], rung_fractions(settings["rungs"], settings["reduction_factor"])[0]), 4)
 
 
 def contention(rows: list[dict]) -> dict[str, list[float]]:
@@ -123,6 +141,11 @@ def main() -> None:
                          and r["finished_when_asked"] < r["sampler_startup"])
         print("  asked before the sampler's model took over (fewer trials finished than its start-up count; "
               "the warm starts, then random draws): " + ", ".join(f"t{n}" for n in startup))
+        rung0 = [r for r in trials if r["search"] == search and r["rung0_metric"] != ""]
+        if rung0:
+            floor = rung0[0]["rung0_no_skill"]
+            print(f"  rung 0: {sum(r['rung0_metric'] <= floor + 1e-9 for r in rung0)} of {len(rung0)} trials no "
+                  f"better than a constant prediction on its rows ({floor})")
     majority = {r["task"]: float(r["majority_metric"]) for f in sorted(common.SUITE_RESULTS.glob(
         "search_vs_baselines_small_*.csv")) for r in common.read_csv(f)}
     all_rows = common.read_csv(path)
