@@ -35,6 +35,7 @@ import argparse
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -61,8 +62,10 @@ def default_tasks() -> list[str]:
 
 def parse_method(method: str, rungs: int) -> tuple[int, str]:
     """``"sh+gp"`` -> (``rungs``, "gp"); ``"sh2+gp"`` -> (2, "gp"): a halving method may name its
-    own rung count, so runs over other rungs get their own study and rows; ``"gp"`` -> (0, "gp")."""
-    halving, plus, sampler = method.partition("+")
+    own rung count, so runs over other rungs get their own study and rows; ``"gp"`` -> (0, "gp").
+    A tag after ``@`` (``"sh+gp@v2"``) changes nothing in the run: it names a rerun of the method
+    under changed code, with its own study and rows beside the recorded ones."""
+    halving, plus, sampler = method.partition("@")[0].partition("+")
     if not plus:
         return 0, method
     count = halving.removeprefix("sh")
@@ -267,7 +270,7 @@ def table(curves: dict, methods: list[str]) -> list[dict]:
     return out
 
 
-def per_seed(curves: dict, method: str = "sh+gp") -> list[dict]:
+def per_seed(curves: dict, method: str) -> list[dict]:
     """The issue's ratio read seed by seed: against the best final hypervolume of that seed's runs,
     not of the task's, so one lucky seed does not set the level for the others. Where GP never
     reaches the level inside its budget its need is censored at the CPU it spent, and the ratio is
@@ -275,6 +278,7 @@ def per_seed(curves: dict, method: str = "sh+gp") -> list[dict]:
     out = []
     for task, seed in sorted({(k[0], k[2]) for k in curves}):
         runs = {m: c for (t, m, s), c in curves.items() if (t, s) == (task, seed) and c}
+        runs = {m: c for m, c in runs.items() if m in ("gp", method) or "@" not in m}  # a rerun is compared alone
         if "gp" not in runs or method not in runs:
             continue
         best = max(c[-1][1] for c in runs.values())
@@ -322,7 +326,7 @@ def first_trials(rows: list[dict], curves: dict, full_trials: float) -> list[dic
     return out
 
 
-def sh_vs_gp(curves: dict, first: list[dict], method: str = "sh+gp") -> list[dict]:
+def sh_vs_gp(curves: dict, first: list[dict], method: str) -> list[dict]:
     """``method`` against full-fidelity GP, seed by seed: the ratio of their final hypervolumes,
     and at the default search's size (``first_trials``) the ratios of CPU-s and hypervolume and
     the difference of the best full-fidelity metric."""
@@ -460,31 +464,35 @@ def main() -> None:
         print(f"| {r['task']} | {r['method']} | {r['seeds']} | {r['cpu_to_95pct']} | {r['median_cpu_to_95pct']:.0f} | "
               f"{r['vs_gp']} | {r['median_cpu_to_gp_final']:.0f} | {r['vs_gp_to_gp_final']} | "
               f"{r['final_hv_over_best']} | {r['trials']} |")
-    seeds = per_seed(curves)
-    if seeds:
-        print("\nRead per seed (95% of the best final HV of that seed's runs): sh+gp / gp CPU-s")
-        print("| task | seed | best run | sh+gp CPU-s | gp CPU-s | ratio |\n|---|---|---|---|---|---|")
-        never = lambda x: "-" if math.isinf(x) else f"{x:.0f}"  # noqa: E731
-        for r in seeds:
-            print(f"| {r['task']} | {r['seed']} | {r['best_method']} | {never(r['method_cpu'])} | {never(r['gp_cpu'])} "
-                  f"| {r['ratio']} |")
     from autopeft.search import DEFAULT_FULL_TRIALS
 
-    first = [r for r in first_trials(rows, curves, DEFAULT_FULL_TRIALS) if r["method"] in ("gp", "sh+gp")]
-    if first:
-        print(f"\nA default-sized search ({DEFAULT_FULL_TRIALS} full trials' worth of training): its trials, the "
-              "full-fidelity ones, CPU-s spent, best full-fidelity metric and the front's hypervolume, per seed")
-        print("| task | method | trials | full-fidelity | CPU-s | best | HV |\n|---|---|---|---|---|---|---|")
-        for task, method in sorted({(r["task"], r["method"]) for r in first}):
-            mine = [r for r in first if (r["task"], r["method"]) == (task, method)]
-            cells = [" ".join(fmt.format(r[k]) for r in mine)
-                     for k, fmt in (("trials", "{}"), ("full_fidelity", "{}"), ("cpu_seconds", "{:.0f}"),
-                                    ("best", "{:.3f}"), ("hv", "{:.3f}"))]
-            print(f"| {task} | {method} | " + " | ".join(cells) + " |")
-    paired = sh_vs_gp(curves, first)
-    if paired:
-        print("\nsh+gp against gp, seed by seed: final HV ratio; at the default size, CPU-s ratio, HV ratio and "
-              "best-metric difference")
+    never = lambda x: "-" if math.isinf(x) else f"{x:.0f}"  # noqa: E731
+    halving_gp = [m for m in methods if parse_method(m, args.rungs)[0] and parse_method(m, args.rungs)[1] == "gp"]
+    all_first = first_trials(rows, curves, DEFAULT_FULL_TRIALS)
+    for method in halving_gp:
+        seeds = per_seed(curves, method)
+        if seeds:
+            print(f"\nRead per seed (95% of the best final HV of that seed's runs): {method} / gp CPU-s")
+            print(f"| task | seed | best run | {method} CPU-s | gp CPU-s | ratio |\n|---|---|---|---|---|---|")
+            for r in seeds:
+                print(f"| {r['task']} | {r['seed']} | {r['best_method']} | {never(r['method_cpu'])} "
+                      f"| {never(r['gp_cpu'])} | {r['ratio']} |")
+        first = [r for r in all_first if r["method"] in ("gp", method)]
+        if first:
+            print(f"\nA default-sized search ({DEFAULT_FULL_TRIALS} full trials' worth of training): its trials, the "
+                  "full-fidelity ones, CPU-s spent, best full-fidelity metric and the front's hypervolume, per seed")
+            print("| task | method | trials | full-fidelity | CPU-s | best | HV |\n|---|---|---|---|---|---|---|")
+            for task, m in sorted({(r["task"], r["method"]) for r in first}):
+                mine = [r for r in first if (r["task"], r["method"]) == (task, m)]
+                cells = [" ".join(fmt.format(r[k]) for r in mine)
+                         for k, fmt in (("trials", "{}"), ("full_fidelity", "{}"), ("cpu_seconds", "{:.0f}"),
+                                        ("best", "{:.3f}"), ("hv", "{:.3f}"))]
+                print(f"| {task} | {m} | " + " | ".join(cells) + " |")
+        paired = sh_vs_gp(curves, first, method)
+        if not paired:
+            continue
+        print(f"\n{method} against gp, seed by seed: final HV ratio; at the default size, CPU-s ratio, HV ratio "
+              "and best-metric difference")
         print("| task | seed | final HV | default CPU-s | default HV | default best |\n|---|---|---|---|---|---|")
         for r in paired:
             print(f"| {r['task']} | {r['seed']} | {r['final_hv']:.2f} | {r['default_cpu']:.2f} | {r['default_hv']:.2f} "
@@ -508,7 +516,7 @@ def main() -> None:
             print(f"| {r['task']} | {r['method']} | {r['rungs']} | {r['trials']} | {r['spearman']} |")
     unlearned = unlearned_at_rung0(rows, args)
     if unlearned:
-        print("\nRung 0 trials no better than a constant prediction on the rung's rows (ranked by size alone then)")
+        print("\nRung 0 trials no better than a constant prediction on the rung's rows (untagged runs ranked them by size)")
         print("| task | method | seed | constant prediction | such trials / trials at rung 0 |\n|---|---|---|---|---|")
         for r in unlearned:
             print(f"| {r['task']} | {r['method']} | {r['seed']} | {r['no_skill']} | {r['unlearned']} / {r['trials']} |")
@@ -518,7 +526,7 @@ def main() -> None:
         return
     common.log_mlflow("multifidelity", {k: getattr(args, k) for k in ("seeds", "cpu_budget", "space", "train_examples",
                                                                        "rungs", "reduction_factor")},
-                      {f"{r['task']}.{r['method'].replace('+', '_')}.vs_gp": r["vs_gp"] for r in summary},  # MLflow refuses "+"
+                      {re.sub(r"[^\w.-]", "_", f"{r['task']}.{r['method']}.vs_gp"): r["vs_gp"] for r in summary},  # MLflow refuses "+", "@"
                       [trials_csv, table_csv, png])
 
 

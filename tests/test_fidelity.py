@@ -43,6 +43,23 @@ def test_pareto_order_by_front_then_crowding():
     assert pareto_order(POINTS, MAXMIN) == [0, 1, 3, 2, 4]
 
 
+def test_crowding_ties_go_to_the_better_metric_not_the_earlier_trial():
+    # Two trials on one front are both ends (infinite distance): by index the earlier goes first.
+    pair = [(0.81, 26_114), (0.89, 74_498)]
+    assert pareto_order(pair, MAXMIN) == [0, 1]
+    assert pareto_order(pair, MAXMIN, prefer=0) == [1, 0]
+    assert pareto_order(pair, ["min", "max"], prefer=0) == [0, 1], "the preferred objective's own direction"
+    assert pareto_order(POINTS, MAXMIN, prefer=1) == [1, 0, 3, 2, 4], "ties only: 3's finite distance still ranks it last"
+    assert promoted(pair, 1, 3, MAXMIN, prefer=0) and not promoted(pair, 0, 3, MAXMIN, prefer=0)
+    # The ledger prefers the metric wherever it stands among the objectives. Measured in a suite
+    # search on MPQA (rung 1): a smaller trial arrived first, then the LoRA r=8 warm start with the
+    # best metric; quota 1 of 2, and by arrival order the warm start stopped.
+    for keys in ("metric,trainable_params", "trainable_params,metric"):
+        ledger = RungLedger(resolve_objectives(keys), rungs=3, eta=3)
+        assert ledger.decide("1", 1, {"metric": 0.8084, "trainable_params": 26_114})
+        assert ledger.decide("0", 1, {"metric": 0.8862, "trainable_params": 74_498}), keys
+
+
 def test_promotion_quota_is_ceil_n_over_eta():
     # 5 points, eta 3: the top 2 go on (0 and 1, the ends of the front); 3 is on the front too but
     # crowded between them, so it stops.
@@ -57,7 +74,9 @@ def test_ledger_decides_asynchronously_and_ranks_params_on_a_log_scale():
     assert ledger.decide("a", 0, {"metric": 0.6, "trainable_params": 1000})  # alone: goes on
     assert not ledger.decide("b", 0, {"metric": 0.5, "trainable_params": 2000})  # dominated by a
     assert ledger.decide("c", 0, {"metric": 0.9, "trainable_params": 10})  # dominates both
-    assert ledger.decide("d", 0, {"metric": 0.7, "trainable_params": 5000}) is False
+    # d ties a in the second front (both ends): the better metric takes the quota's second place.
+    assert ledger.decide("d", 0, {"metric": 0.7, "trainable_params": 5000})
+    assert ledger.decide("e", 0, {"metric": 0.65, "trainable_params": 3000}) is False, "crowded between a and d"
     assert ledger.decide("a", 2, {"metric": 0.1, "trainable_params": 1}), "the top rung always completes"
     # A NaN metric ranks last instead of breaking the sort.
     assert not ledger.decide("e", 0, {"metric": float("nan"), "trainable_params": 1})
@@ -90,7 +109,7 @@ def test_ledger_reads_no_skill_from_the_report():
     assert ledger.decide("e", 0, {"metric": 0.75, "no_skill": 0.7, "trainable_params": 80_000}), "2 of a quota of 2"
     assert not ledger.decide("f", 0, {**flat, "trainable_params": 1}), "the learned fill the quota now"
     assert ledger.decide("g", 0, {"metric": 0.71, "no_skill": 0.7, "trainable_params": 95_000}), "3rd learned, quota 3"
-    assert not ledger.decide("h", 0, {"metric": 0.72, "no_skill": 0.7, "trainable_params": 99_000}), "4th learned"
+    assert not ledger.decide("h", 0, {"metric": 0.705, "no_skill": 0.7, "trainable_params": 99_000}), "4th learned"
     assert [ledger.has_learned(v) for v in ({"metric": 0.7}, {"metric": float("nan"), "no_skill": 0.7},
                                              {"metric": 0.69, "no_skill": 0.7})] == [True, True, False]
 
