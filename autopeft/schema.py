@@ -49,7 +49,7 @@ EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # Successive halving: report keys (rung reached, rungs in all, share of the full budget) and
 # the tag a trial stopped below the top rung carries (its rung). Optuna user attrs reuse the keys.
 RUNG, RUNGS, FIDELITY = "rung", "rungs", "fidelity"
-NO_SKILL = "no_skill"  # a rung report: the metric a constant prediction scores on the rung's rows
+NO_SKILL = "no_skill"  # a rung report: the metric a model without skill reaches on the rung's rows (tasks.chance_score)
 STOPPED_TAG = "autopeft.stopped_at_rung"
 REUSE_TAG = "autopeft.reuse_of"  # a trial answered from an earlier trial's result: that trial's number
 # Fields of a trial's report kept as tags ``autopeft.<key>``: where and how it ran, how far it got,

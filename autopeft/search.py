@@ -24,6 +24,7 @@ from autopeft.objectives import DEFAULT_OBJECTIVES, METRIC, PEAK_MEMORY_MB, Obje
 from autopeft.results import SearchRecord
 from autopeft.samplers import DEFAULT_SAMPLER, SAMPLERS
 from autopeft.stores import check_database_url, sqlite_url
+from autopeft.tasks.metrics import CHANCE_QUANTILE
 from autopeft.trial import TrialContext
 
 
@@ -40,7 +41,7 @@ TARGET_FIELDS = ("num_samples", "cpu_budget_s", "full_trials")
 # changed would mix incomparable trials in one front (or, after a default changed, continue a
 # search under a scheduler it was not started with), so it is refused; --resume NAME keeps them.
 IDENTITY_FIELDS = ("model", "task", "space", "budget", "objectives", "seed", "sampler", "scheduler", "rungs",
-                   "reduction_factor", "top_seeds", "limits")
+                   "reduction_factor", "rung_confidence", "top_seeds", "limits")
 # Successive halving: at equal CPU it ended with a larger full-fidelity front than full-budget GP on
 # 8 of 9 seeds, and at the default size as good a front for about the same CPU
 # (benchmarks/multifidelity.py; benchmarks/README.md, "Multi-fidelity").
@@ -100,6 +101,11 @@ class SearchSettings:
         "successive halving: number of rungs; the lowest gets 1/eta**(rungs-1) of the budget"))
     reduction_factor: int = field(default=DEFAULT_REDUCTION_FACTOR, metadata=_field_help(
         "successive halving: eta, each rung keeps the top 1/eta and gives it eta times the budget"))
+    rung_confidence: float = field(default=CHANCE_QUANTILE, metadata=_field_help(
+        "successive halving: how sure a rung must be that a trial has learned before ranking it on its metric. Its "
+        "metric must beat a constant prediction's and what its own predictions, shuffled against the labels, score "
+        "in this share of shuffles; trials that have not rank after those that have (0: beating a constant "
+        "prediction suffices)"))
     top_seeds: int = field(default=1, metadata=_field_help(
         "seeds each config is trained with at the full budget (the top rung under sh); its metric is their "
         "mean and the spread is reported (metric_std, metric_min, metric_seed<i>)"))
@@ -154,6 +160,7 @@ class SearchSettings:
         if "memory_objective" in data:  # settings stored by searches before objectives were a list
             data["objectives"] = DEFAULT_OBJECTIVES + ((PEAK_MEMORY_MB,) if data.pop("memory_objective") else ())
         data.setdefault("scheduler", "fifo")  # stored before schedulers existed: every trial ran at the full budget
+        data.setdefault("rung_confidence", 0.0)  # stored before it existed: a rung's floor was the constant prediction
         return dataclass_from_dict(cls, {**data, "budget": TrainBudget.from_dict(data["budget"])}, "search settings")
 
     def replace(self, **changes: Any) -> "SearchSettings":
@@ -209,6 +216,8 @@ def prepare(settings: SearchSettings) -> Prepared:
     if settings.rungs < 2 or settings.reduction_factor < 2:
         raise ConfigError(f"--rungs and --reduction-factor must be at least 2, got {settings.rungs} and "
                           f"{settings.reduction_factor}")
+    if not 0 <= settings.rung_confidence < 1:
+        raise ConfigError(f"--rung-confidence must be at least 0 and below 1, got {settings.rung_confidence}")
     objectives = settings.objective_entries()
     limit_objectives(settings.limits)
     check_database_url(settings.storage_url(), "--storage")
@@ -231,7 +240,8 @@ def prepare(settings: SearchSettings) -> Prepared:
         notes.append(f"the data was not checked here (the workers resolve it): {exc}")
     ctx = TrialContext(_model_ref(settings.model), _task_ref(task, settings.task), settings.budget,
                        trial_data_dir(settings.data_dir, data_dir, settings.ray_address),
-                       settings.trial_memory_limit_mb, *_rung_context(settings, objectives), settings.top_seeds)
+                       settings.trial_memory_limit_mb, *_rung_context(settings, objectives), settings.top_seeds,
+                       settings.rung_confidence)
     return Prepared(settings, task, space, model, objectives, ctx, notes)
 
 

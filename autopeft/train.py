@@ -14,7 +14,8 @@ from autopeft.config import TrainBudget
 from autopeft.errors import AutopeftError
 from autopeft.fidelity import rung_rows, rung_steps
 from autopeft.memory import PeakMemory, TrialOutOfMemory
-from autopeft.tasks import Split, TaskSpec, compute_metrics, constant_score
+from autopeft.tasks import Split, TaskSpec, chance_score, compute_metrics
+from autopeft.tasks.metrics import CHANCE_QUANTILE
 
 
 class TrainingDiverged(AutopeftError):
@@ -129,8 +130,8 @@ class TrainResult:
     memory_measure: str
     history: list[dict[str, float]] = field(default_factory=list)
     target_scale: TargetScale | None = None  # regression: what the targets were standardised with
-    # At a rung below the top: the primary metric a constant prediction scores on the rows scored
-    # there (successive halving does not rank trials that have not beaten it; fidelity.promoted).
+    # At a rung below the top: the primary metric a model without skill reaches on the rows scored
+    # there (tasks.chance_score; successive halving does not rank trials that have not beaten it).
     no_skill: float | None = None
 
 
@@ -170,7 +171,8 @@ def train_and_evaluate(model: torch.nn.Module, tokenizer: Any, task: TaskSpec, t
                        memory_limit_mb: float | None = None,
                        on_step: Callable[[int, int, float], None] | None = None,
                        rungs: Sequence[float] = (),
-                       on_rung: Callable[[int, TrainResult], bool] | None = None) -> TrainResult:
+                       on_rung: Callable[[int, TrainResult], bool] | None = None,
+                       rung_confidence: float = CHANCE_QUANTILE) -> TrainResult:
     """Train the trainable parameters of ``model`` under ``budget``; score it on ``dev``.
 
     ``dev`` is whatever split scores the run: the task's dev split, or the held-out selection
@@ -185,17 +187,19 @@ def train_and_evaluate(model: torch.nn.Module, tokenizer: Any, task: TaskSpec, t
     ``rungs`` (shares of the budget, the last 1.0; ``fidelity.rung_fractions``) with ``on_rung``:
     at each rung but the last, ``rung_rows`` of the scoring split are scored and
     ``on_rung(rung, result so far)`` is called; training goes on (same weights, optimizer and
-    schedule) if it returns True, else that result is returned.
+    schedule) if it returns True, else that result is returned. Each rung's result carries the
+    score a model without skill reaches there (``no_skill``; ``tasks.chance_score`` at
+    ``rung_confidence``).
     """
     try:
         return _train(model, tokenizer, task, train, dev, budget, torch.device(device), on_epoch, memory_limit_mb,
-                      on_step, rungs, on_rung)
+                      on_step, rungs, on_rung, rung_confidence)
     except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
         raise TrialOutOfMemory(f"out of memory on {device}: {exc}; lower the batch size or the size") from None
 
 
 def _train(model, tokenizer, task, train, dev, budget, device, on_epoch, memory_limit_mb, on_step,
-           rungs=(), on_rung=None) -> TrainResult:
+           rungs=(), on_rung=None, rung_confidence=CHANCE_QUANTILE) -> TrainResult:
     model.to(device)
     pad_id = tokenizer.pad_token_id
     train_data = tokenize(subsample(train, budget.train_examples, budget.seed), tokenizer, budget.max_seq_length)
@@ -265,7 +269,7 @@ def _train(model, tokenizer, task, train, dev, budget, device, on_epoch, memory_
                     tail = losses[-max(1, steps_per_epoch):]
                     partial = TrainResult(metrics, sum(tail) / len(tail), step, time.perf_counter() - t0 - eval_seconds,
                                           eval_seconds, mem.current_peak_mb(), mem.kind, history, scale,
-                                          constant_score(task, rows.labels))
+                                          chance_score(task, rows.labels, rung_confidence))
                     if not on_rung(k, partial):
                         return partial
             epoch += 1

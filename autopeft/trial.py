@@ -17,6 +17,7 @@ from typing import Any, Callable
 from autopeft.config import PeftConfig, TrainBudget
 from autopeft.objectives import METRIC, PEAK_MEMORY_MB, TRAINABLE_PARAMS, available_objectives, measure_all
 from autopeft.schema import CPU_SECONDS, CPU_SECONDS_NOTE, EVAL_SPLIT, FIDELITY, NO_SKILL, RUNG, RUNGS
+from autopeft.tasks.metrics import CHANCE_QUANTILE
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class TrialContext:
     # Seeds a config is trained with at the full budget (the top rung): its metric is their mean,
     # the spread is reported beside it. One seed's result at a short budget is luck as often as not.
     seeds: int = 1
+    # How sure a rung must be that a trial learned before ranking it on its metric (train.py).
+    rung_confidence: float = CHANCE_QUANTILE
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "budget": self.budget.to_dict()}
@@ -44,7 +47,7 @@ class TrialContext:
     def from_dict(cls, d: dict[str, Any]) -> "TrialContext":
         return cls(d["model"], d["task"], TrainBudget.from_dict(d["budget"]), d.get("data_dir"),
                    d.get("memory_limit_mb"), tuple(d.get("rungs", ())), tuple(d.get("rung_objectives", ())),
-                   d.get("seeds", 1))
+                   d.get("seeds", 1), d.get("rung_confidence", CHANCE_QUANTILE))
 
 
 @dataclass
@@ -105,7 +108,8 @@ def run_config(ctx: TrialContext, peft: PeftConfig, budget: TrainBudget | None =
     # Scored on the selection split (dev, or rows held out of train): what the search chooses by.
     result = train_and_evaluate(built.model, built.tokenizer, task, splits.train, splits.select, budget, device=device,
                                 memory_limit_mb=ctx.memory_limit_mb, rungs=ctx.rungs,
-                                on_rung=at_rung if on_rung is not None and ctx.rungs else None)
+                                on_rung=at_rung if on_rung is not None and ctx.rungs else None,
+                                rung_confidence=ctx.rung_confidence)
     if stopped:
         return stopped[0]
     dev: dict[str, float] = {}

@@ -419,17 +419,18 @@ def parse_with_data_dir(ap: Any) -> Any:
     return args
 
 
-def constant_at_rung(task: str, data_dir: str, holdout_size: float, holdout_seed: int, seed: int,
-                     fraction: float) -> float:
-    """What a constant prediction scores on the selection rows a trial is scored on at a rung with
-    ``fraction`` of the budget (drawn as train.py draws them, with the run's seed): the no-skill
-    level successive halving compares a rung's metric with (``fidelity.RungLedger.has_learned``)."""
+def no_skill_at_rung(task: str, data_dir: str, holdout_size: float, holdout_seed: int, seed: int,
+                     fraction: float, confidence: float = 0.0) -> float:
+    """The no-skill level successive halving compares a rung's metric with
+    (``fidelity.RungLedger.has_learned``) on the selection rows a trial is scored on at a rung with
+    ``fraction`` of the budget (drawn as train.py draws them, with the run's seed):
+    ``tasks.chance_score`` at ``confidence`` (0: what a constant prediction scores)."""
     from autopeft.fidelity import rung_rows
-    from autopeft.tasks import constant_score, load_task
+    from autopeft.tasks import chance_score, load_task
     from autopeft.tasks.selection import load_splits
     from autopeft.train import Batches
 
     spec = load_task(task)
     labels = list(load_splits(spec, data_dir, "holdout", holdout_size, holdout_seed).select.labels)
     rows = Batches([[] for _ in labels], labels).sample(rung_rows(fraction, len(labels)), seed)
-    return constant_score(spec, rows.labels)
+    return chance_score(spec, rows.labels, confidence)

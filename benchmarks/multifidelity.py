@@ -371,11 +371,13 @@ def rung_agreement(rows: list[dict]) -> list[dict]:
 
 def unlearned_at_rung0(rows: list[dict], args: argparse.Namespace) -> list[dict]:
     """Per task, halving method and seed: how many trials' rung-0 metric was no better than a
-    constant prediction's on that rung's rows (``fidelity``'s no-skill rule; it did not exist when
-    these runs were made, so their rung 0 ranked such trials by size)."""
+    constant prediction's on that rung's rows, and how many no better than chance
+    (``tasks.chance_score`` at the search's default ``--rung-confidence``). The untagged runs
+    predate both rules, so their rung 0 ranked such trials by size."""
     from autopeft.fidelity import rung_fractions
+    from autopeft.tasks.metrics import CHANCE_QUANTILE
 
-    floors: dict[tuple[str, int], float] = {}
+    floors: dict[tuple[str, int], tuple[float, float]] = {}
     out: dict[tuple[str, str, int], list[int]] = {}
     for r in rows:
         metrics = r["rung_metrics"].split()
@@ -383,12 +385,15 @@ def unlearned_at_rung0(rows: list[dict], args: argparse.Namespace) -> list[dict]
             continue
         key = (r["task"], r["seed"])
         if key not in floors:
-            floors[key] = common.constant_at_rung(r["task"], args.data_dir, args.holdout, 0, r["seed"],
-                                                  rung_fractions(args.rungs, args.reduction_factor)[0])
-        counts = out.setdefault((r["task"], r["method"], r["seed"]), [0, 0])
-        counts[0] += float(metrics[0]) <= floors[key] + 1e-9
-        counts[1] += 1
-    return [{"task": t, "method": m, "seed": s, "no_skill": round(floors[(t, s)], 3), "unlearned": c[0], "trials": c[1]}
+            floors[key] = tuple(common.no_skill_at_rung(r["task"], args.data_dir, args.holdout, 0, r["seed"],
+                                                        rung_fractions(args.rungs, args.reduction_factor)[0], q)
+                                for q in (0.0, CHANCE_QUANTILE))
+        counts = out.setdefault((r["task"], r["method"], r["seed"]), [0, 0, 0])
+        counts[0] += float(metrics[0]) <= floors[key][0] + 1e-9
+        counts[1] += float(metrics[0]) <= floors[key][1] + 1e-9
+        counts[2] += 1
+    return [{"task": t, "method": m, "seed": s, "constant": round(floors[(t, s)][0], 3), "unlearned": c[0],
+             "chance": round(floors[(t, s)][1], 3), "within_chance": c[1], "trials": c[2]}
             for (t, m, s), c in sorted(out.items())]
 
 
@@ -516,10 +521,13 @@ def main() -> None:
             print(f"| {r['task']} | {r['method']} | {r['rungs']} | {r['trials']} | {r['spearman']} |")
     unlearned = unlearned_at_rung0(rows, args)
     if unlearned:
-        print("\nRung 0 trials no better than a constant prediction on the rung's rows (untagged runs ranked them by size)")
-        print("| task | method | seed | constant prediction | such trials / trials at rung 0 |\n|---|---|---|---|---|")
+        print("\nRung 0 trials no better than a constant prediction, and no better than chance, on the rung's rows "
+              "(untagged runs ranked them by size)")
+        print("| task | method | seed | constant prediction | such trials | chance | such trials | trials at rung 0 |\n"
+              "|---|---|---|---|---|---|---|---|")
         for r in unlearned:
-            print(f"| {r['task']} | {r['method']} | {r['seed']} | {r['no_skill']} | {r['unlearned']} / {r['trials']} |")
+            print(f"| {r['task']} | {r['method']} | {r['seed']} | {r['constant']} | {r['unlearned']} | {r['chance']} "
+                  f"| {r['within_chance']} | {r['trials']} |")
     png = common.RESULTS / "multifidelity.png"
     _plot(curves, png)
     if args.report:  # the runs were logged when they ran

@@ -67,7 +67,7 @@ def _rung0_floor(study, task: str) -> float | str:
     if settings.get("scheduler") != "sh":
         return ""
     budget = settings["budget"]
-    return round(common.constant_at_rung(task, settings["data_dir"], budget["holdout_size"], budget["holdout_seed"],
+    return round(common.no_skill_at_rung(task, settings["data_dir"], budget["holdout_size"], budget["holdout_seed"],
                                          budget["seed"], rung_fractions(settings["rungs"], settings["reduction_factor"])[0]), 4)
 
 

@@ -25,6 +25,9 @@ pytestmark = pytest.mark.integration
 # reaches the top; at rung 0 it scores a positive Pearson, while ranks 16, 8 and 4 score below a
 # constant prediction's 0 there (measured: -0.21, -0.12, -0.18). With eta 3 one of two trials goes
 # on, and a trial that has not learned is ranked after one that has: trial 1 stops at rung 0.
+# The search counts beating a constant prediction as learning (--rung-confidence 0): the tiny
+# random model's Pearson (0.02) is far inside chance on 48 rows (~0.2 at the default 0.95), so at
+# the default nothing would have learned and nobody would stop (see the test after the next).
 SPACE = """
 methods:
   lora: {rank: [2, 4, 8, 16], targets: [query, value]}
@@ -46,7 +49,7 @@ def halved(tiny_bert, tiny_regression_task, tmp_path_factory, ray_for_searches):
         name="halved", model=tiny_bert, task=tiny_regression_task, space=str(space), num_samples=4, full_trials=2.0, max_concurrent_trials=1,
         budget=TrainBudget(train_examples=96, eval_examples=48, epochs=3, batch_size=16),
         workdir=str(root / "runs"), tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-        scheduler="sh", rungs=3, reduction_factor=3)
+        scheduler="sh", rungs=3, reduction_factor=3, rung_confidence=0.0)
     return settings, run_search(settings, show_progress=False)
 
 
@@ -125,6 +128,20 @@ def test_run_config_stops_where_on_rung_says(tiny_bert, tiny_task):
     assert [r["rung"] for r in seen] == [0, 1]
     assert report is seen[-1] and report["steps"] == 6 and report["fidelity"] == pytest.approx(1 / 3)
     assert report["latency_ms"] > 0, "the search's measured objectives are measured at each rung"
+
+
+def test_a_rung_reports_what_a_model_without_skill_reaches(tiny_bert, tiny_regression_task):
+    # At the default confidence a rung's no_skill is the 95th percentile of the trial's own
+    # predictions shuffled against the labels: above 0 for a regression model whose outputs vary;
+    # at confidence 0 it is the constant prediction's Pearson, 0.
+    peft = PeftConfig.from_dict({"methods": [{"method": "lora", "layers": [0, 1], "rank": 2, "targets": ["query"]}]})
+    levels = {}
+    for confidence in (0.95, 0.0):
+        ctx = TrialContext(tiny_bert, tiny_regression_task, TrainBudget(train_examples=96, eval_examples=48, epochs=3),
+                           rungs=(1 / 9, 1 / 3, 1.0), rung_objectives=("metric", "trainable_params"),
+                           rung_confidence=confidence)
+        levels[confidence] = run_config(ctx, peft, on_rung=lambda rep: False)[NO_SKILL]
+    assert levels[0.0] == 0.0 and 0.1 < levels[0.95] < 0.5
 
 
 def test_report_and_front_csv_show_fidelity(halved, tmp_path):

@@ -8,6 +8,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from autopeft.errors import ConfigError, DataError
@@ -16,6 +17,7 @@ from autopeft.tasks import (
     TaskSpec,
     available_tasks,
     compute_metrics,
+    chance_score,
     constant_score,
     load_split,
     load_task,
@@ -457,6 +459,20 @@ def test_constant_score_is_what_the_best_constant_prediction_scores():
     # MRPC's F1 of class 1: "all 1" on (1, 1, 0, 0, 0) has precision 0.4, recall 1; "all 0" scores 0.
     assert constant_score(load_task("mrpc"), [1, 1, 0, 0, 0]) == pytest.approx(2 * 0.4 / 1.4)
     assert constant_score(load_task("stsb"), [1.0, 2.0, 4.0]) == 0.0  # no correlation without variance
+
+
+def test_chance_score_is_what_a_guesser_without_skill_reaches():
+    sst2, stsb, mpqa = load_task("sst2"), load_task("stsb"), load_task("mpqa")
+    ref = np.array([0, 1] * 50)
+    level = chance_score(sst2, ref)
+    # The 95th percentile of a 50/50 guesser's accuracy on 100 rows: about 0.5 + 1.65 * 0.05.
+    assert 0.56 <= level <= 0.60 and level == chance_score(sst2, ref), "seeded: the same level again"
+    assert chance_score(sst2, ref, quantile=0.0) == constant_score(sst2, ref) == 0.5
+    assert chance_score(sst2, ref, quantile=0.5) < level
+    skewed = np.array([0] * 70 + [1] * 30)  # a guesser with the prior scores ~0.58: the majority class is the bar
+    assert chance_score(mpqa, skewed) == constant_score(mpqa, skewed) == pytest.approx(0.7)
+    r_level = chance_score(stsb, np.random.default_rng(5).normal(size=100))
+    assert 0.1 < r_level < 0.25, "Pearson on 100 unrelated rows: about 1.65 / sqrt(100) at the 95th percentile"
 
 
 def test_correlations_hand_computed():

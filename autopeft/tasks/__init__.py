@@ -15,7 +15,8 @@ from autopeft.tasks.data import (
     read_local_split,
     resolve_data_dir,
 )
-from autopeft.tasks.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, compute_metrics, constant_score
+from autopeft.tasks.metrics import (CLASSIFICATION_METRICS, REGRESSION_METRICS, chance_score, compute_metrics,
+                                   constant_score)
 from autopeft.tasks.selection import HOLDOUT, SELECT_ON, Splits, load_splits, split_holdout
 from autopeft.tasks.spec import (
     FORMATS,
@@ -44,6 +45,7 @@ __all__ = [
     "TaskSpec",
     "available_tasks",
     "compute_metrics",
+    "chance_score",
     "constant_score",
     "load_hub_split",
     "load_split",
