@@ -103,8 +103,8 @@ class SearchSettings:
         "successive halving: eta, each rung keeps the top 1/eta and gives it eta times the budget"))
     rung_confidence: float = field(default=CHANCE_QUANTILE, metadata=_field_help(
         "successive halving: how sure a rung must be that a trial has learned before ranking it on its metric. Its "
-        "metric must beat a constant prediction's and what its own predictions, shuffled against the labels, score "
-        "in this share of shuffles; trials that have not rank after those that have (0: beating a constant "
+        "metric must beat a constant prediction's and what a guesser that knows only the labels' distribution "
+        "scores in this share of tries; trials that have not rank after those that have (0: beating a constant "
         "prediction suffices)"))
     top_seeds: int = field(default=1, metadata=_field_help(
         "seeds each config is trained with at the full budget (the top rung under sh); its metric is their "

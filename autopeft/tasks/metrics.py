@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -75,6 +76,13 @@ def chance_score(task: TaskSpec, references, quantile: float = CHANCE_QUANTILE, 
     guesser scores above 0.58 one time in twenty, so a trial at 0.56 there has shown nothing; a
     test on the trial's own predictions would not say this, since a model that predicts one class
     for all rows but one "beats" its own shuffles by that row. Seeded: the same rows, the same level."""
+    return _chance_score(task, tuple(references), quantile, shuffles)
+
+
+@functools.lru_cache(maxsize=64)
+def _chance_score(task: TaskSpec, references: tuple, quantile: float, shuffles: int) -> float:
+    # Cached: it depends on the rows' labels only, and every trial of a search scores the same rows
+    # at a rung (drawn with the budget's seed), in worker processes that run trial after trial.
     import numpy as np
 
     ref = np.asarray(references)
