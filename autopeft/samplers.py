@@ -25,6 +25,22 @@ def describe_samplers() -> str:
                      for name, fn in SAMPLERS.items())
 
 
+def make_sampler(name: str, seed: int, num_samples: int, asked: int = 0) -> Any:
+    """The sampler ``name`` for a driver that finds ``asked`` trials already in its study.
+
+    A new study's sampler is seeded with the search's seed. A resumed or joining driver's is seeded
+    with (seed, asked): seeded alike, it would replay the first driver's random draws, and each
+    replay is a duplicate, answered from the study and counted towards the target, so a resumed
+    random search would fill its remaining trials with copies. Still reproducible: the same study
+    resumed at the same point draws the same.
+    """
+    if asked:
+        import numpy as np
+
+        seed = int(np.random.SeedSequence([seed, asked]).generate_state(1)[0])
+    return SAMPLERS[name](seed, num_samples)
+
+
 def _startup(num_samples: int) -> int:
     # Few random start-up trials: searches here are tens of trials, not hundreds.
     return max(2, min(10, num_samples // 4))

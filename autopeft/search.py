@@ -22,7 +22,7 @@ from autopeft.errors import ConfigError, DataError
 from autopeft.fidelity import DEFAULT_REDUCTION_FACTOR, DEFAULT_RUNGS, expected_share, rung_fractions
 from autopeft.objectives import DEFAULT_OBJECTIVES, METRIC, PEAK_MEMORY_MB, Objective, directions, resolve_objectives
 from autopeft.results import SearchRecord
-from autopeft.samplers import DEFAULT_SAMPLER, SAMPLERS
+from autopeft.samplers import DEFAULT_SAMPLER, SAMPLERS, make_sampler
 from autopeft.stores import check_database_url, sqlite_url
 from autopeft.tasks.metrics import CHANCE_QUANTILE
 from autopeft.trial import TrialContext
@@ -345,7 +345,8 @@ def open_stores(prep: Prepared) -> Stores:
     }, tags={schema.TASK_TAG: prep.task.name, schema.MODEL_TAG: settings.model,
              schema.METRIC_NAME_TAG: prep.task.primary_metric, schema.EVAL_SPLIT_TAG: settings.budget.select_on})
 
-    sampler = SAMPLERS[settings.sampler](settings.seed, settings.planned_trials())
+    asked = len(storage.get_all_trials(storage.get_study_id_from_name(settings.name), deepcopy=False)) if stored is not None else 0
+    sampler = make_sampler(settings.sampler, settings.seed, settings.planned_trials(), asked)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=storage, study_name=settings.name, sampler=sampler, load_if_exists=True,
                                 directions=["maximize" if o.direction == "max" else "minimize"
@@ -366,6 +367,8 @@ def open_stores(prep: Prepared) -> Stores:
     # Reclaims dead drivers' trials now (resume, joining) and at every beat while this one runs.
     heartbeat = Heartbeat(study, settings.storage_url(), owner, on_reclaimed=tracker.mark_interrupted)
     heartbeat.reclaim()
+    # A driver killed between telling the study a trial's end and recording it in MLflow left its run RUNNING.
+    tracker.close_ended(studies.ends_of_gone_drivers(study))
     return Stores(tracker, storage, study, sampler, owner, heartbeat)
 
 
@@ -492,6 +495,7 @@ def finalize(prep: Prepared, stores: Stores, status: str) -> SearchRecord:
 
     tracker = stores.tracker
     tracker.mark_interrupted([t.number for t in studies.reconcile(stores.study, owners_to_release={stores.owner})])
+    tracker.close_ended(studies.ends_of_gone_drivers(stores.study, released={stores.owner}))
     record = SearchRecord(prep.settings.name, tracker.parent_id, tracker.uri, tracker.experiment_id,
                           prep.settings.model, prep.task.name, prep.task.primary_metric, prep.objectives,
                           prep.settings.budget.to_dict(), tracker.trial_records())

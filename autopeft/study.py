@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+from dataclasses import dataclass
 from typing import Any, Callable, Collection, Iterable, Iterator
 
 import optuna
@@ -51,6 +52,11 @@ STARTUP_ATTR = "autopeft_sampler_startup"
 # highest rung reached and its share of the full budget, and the rung a stopped trial stopped at.
 RUNG_VALUES_ATTR = "autopeft_rung_values_"
 RUNG_ATTR, FIDELITY_ATTR, STOPPED_ATTR = "autopeft_rung", "autopeft_fidelity", "autopeft_stopped_at_rung"
+
+# A live driver records a trial's end in MLflow right after telling the study; a finished trial
+# whose run still says RUNNING this long after (any host's clock, skew included) lost its driver
+# in between. On this host a dead driver is known at once.
+UNRECORDED_END_GRACE_S = 300.0
 
 # What ask_within_target answers when it asks nothing.
 FULL = "full"  # the target is reached and every counted trial has finished: the search is done
@@ -151,6 +157,40 @@ def reconcile(study: optuna.Study, owners_to_release: set[str] | None = None,
                                 skip_if_exists=False)
         marked.append(t)
     return marked
+
+
+@dataclass(frozen=True)
+class TrialEnd:
+    """How the study says a trial ended: what its MLflow run is closed with when its driver died
+    between telling the study and recording the end in MLflow."""
+
+    failure: str | None  # FAILURE_ATTR on FAIL (None: it completed)
+    cpu_seconds: float | None
+    asked_again: bool
+    stopped_at_rung: int | None
+
+
+def ends_of_gone_drivers(study: optuna.Study, released: Collection[str] = (),
+                         now: datetime.datetime | None = None) -> dict[int, TrialEnd]:
+    """Finished trials (by number) whose driver is gone: dead on this host, in ``released``, or
+    finished more than ``UNRECORDED_END_GRACE_S`` ago. Their MLflow runs, if still RUNNING, will
+    not be closed by anyone else (``SearchTracker.close_ended``)."""
+    now = now or datetime.datetime.now()
+    ends = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)):
+        owner = t.user_attrs.get(OWNER_ATTR)
+        gone = owner in released or owner_alive(owner) is False or (
+            t.datetime_complete is not None
+            and (now - t.datetime_complete).total_seconds() > UNRECORDED_END_GRACE_S)
+        if not gone:
+            continue
+        failed = t.state != TrialState.COMPLETE
+        stopped = t.user_attrs.get(STOPPED_ATTR)
+        ends[t.number] = TrialEnd(
+            failure=(t.user_attrs.get(FAILURE_ATTR) or "exception") if failed else None,
+            cpu_seconds=t.user_attrs.get(CPU_SECONDS_ATTR), asked_again=bool(t.user_attrs.get(ASKED_AGAIN_ATTR)),
+            stopped_at_rung=int(stopped) if stopped is not None else None)
+    return ends
 
 
 def cpu_spent(trials: Iterable[FrozenTrial]) -> float:
@@ -286,11 +326,13 @@ def record_failure(study: optuna.Study, trial_id: int, category: str, retry_lost
 
 def open_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage, retried: two processes creating one new SQLite file race on its tables
-    (e.g. a reader that opened the new file first)."""
+    (e.g. a reader that opened the new file first). A reader outside autopeft (optuna-dashboard,
+    ``optuna.load_study``) takes no init lock; where it stamps the schema version first, the
+    driver's own stamp fails on uniqueness (IntegrityError) and the retry finds the tables made."""
     import sqlalchemy.exc
 
     return open_with_retry(url, lambda: optuna.storages.RDBStorage(url, **kwargs),
-                           retry_on=(sqlalchemy.exc.OperationalError,))
+                           retry_on=(sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError))
 
 
 def find_settings(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any] | None:

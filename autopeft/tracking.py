@@ -14,7 +14,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from autopeft import schema
 from autopeft.errors import ConfigError
@@ -22,6 +22,9 @@ from autopeft.schema import (ASKED_AGAIN_TAG, ERROR_TAG, FAILURE_TAG, INTERRUPTE
                              LOST_FAILURES, NODE_LOST, PARENT_TAG, PEFT_TAG, RESULT_TAGS, SEARCH_TAG, TRIAL_NUMBER_TAG,
                              TRIAL_TAG, WORKER_LOST, TrialRecord)
 from autopeft.stores import absolute, open_with_retry, sqlite_path
+
+if TYPE_CHECKING:
+    from autopeft.study import TrialEnd
 
 # Front CSV columns before and after the objectives (which come from the search's objective keys).
 _FRONT_LEAD = ("trial", "pareto")
@@ -202,6 +205,33 @@ class SearchTracker:
             self.client.set_tag(run_id, ERROR_TAG, "the search stopped before this trial finished; "
                                 "it is asked again when the search resumes")
             self.client.set_terminated(run_id, "KILLED")
+
+    def close_ended(self, ends: Mapping[int, TrialEnd]) -> list[int]:
+        """Close the runs the study says have ended but MLflow still has RUNNING: their driver died
+        between telling the study and recording the end here. Closed as the study says (FAILED
+        with its reason, KILLED if interrupted, else FINISHED); returns the trial numbers closed."""
+        open_runs = {int(r.data.tags[TRIAL_NUMBER_TAG]): r for r in self.trial_runs()
+                     if r.info.status == "RUNNING" and r.data.tags.get(TRIAL_NUMBER_TAG, "").isdigit()
+                     and int(r.data.tags[TRIAL_NUMBER_TAG]) in ends}
+        interrupted = [n for n, run in open_runs.items() if ends[n].failure == INTERRUPTED]
+        self.mark_interrupted(interrupted)
+        for number, run in open_runs.items():
+            end, run_id = ends[number], run.info.run_id
+            if end.failure == INTERRUPTED:
+                continue
+            if end.stopped_at_rung is not None:
+                self.client.set_tag(run_id, schema.STOPPED_TAG, str(end.stopped_at_rung))
+            if end.failure is not None:
+                self.client.set_tag(run_id, FAILURE_TAG, end.failure)
+                if ERROR_TAG not in run.data.tags:  # its reason was lost with its driver
+                    self.client.set_tag(run_id, ERROR_TAG, f"{end.failure} (its driver died before recording "
+                                        "the reason here; the study holds the category)")
+                if end.asked_again:
+                    self.client.set_tag(run_id, ASKED_AGAIN_TAG, "true")
+                if end.cpu_seconds is not None:
+                    self.client.log_metric(run_id, schema.CPU_SECONDS, end.cpu_seconds)
+            self.client.set_terminated(run_id, "FAILED" if end.failure is not None else "FINISHED")
+        return sorted(open_runs)
 
     def trial_runs(self) -> list:
         return trial_runs(self.client, self.experiment_id, self.parent_id)

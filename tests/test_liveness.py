@@ -192,6 +192,69 @@ def test_an_ordinary_failure_is_not_asked_again(tmp_path):
     assert studies.ask_within_target(study, 1, studies.this_process()) == studies.FULL
 
 
+def test_a_reader_stamping_a_new_storage_first_does_not_stop_the_driver(tmp_path, monkeypatch):
+    """The soak test met it: its poller (``optuna.load_study``, no init lock) stamped the new SQLite
+    file's schema version between the driver's table creation and its own stamp."""
+    import sqlalchemy.exc
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:
+            real(url)  # the reader's open, made first
+            raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    storage = studies.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(calls) == 2 and storage.get_all_studies() == []
+
+
+def test_a_driver_killed_between_the_study_and_mlflow_leaves_no_run_running(tmp_path, monkeypatch):
+    """kill -9 lands after the study is told a trial's end and before its MLflow run is closed (the
+    soak test met it): whoever resumes closes the run as the study says; a live driver's is left."""
+    import datetime
+
+    from autopeft.schema import ASKED_AGAIN_TAG, CPU_SECONDS, FAILURE_TAG, STOPPED_TAG, TRIAL_NUMBER_TAG
+    from autopeft.tracking import SearchTracker
+
+    study, _ = _new_study(tmp_path)
+    tracker = SearchTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "autopeft", "s", params={})
+    dead = "thishost:999999999:1"  # no such pid: known dead on this host
+    monkeypatch.setattr(studies.socket, "gethostname", lambda: "thishost")
+    live = studies.this_process()
+    ends = {}
+    for owner, how in [(dead, "failed"), (dead, "lost"), (dead, "stopped"), (dead, "interrupted"), (live, "failed")]:
+        trial = studies.ask_within_target(study, 10, owner)
+        trial.suggest_int("x", 0, 100)
+        tracker.trial_started(str(trial.number), trial.number, {"x": 1}, {"methods": []})
+        if how == "stopped":
+            trial.set_user_attr(studies.STOPPED_ATTR, 0)
+            study.tell(trial, 0.5)
+            continue
+        if how == "interrupted":  # reconciled by a driver that died before marking its run
+            study._storage.set_trial_user_attr(trial._trial_id, studies.INTERRUPTED_ATTR, True)
+            study._storage.set_trial_user_attr(trial._trial_id, studies.FAILURE_ATTR, "interrupted")
+        else:
+            studies.record_failure(study, trial._trial_id, WORKER_LOST if how == "lost" else "diverged", 1,
+                                   cpu_seconds=3.0)
+        study.tell(trial, state=TrialState.FAIL)
+        ends[trial.number] = how
+    closed = tracker.close_ended(studies.ends_of_gone_drivers(study))
+    runs = {int(r.data.tags[TRIAL_NUMBER_TAG]): r for r in tracker.trial_runs()}
+    assert closed == [0, 1, 2, 3], "the dead driver's runs; not the live one's"
+    assert [runs[n].info.status for n in range(5)] == ["FAILED", "FAILED", "FINISHED", "KILLED", "RUNNING"]
+    assert runs[0].data.tags[FAILURE_TAG] == "diverged" and runs[0].data.metrics[CPU_SECONDS] == 3.0
+    assert runs[1].data.tags[FAILURE_TAG] == WORKER_LOST and runs[1].data.tags[ASKED_AGAIN_TAG] == "true"
+    assert runs[2].data.tags[STOPPED_TAG] == "0" and FAILURE_TAG not in runs[2].data.tags
+    assert runs[3].data.tags[FAILURE_TAG] == "interrupted"
+    # A live driver closes its own at once; past the grace period nobody is left to.
+    later = datetime.datetime.now() + datetime.timedelta(seconds=studies.UNRECORDED_END_GRACE_S + 1)
+    assert tracker.close_ended(studies.ends_of_gone_drivers(study, now=later)) == [4]
+    assert tracker.close_ended(studies.ends_of_gone_drivers(study, now=later)) == [], "closed once"
+
+
 @pytest.mark.parametrize("text, category", [
     # Ray 2.60's words, as its error files hold them.
     ("ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.\n\tclass_name: "

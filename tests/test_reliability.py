@@ -218,6 +218,9 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tiny_bert, tiny_task, tmp_p
     assert not [r for r in runs if r.info.status == "RUNNING"]
 
 
+# In the slow set (.ci/run runs it) to keep the default suite inside its 10 minutes: the same
+# sharing is covered in-process by test_liveness's racing drivers, in seconds.
+@pytest.mark.slow
 def test_two_processes_share_one_study(tiny_bert, tiny_task, tmp_path):
     args = _search_args(tiny_bert, tiny_task, tmp_path, "shared", samples=4)
     procs = [_cli(*args), _cli(*args)]

@@ -135,3 +135,28 @@ def test_min_peft_params_counts_the_modules_without_the_head():
     assert check(floor_100, large)[0] == "run" and check(floor_100, small)[0] == "refuse"
     assert sorted(counted_configs) == sorted({small.canonical(), head.canonical(), large.canonical()}), \
         "each config counted once, the head once"
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe", "gp"])
+def test_a_resumed_seeded_sampler_draws_anew_rather_than_replaying_duplicates(tmp_path, sampler):
+    """A driver resuming (or joining) a seeded study must not replay the first driver's random draws:
+    each replay would be a duplicate, answered from the study and counted towards the target."""
+    from autopeft.samplers import make_sampler
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+
+    def drive(name: str, asked: int, n: int = 3) -> list[int]:
+        study = optuna.create_study(storage=url, study_name=name, directions=["maximize", "minimize"],
+                                    sampler=make_sampler(sampler, 0, 20, asked), load_if_exists=True)
+        draws = []
+        for _ in range(n):
+            trial = study.ask()
+            draws.append(trial.suggest_int("x", 0, 10**6))
+            study.tell(trial, [draws[-1] % 7, draws[-1] % 5])
+        return draws
+
+    first = drive("s", asked=0)
+    resumed = drive("s", asked=3)
+    assert not set(first) & set(resumed), "the resumed driver replayed the first one's draws"
+    assert drive("t", asked=0) == first, "a new study still draws as its seed says"
+    assert drive("t", asked=3) == resumed, "and a resume at the same point draws the same"
