@@ -377,6 +377,21 @@ def dominates(found: dict[str, float], base: dict[str, float]) -> bool:
     return found["params"] < base["params"] or found["mean"] - base["mean"] > max(found["std"], base["std"])
 
 
+def resumable_study(storage: str, name: str, sampler: str, seed: int, expected_trials: int) -> Any:
+    """A benchmark run's Optuna study, new or resumed, with its sampler seeded as a search seeds it
+    (``autopeft.samplers.make_sampler``: a resumed run draws anew instead of replaying duplicates)."""
+    import optuna
+
+    from autopeft.samplers import make_sampler
+
+    try:
+        asked = len(optuna.load_study(study_name=name, storage=storage).trials)
+    except KeyError:
+        asked = 0
+    return optuna.create_study(storage=storage, study_name=name, directions=["maximize", "minimize"],
+                               sampler=make_sampler(sampler, seed, expected_trials, asked), load_if_exists=True)
+
+
 def tracking_uri(store: Path = RESULTS) -> str:
     """MLFLOW_TRACKING_URI, else the SQLite store in ``store``."""
     return os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")

@@ -84,7 +84,6 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
     from autopeft.models import inspect_model
     from autopeft.objectives import resolve_objectives
     from autopeft.reuse import Vetting, tell_reuse
-    from autopeft.samplers import SAMPLERS
     from autopeft.spaces import load_space
     from autopeft.study import FIDELITY_ATTR, RUNG_ATTR, RUNG_VALUES_ATTR, STOPPED_ATTR, rung_values
     from autopeft.trial import TrialContext, run_config
@@ -111,8 +110,7 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
         except KeyError:
             return []
         return _rows(study, task, method, seed) if _spent(study) >= args.cpu_budget else []
-    study = optuna.create_study(storage=storage, study_name=name, directions=["maximize", "minimize"],
-                                sampler=SAMPLERS[sampler](seed, args.expected_trials), load_if_exists=True)
+    study = common.resumable_study(storage, name, sampler, seed, args.expected_trials)
     for t in study.get_trials(states=[optuna.trial.TrialState.RUNNING]):  # left by a stopped run
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     if not study.trials:

@@ -44,7 +44,6 @@ def run_sampler(sampler: str, seed: int, args: argparse.Namespace) -> list[dict]
 
     from autopeft.config import PeftConfig, TrainBudget
     from autopeft.models import inspect_model
-    from autopeft.samplers import SAMPLERS
     from autopeft.spaces import load_space
     from autopeft.trial import TrialContext, run_config
 
@@ -56,9 +55,8 @@ def run_sampler(sampler: str, seed: int, args: argparse.Namespace) -> list[dict]
     sample = space.define_by_run(num_layers)
     budget = TrainBudget(train_examples=args.train_examples, eval_examples=args.eval_examples)
     ctx = TrialContext(common.MODEL, args.task, budget, args.data_dir)
-    study = optuna.create_study(
-        storage=f"sqlite:///{common.RESULTS / 'samplers.db'}", study_name=f"{args.space}-{args.task}-{sampler}-{seed}",
-        directions=["maximize", "minimize"], sampler=SAMPLERS[sampler](seed, args.trials), load_if_exists=True)
+    study = common.resumable_study(f"sqlite:///{common.RESULTS / 'samplers.db'}",
+                                   f"{args.space}-{args.task}-{sampler}-{seed}", sampler, seed, args.trials)
     for t in study.get_trials(states=[optuna.trial.TrialState.RUNNING]):  # left by a stopped run
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     if not study.trials:
