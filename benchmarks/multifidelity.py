@@ -395,6 +395,35 @@ def unlearned_at_rung0(rows: list[dict], args: argparse.Namespace) -> list[dict]
             for (t, m, s), c in sorted(out.items())]
 
 
+def promotions(rows: list[dict], args: argparse.Namespace) -> list[dict]:
+    """Per task, halving method and rung below the top: trials that reached the rung, those above
+    chance there, and how many of each went on, beside the nominal share ``1 / eta``. Asynchronous
+    halving promotes more than that share when later trials keep beating earlier ones, and a
+    rung that has not seen trials learn promotes them all."""
+    from autopeft.fidelity import rung_fractions
+    from autopeft.tasks.metrics import CHANCE_QUANTILE
+
+    fractions = rung_fractions(args.rungs, args.reduction_factor)
+    floors: dict[tuple[str, int, int], float] = {}
+    out: dict[tuple[str, str, int], list[int]] = {}
+    for r in rows:
+        metrics = [float(m) for m in r["rung_metrics"].split()]
+        for k, metric in enumerate(metrics[:len(fractions) - 1]):
+            key = (r["task"], r["seed"], k)
+            if key not in floors:
+                floors[key] = common.no_skill_at_rung(r["task"], args.data_dir, args.holdout, 0, r["seed"],
+                                                      fractions[k], CHANCE_QUANTILE)
+            learned, went_on = metric > floors[key] + 1e-9, float(r["fidelity"]) > fractions[k] + 1e-9
+            counts = out.setdefault((r["task"], r["method"], k), [0, 0, 0, 0])
+            counts[0] += 1
+            counts[1] += learned
+            counts[2] += learned and went_on
+            counts[3] += (not learned) and went_on
+    return [{"task": t, "method": m, "rung": k, "reached": c[0], "learned": c[1], "learned_on": c[2],
+             "unlearned_on": c[3], "share_on": round((c[2] + c[3]) / c[0], 2), "nominal": round(1 / args.reduction_factor, 2)}
+            for (t, m, k), c in sorted(out.items())]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default=None, help="comma-separated (default: sst2,mr,sick_r, else sst2,stsb)")
@@ -526,6 +555,14 @@ def main() -> None:
         for r in unlearned:
             print(f"| {r['task']} | {r['method']} | {r['seed']} | {r['constant']} | {r['unlearned']} | {r['chance']} "
                   f"| {r['within_chance']} | {r['trials']} |")
+    promoted = promotions(rows, args)
+    if promoted:
+        print("\nWho went on from each rung (seeds pooled; 'learned': above chance on the rung's rows)")
+        print("| task | method | rung | trials there | learned | learned, went on | not learned, went on "
+              "| share that went on | nominal |\n|---|---|---|---|---|---|---|---|---|")
+        for r in promoted:
+            print(f"| {r['task']} | {r['method']} | {r['rung']} | {r['reached']} | {r['learned']} | {r['learned_on']} "
+                  f"| {r['unlearned_on']} | {r['share_on']} | {r['nominal']} |")
     png = common.RESULTS / "multifidelity.png"
     _plot(curves, png)
     if args.report:  # the runs were logged when they ran
