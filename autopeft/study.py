@@ -176,10 +176,12 @@ def ends_of_gone_drivers(study: optuna.Study, released: Collection[str] = (),
     finished more than ``UNRECORDED_END_GRACE_S`` ago. Their MLflow runs, if still RUNNING, will
     not be closed by anyone else (``SearchTracker.close_ended``)."""
     now = now or datetime.datetime.now()
-    ends = {}
+    ends, dead = {}, {}  # dead: per owner, checked once (a process lookup each)
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)):
         owner = t.user_attrs.get(OWNER_ATTR)
-        gone = owner in released or owner_alive(owner) is False or (
+        if owner not in dead:
+            dead[owner] = owner in released or owner_alive(owner) is False
+        gone = dead[owner] or (
             t.datetime_complete is not None
             and (now - t.datetime_complete).total_seconds() > UNRECORDED_END_GRACE_S)
         if not gone:

@@ -148,18 +148,25 @@ class SearchTracker:
         run_id = self._trial_runs.get(trial_id)
         if run_id is None:
             return
+        if error is not None:
+            self.client.log_text(run_id, error, schema.TRACEBACK_ARTIFACT)
+        self._end_run(run_id, stopped_at_rung, (failure or classify_failure(error)) if error is not None else None,
+                      asked_again, cpu_seconds)
+
+    def _end_run(self, run_id: str, stopped_at_rung: int | None, failure: tuple[str, str] | None,
+                 asked_again: bool, cpu_seconds: float | None) -> None:
+        """Tag a trial's run with how it ended and close it: the one writer of these tags."""
         if stopped_at_rung is not None:
             self.client.set_tag(run_id, schema.STOPPED_TAG, str(stopped_at_rung))
-        if error is not None:
-            category, reason = failure or classify_failure(error)
+        if failure is not None:
+            category, reason = failure
             self.client.set_tag(run_id, FAILURE_TAG, category)
             self.client.set_tag(run_id, ERROR_TAG, reason[:5000])
             if asked_again:
                 self.client.set_tag(run_id, ASKED_AGAIN_TAG, "true")
-            self.client.log_text(run_id, error, schema.TRACEBACK_ARTIFACT)
             if cpu_seconds is not None:  # what it spent before failing: a CPU budget counts it
                 self.client.log_metric(run_id, schema.CPU_SECONDS, cpu_seconds)
-        self.client.set_terminated(run_id, "FAILED" if error is not None else "FINISHED")
+        self.client.set_terminated(run_id, "FAILED" if failure is not None else "FINISHED")
 
     def trial_reused(self, number: int, source: int) -> None:
         """Record trial ``number`` as answered by trial ``source``'s result (no training): a
@@ -213,24 +220,16 @@ class SearchTracker:
         open_runs = {int(r.data.tags[TRIAL_NUMBER_TAG]): r for r in self.trial_runs()
                      if r.info.status == "RUNNING" and r.data.tags.get(TRIAL_NUMBER_TAG, "").isdigit()
                      and int(r.data.tags[TRIAL_NUMBER_TAG]) in ends}
-        interrupted = [n for n, run in open_runs.items() if ends[n].failure == INTERRUPTED]
-        self.mark_interrupted(interrupted)
+        self.mark_interrupted([n for n in open_runs if ends[n].failure == INTERRUPTED])
         for number, run in open_runs.items():
-            end, run_id = ends[number], run.info.run_id
+            end = ends[number]
             if end.failure == INTERRUPTED:
                 continue
-            if end.stopped_at_rung is not None:
-                self.client.set_tag(run_id, schema.STOPPED_TAG, str(end.stopped_at_rung))
-            if end.failure is not None:
-                self.client.set_tag(run_id, FAILURE_TAG, end.failure)
-                if ERROR_TAG not in run.data.tags:  # its reason was lost with its driver
-                    self.client.set_tag(run_id, ERROR_TAG, f"{end.failure} (its driver died before recording "
-                                        "the reason here; the study holds the category)")
-                if end.asked_again:
-                    self.client.set_tag(run_id, ASKED_AGAIN_TAG, "true")
-                if end.cpu_seconds is not None:
-                    self.client.log_metric(run_id, schema.CPU_SECONDS, end.cpu_seconds)
-            self.client.set_terminated(run_id, "FAILED" if end.failure is not None else "FINISHED")
+            # The reason, where the dying driver wrote it before the kill; else only the study's category.
+            reason = run.data.tags.get(ERROR_TAG) or (
+                f"{end.failure} (its driver died before recording the reason here; the study holds the category)")
+            self._end_run(run.info.run_id, end.stopped_at_rung, (end.failure, reason) if end.failure else None,
+                          end.asked_again, end.cpu_seconds)
         return sorted(open_runs)
 
     def trial_runs(self) -> list:

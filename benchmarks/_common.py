@@ -9,6 +9,7 @@ seconds of its own process (one torch thread), so compute is compared as CPU tim
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import multiprocessing
@@ -434,6 +435,7 @@ def parse_with_data_dir(ap: Any) -> Any:
     return args
 
 
+@functools.lru_cache(maxsize=None)  # the report asks per rung and per table; each call loads the task
 def no_skill_at_rung(task: str, data_dir: str, holdout_size: float, holdout_seed: int, seed: int,
                      fraction: float, confidence: float = 0.0) -> float:
     """The no-skill level successive halving compares a rung's metric with
