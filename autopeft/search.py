@@ -345,7 +345,8 @@ def open_stores(prep: Prepared) -> Stores:
     }, tags={schema.TASK_TAG: prep.task.name, schema.MODEL_TAG: settings.model,
              schema.METRIC_NAME_TAG: prep.task.primary_metric, schema.EVAL_SPLIT_TAG: settings.budget.select_on})
 
-    asked = len(storage.get_all_trials(storage.get_study_id_from_name(settings.name), deepcopy=False)) if stored is not None else 0
+    asked = 0 if stored is None else len(
+        storage.get_all_trials(storage.get_study_id_from_name(settings.name), deepcopy=False))
     sampler = make_sampler(settings.sampler, settings.seed, settings.planned_trials(), asked)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=storage, study_name=settings.name, sampler=sampler, load_if_exists=True,
