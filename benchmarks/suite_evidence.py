@@ -6,13 +6,14 @@ CSV, and how much sharing a core with outside work inflated the baselines' per-r
 
 Writes (merging, per search) benchmarks/results/suite/search_trials.csv (task, search, trial,
 holdout metric, params, learning rate, how many trials had finished when it was asked, config key,
-under successive halving its rung-0 metric and what a constant prediction scores there) and prints, per task,
-the best trials on the holdout, which trials the sampler drew in its random start-up phase, how
-often trials above and at or below a learning rate of 1e-2 ended within 0.05 of the majority
-class (why the `small` space stops at 1e-2), and the CPU inflation of contended runs (wall/CPU
-above 1.3) against runs of the same configuration that had a core to themselves (wall/CPU below
-1.1), and per task how large one run's seed noise is against the spread of the configurations' 3-seed
-means (baselines and found configurations, on dev).
+under successive halving its rung-0 metric and what a constant prediction scores there, the share of
+the full budget its values were measured at) and prints, per task, the best trials on the holdout,
+which trials the sampler drew in its random start-up phase, how often full-budget trials above and
+at or below a learning rate of 1e-2 ended within 0.05 of the majority class (why the `small` space
+stops at 1e-2), and the CPU inflation of contended runs (wall/CPU above 1.3) against runs of the
+same configuration that had a core to themselves (wall/CPU below 1.1), and per task how large one
+run's seed noise is against the spread of the configurations' 3-seed means (baselines and found
+configurations, on dev).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import _common as common  # noqa: E402
 
 from autopeft.samplers import _startup  # noqa: E402
 from autopeft.reuse import CONFIG_KEY_ATTR  # noqa: E402
-from autopeft.study import RUNG_VALUES_ATTR, SETTINGS_ATTR, STARTUP_ATTR  # noqa: E402
+from autopeft.study import FIDELITY_ATTR, RUNG_VALUES_ATTR, SETTINGS_ATTR, STARTUP_ATTR  # noqa: E402
 
 
 def search_trials() -> list[dict]:
@@ -54,7 +55,9 @@ def search_trials() -> list[dict]:
                              "config": t.user_attrs.get(CONFIG_KEY_ATTR, ""),
                              # successive halving: the metric at rung 0, and the rung-0 no-skill level
                              "rung0_metric": t.user_attrs.get(f"{RUNG_VALUES_ATTR}0", {}).get("metric", ""),
-                             "rung0_no_skill": floor})
+                             "rung0_no_skill": floor,
+                             # the share of the full budget its values were measured at (1 unless halving stopped it)
+                             "fidelity": float(t.user_attrs.get(FIDELITY_ATTR, 1.0))})
     return rows
 
 
@@ -93,10 +96,15 @@ RATE_SPLIT = 1e-2
 
 
 def collapse_by_rate(rows: list[dict], majority: dict[str, float]) -> dict[str, tuple[int, int]]:
-    """"above" / "at or below" RATE_SPLIT -> (trials, collapsed trials), over the tasks in ``majority``."""
+    """"above" / "at or below" RATE_SPLIT -> (trials, collapsed trials), over the tasks in ``majority``
+    and the trials trained to their full budget: a trial halving stopped holds a rung's metric, which
+    sits near the majority class for every rate early on. Rows from halving searches written before
+    the CSV kept ``fidelity`` cannot tell, and are left out."""
     out = {"above": [0, 0], "at or below": [0, 0]}
     for r in rows:
-        if r["task"] in majority and r["learning_rate"] not in (None, ""):
+        fidelity = r.get("fidelity") or ("1" if r.get("rung0_metric", "") == "" else "")
+        full = fidelity != "" and float(fidelity) >= 1.0
+        if full and r["task"] in majority and r["learning_rate"] not in (None, ""):
             side = out["above" if float(r["learning_rate"]) > RATE_SPLIT else "at or below"]
             side[0] += 1
             side[1] += float(r["holdout_metric"]) <= majority[r["task"]] + COLLAPSE_MARGIN
