@@ -168,13 +168,16 @@ class TrialEnd:
     cpu_seconds: float | None
     asked_again: bool
     stopped_at_rung: int | None
+    reuse_of: int | None = None  # a duplicate answered from this trial's result (reuse.REUSE_ATTR)
 
 
 def ends_of_gone_drivers(study: optuna.Study, released: Collection[str] = (),
                          now: datetime.datetime | None = None) -> dict[int, TrialEnd]:
     """Finished trials (by number) whose driver is gone: dead on this host, in ``released``, or
-    finished more than ``UNRECORDED_END_GRACE_S`` ago. Their MLflow runs, if still RUNNING, will
-    not be closed by anyone else (``SearchTracker.close_ended``)."""
+    finished more than ``UNRECORDED_END_GRACE_S`` ago. Their MLflow runs, if still RUNNING (or, for
+    a reuse, never created), will not be closed (created) by anyone else (``SearchTracker.close_ended``)."""
+    from autopeft.reuse import REUSE_ATTR  # (reuse imports this module)
+
     now = now or datetime.datetime.now()
     ends, dead = {}, {}  # dead: per owner, checked once (a process lookup each)
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)):
@@ -188,10 +191,12 @@ def ends_of_gone_drivers(study: optuna.Study, released: Collection[str] = (),
             continue
         failed = t.state != TrialState.COMPLETE
         stopped = t.user_attrs.get(STOPPED_ATTR)
+        source = t.user_attrs.get(REUSE_ATTR)
         ends[t.number] = TrialEnd(
             failure=(t.user_attrs.get(FAILURE_ATTR) or "exception") if failed else None,
             cpu_seconds=t.user_attrs.get(CPU_SECONDS_ATTR), asked_again=bool(t.user_attrs.get(ASKED_AGAIN_ATTR)),
-            stopped_at_rung=int(stopped) if stopped is not None else None)
+            stopped_at_rung=int(stopped) if stopped is not None else None,
+            reuse_of=int(source) if source is not None and not failed else None)
     return ends
 
 

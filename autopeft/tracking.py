@@ -168,14 +168,15 @@ class SearchTracker:
                 self.client.log_metric(run_id, schema.CPU_SECONDS, cpu_seconds)
         self.client.set_terminated(run_id, "FAILED" if failure is not None else "FINISHED")
 
-    def trial_reused(self, number: int, source: int) -> None:
+    def trial_reused(self, number: int, source: int) -> bool:
         """Record trial ``number`` as answered by trial ``source``'s result (no training): a
-        FINISHED run with the source's params, metrics, tags and configuration, tagged as a reuse."""
+        FINISHED run with the source's params, metrics, tags and configuration, tagged as a reuse.
+        False where the source has no run to copy."""
         from mlflow.entities import Metric
 
         runs = [r for r in self.trial_runs() if r.data.tags.get(TRIAL_NUMBER_TAG) == str(source)]
         if not runs:
-            return
+            return False
         src = runs[0]
         keep = {k: v for k, v in src.data.tags.items() if k.startswith("autopeft.") and k not in (TRIAL_TAG,)}
         run = self.client.create_run(self.experiment_id, run_name=f"{self.search_name}-t{number:03d}", tags={
@@ -188,6 +189,7 @@ class SearchTracker:
         config = self.client.download_artifacts(src.info.run_id, schema.PEFT_CONFIG_ARTIFACT)
         self.client.log_dict(run.info.run_id, json.loads(Path(config).read_text()), schema.PEFT_CONFIG_ARTIFACT)
         self.client.set_terminated(run.info.run_id, "FINISHED")
+        return True
 
     def mark_interrupted(self, numbers: Sequence[int]) -> None:
         """Trials whose driver died or was stopped: KILLED, and said so.
@@ -216,10 +218,12 @@ class SearchTracker:
     def close_ended(self, ends: Mapping[int, TrialEnd]) -> list[int]:
         """Close the runs the study says have ended but MLflow still has RUNNING: their driver died
         between telling the study and recording the end here. Closed as the study says (FAILED
-        with its reason, KILLED if interrupted, else FINISHED); returns the trial numbers closed."""
-        open_runs = {int(r.data.tags[TRIAL_NUMBER_TAG]): r for r in self.trial_runs()
-                     if r.info.status == "RUNNING" and r.data.tags.get(TRIAL_NUMBER_TAG, "").isdigit()
-                     and int(r.data.tags[TRIAL_NUMBER_TAG]) in ends}
+        with its reason, KILLED if interrupted, else FINISHED). A reuse whose driver died before
+        its run was created gets it now. Returns the trial numbers closed or created."""
+        runs = [r for r in self.trial_runs() if r.data.tags.get(TRIAL_NUMBER_TAG, "").isdigit()]
+        have = {int(r.data.tags[TRIAL_NUMBER_TAG]) for r in runs}
+        open_runs = {int(r.data.tags[TRIAL_NUMBER_TAG]): r for r in runs
+                     if r.info.status == "RUNNING" and int(r.data.tags[TRIAL_NUMBER_TAG]) in ends}
         self.mark_interrupted([n for n in open_runs if ends[n].failure == INTERRUPTED])
         for number, run in open_runs.items():
             end = ends[number]
@@ -230,7 +234,9 @@ class SearchTracker:
                 f"{end.failure} (its driver died before recording the reason here; the study holds the category)")
             self._end_run(run.info.run_id, end.stopped_at_rung, (end.failure, reason) if end.failure else None,
                           end.asked_again, end.cpu_seconds)
-        return sorted(open_runs)
+        reused = [n for n, end in sorted(ends.items()) if end.reuse_of is not None and n not in have
+                  and self.trial_reused(n, end.reuse_of)]
+        return sorted([*open_runs, *reused])
 
     def trial_runs(self) -> list:
         return trial_runs(self.client, self.experiment_id, self.parent_id)

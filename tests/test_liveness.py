@@ -255,6 +255,37 @@ def test_a_driver_killed_between_the_study_and_mlflow_leaves_no_run_running(tmp_
     assert tracker.close_ended(studies.ends_of_gone_drivers(study, now=later)) == [], "closed once"
 
 
+def test_a_reuse_whose_driver_died_before_its_run_was_created_gets_one(tmp_path, monkeypatch):
+    """kill -9 after the study was told a duplicate's reused result and before its MLflow run was
+    created: the trial is finished, so no reclaim sees it; whoever resumes creates its run."""
+    from autopeft.reuse import REUSE_ATTR, tell_reuse
+    from autopeft.schema import REUSE_TAG, TRIAL_NUMBER_TAG
+    from autopeft.tracking import SearchTracker
+
+    study, _ = _new_study(tmp_path)
+    tracker = SearchTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "autopeft", "s", params={})
+    monkeypatch.setattr(studies.socket, "gethostname", lambda: "thishost")
+    dead = "thishost:999999999:1"
+    source = studies.ask_within_target(study, 10, dead)
+    source.suggest_int("x", 0, 100)
+    tracker.trial_started(str(source.number), source.number, {"x": 7}, {"methods": []})
+    tracker.trial_result(str(source.number), {"metric": 0.8, "trainable_params": 1000})
+    study.tell(source, 0.8)
+    tracker.trial_finished(str(source.number))
+    duplicate = studies.ask_within_target(study, 10, dead)
+    duplicate.suggest_int("x", 0, 100)
+    tell_reuse(study, duplicate, study.trials[source.number])  # ... and the driver dies here
+    assert study.trials[duplicate.number].user_attrs[REUSE_ATTR] == source.number
+    assert len(tracker.trial_runs()) == 1
+
+    assert tracker.close_ended(studies.ends_of_gone_drivers(study)) == [duplicate.number]
+    runs = {int(r.data.tags[TRIAL_NUMBER_TAG]): r for r in tracker.trial_runs()}
+    assert runs[duplicate.number].info.status == "FINISHED"
+    assert runs[duplicate.number].data.tags[REUSE_TAG] == str(source.number)
+    assert runs[duplicate.number].data.metrics["metric"] == 0.8
+    assert tracker.close_ended(studies.ends_of_gone_drivers(study)) == [], "created once"
+
+
 @pytest.mark.parametrize("text, category", [
     # Ray 2.60's words, as its error files hold them.
     ("ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.\n\tclass_name: "
