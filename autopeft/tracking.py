@@ -219,7 +219,8 @@ class SearchTracker:
         """Close the runs the study says have ended but MLflow still has RUNNING: their driver died
         between telling the study and recording the end here. Closed as the study says (FAILED
         with its reason, KILLED if interrupted, else FINISHED). A reuse whose driver died before
-        its run was created gets it now. Returns the trial numbers closed or created."""
+        its run was created, or while it was copying the source's, gets it (again) now. Returns the
+        trial numbers closed or created."""
         runs = [r for r in self.trial_runs() if r.data.tags.get(TRIAL_NUMBER_TAG, "").isdigit()]
         have = {int(r.data.tags[TRIAL_NUMBER_TAG]) for r in runs}
         open_runs = {int(r.data.tags[TRIAL_NUMBER_TAG]): r for r in runs
@@ -229,6 +230,10 @@ class SearchTracker:
             end = ends[number]
             if end.failure == INTERRUPTED:
                 continue
+            if end.reuse_of is not None:  # a copy cut short (metrics or config missing): copy again
+                self.client.delete_run(run.info.run_id)
+                have.discard(number)
+                continue
             # The reason, where the dying driver wrote it before the kill; else only the study's category.
             reason = run.data.tags.get(ERROR_TAG) or (
                 f"{end.failure} (its driver died before recording the reason here; the study holds the category)")
@@ -236,7 +241,7 @@ class SearchTracker:
                           end.asked_again, end.cpu_seconds)
         reused = [n for n, end in sorted(ends.items()) if end.reuse_of is not None and n not in have
                   and self.trial_reused(n, end.reuse_of)]
-        return sorted([*open_runs, *reused])
+        return sorted({*open_runs, *reused})
 
     def trial_runs(self) -> list:
         return trial_runs(self.client, self.experiment_id, self.parent_id)

@@ -259,7 +259,7 @@ def test_a_reuse_whose_driver_died_before_its_run_was_created_gets_one(tmp_path,
     """kill -9 after the study was told a duplicate's reused result and before its MLflow run was
     created: the trial is finished, so no reclaim sees it; whoever resumes creates its run."""
     from autopeft.reuse import REUSE_ATTR, tell_reuse
-    from autopeft.schema import REUSE_TAG, TRIAL_NUMBER_TAG
+    from autopeft.schema import PARENT_TAG, REUSE_TAG, TRIAL_NUMBER_TAG
     from autopeft.tracking import SearchTracker
 
     study, _ = _new_study(tmp_path)
@@ -284,6 +284,15 @@ def test_a_reuse_whose_driver_died_before_its_run_was_created_gets_one(tmp_path,
     assert runs[duplicate.number].data.tags[REUSE_TAG] == str(source.number)
     assert runs[duplicate.number].data.metrics["metric"] == 0.8
     assert tracker.close_ended(studies.ends_of_gone_drivers(study)) == [], "created once"
+    # Killed while copying: the run exists, RUNNING, without the source's metrics. Copied again.
+    again = studies.ask_within_target(study, 10, dead)
+    again.suggest_int("x", 0, 100)
+    tell_reuse(study, again, study.trials[source.number])
+    tracker.client.create_run(tracker.experiment_id, tags={
+        PARENT_TAG: tracker.parent_id, TRIAL_NUMBER_TAG: str(again.number), REUSE_TAG: str(source.number)})
+    assert tracker.close_ended(studies.ends_of_gone_drivers(study)) == [again.number]
+    copies = [r for r in tracker.trial_runs() if r.data.tags[TRIAL_NUMBER_TAG] == str(again.number)]
+    assert len(copies) == 1 and copies[0].info.status == "FINISHED" and copies[0].data.metrics["metric"] == 0.8
 
 
 @pytest.mark.parametrize("text, category", [
