@@ -142,8 +142,10 @@ def main() -> None:
     fresh = {r["search"] for r in trials}
     common.write_csv(path, [r for r in common.read_csv(path) if r["search"] not in fresh] + trials)
     for search in sorted({r["search"] for r in trials}):
-        best = sorted((r for r in trials if r["search"] == search), key=lambda r: -r["holdout_metric"])[:3]
-        print(f"{search}: best on the holdout " + ", ".join(
+        # Full-budget trials only: a stopped trial's values are a rung's, on a share of the rows.
+        best = sorted((r for r in trials if r["search"] == search and r["fidelity"] >= 1.0),
+                      key=lambda r: -r["holdout_metric"])[:3]
+        print(f"{search}: best on the holdout (full budget) " + ", ".join(
             f"t{r['trial']} {r['holdout_metric']:.3f} ({r['trainable_params']:,} params)" for r in best))
         startup = sorted(r["trial"] for r in trials if r["search"] == search
                          and r["finished_when_asked"] < r["sampler_startup"])
