@@ -402,12 +402,16 @@ def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> No
     from ray import tune
 
     from autopeft import ray_glue
-    from autopeft.study import counted, cpu_spent, target_reached, trainings_spent
+    from autopeft.study import counted, cpu_spent, target_reached, trainings_spent, worth_waiting_for
     from autopeft.trial import ray_trainable
 
     settings = prep.settings
     trials = stores.study.get_trials(deepcopy=False)
-    if target_reached(trials, settings.num_samples, settings.cpu_budget_s, settings.full_trials):
+    # A study already at its target may still hold another driver's running trials: if that driver
+    # dies (another host: known only after the heartbeat grace), its trials are asked again, and
+    # this driver, having joined, must be the one still asking.
+    if (target_reached(trials, settings.num_samples, settings.cpu_budget_s, settings.full_trials)
+            and not worth_waiting_for(trials)):
         return
     done = len(counted(trials))
     started_ray = False

@@ -272,6 +272,13 @@ def target_reached(trials: Collection[FrozenTrial], target: int, cpu_budget_s: f
         _room_for_another(trials, *budget) for budget in _budgets(cpu_budget_s, full_trials))
 
 
+def worth_waiting_for(trials: Collection[FrozenTrial]) -> bool:
+    """Whether a driver at the target must keep waiting for running trials, whoever runs them: a
+    lost one is asked again and a dead driver's is reclaimed, and some driver must still be
+    asking then. Trials nobody can tell alive (another host, no heartbeat) are not waited for."""
+    return any(driver_alive(t) is not None for t in counted(trials) if t.state == TrialState.RUNNING)
+
+
 def ask_within_target(study: optuna.Study, target: int, owner: str,
                       cpu_budget_s: float | None = None, full_trials: float | None = None) -> optuna.Trial | str:
     """Ask the study's next trial for ``owner`` unless it holds ``target`` counted trials, or
@@ -284,11 +291,7 @@ def ask_within_target(study: optuna.Study, target: int, owner: str,
     with study_lock(getattr(study._storage, "_backend", study._storage), study.study_name):
         trials = study.get_trials(deepcopy=False)
         if target_reached(trials, target, cpu_budget_s, full_trials):
-            # Wait for running trials, whoever runs them: a lost one is asked again and a dead
-            # driver's is reclaimed, and this driver must still be asking then. Trials nobody can
-            # tell alive (another host, no heartbeat) are not waited for.
-            running = [t for t in counted(trials) if t.state == TrialState.RUNNING]
-            return WAIT if any(driver_alive(t) is not None for t in running) else FULL
+            return WAIT if worth_waiting_for(trials) else FULL
         plan = getattr(study.sampler, "plan_trials", None)
         if plan is not None:  # a search bounded by CPU or training runs fewer trials than its target
             plan(expected_trials(trials, target, cpu_budget_s, full_trials))
