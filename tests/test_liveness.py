@@ -295,6 +295,39 @@ def test_a_reuse_whose_driver_died_before_its_run_was_created_gets_one(tmp_path,
     assert len(copies) == 1 and copies[0].info.status == "FINISHED" and copies[0].data.metrics["metric"] == 0.8
 
 
+def test_a_driver_joining_a_study_at_its_target_waits_for_another_hosts_running_trial(tmp_path, monkeypatch):
+    """The study already holds its target, one trial still RUNNING for a driver on another host
+    (alive as far as its heartbeat says). A joining driver must go on to run (and wait), not
+    return: if that driver has died, its trial is reclaimed after the grace and only a driver still
+    asking can ask it again. With nothing running, it returns at once."""
+    import types
+
+    import autopeft.search as search
+
+    study, _ = _new_study(tmp_path)
+    monkeypatch.setattr(studies.socket, "gethostname", lambda: "thishost")
+    other = "another-host:1234:1"  # owner_alive cannot tell: only the heartbeat can
+    trial = studies.ask_within_target(study, 1, other)
+    assert studies.target_reached(study.trials, 1) and studies.worth_waiting_for(study.trials)
+
+    class Entered(Exception):
+        pass
+
+    def entered(*args, **kwargs):
+        raise Entered
+
+    monkeypatch.setattr(search, "connect", entered)
+    monkeypatch.setattr("ray.is_initialized", lambda: False)
+    settings = types.SimpleNamespace(num_samples=1, cpu_budget_s=None, full_trials=None, ray_address=None)
+    prep = types.SimpleNamespace(settings=settings, task=types.SimpleNamespace(primary_metric="accuracy"))
+    stores = types.SimpleNamespace(study=study, tracker=None)
+    with pytest.raises(Entered):
+        search.run_trials(prep, stores, show_progress=False)
+    study.tell(trial, 0.5)
+    assert not studies.worth_waiting_for(study.trials)
+    search.run_trials(prep, stores, show_progress=False)  # at the target, nothing running: returns
+
+
 @pytest.mark.parametrize("text, category", [
     # Ray 2.60's words, as its error files hold them.
     ("ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.\n\tclass_name: "
