@@ -27,7 +27,7 @@ import _common as common  # noqa: E402
 
 from autopeft.samplers import _startup  # noqa: E402
 from autopeft.reuse import CONFIG_KEY_ATTR  # noqa: E402
-from autopeft.study import FIDELITY_ATTR, RUNG_VALUES_ATTR, SETTINGS_ATTR, STARTUP_ATTR  # noqa: E402
+from autopeft.study import CPU_SECONDS_ATTR, FIDELITY_ATTR, RUNG_VALUES_ATTR, SETTINGS_ATTR, STARTUP_ATTR  # noqa: E402
 
 
 def search_trials() -> list[dict]:
@@ -57,7 +57,8 @@ def search_trials() -> list[dict]:
                              "rung0_metric": t.user_attrs.get(f"{RUNG_VALUES_ATTR}0", {}).get("metric", ""),
                              "rung0_no_skill": floor,
                              # the share of the full budget its values were measured at (1 unless halving stopped it)
-                             "fidelity": float(t.user_attrs.get(FIDELITY_ATTR, 1.0))})
+                             "fidelity": float(t.user_attrs.get(FIDELITY_ATTR, 1.0)),
+                             "cpu_seconds": t.user_attrs.get(CPU_SECONDS_ATTR, "")})
     return rows
 
 
@@ -147,8 +148,16 @@ def main() -> None:
                       key=lambda r: -r["holdout_metric"])[:3]
         print(f"{search}: best on the holdout (full budget) " + ", ".join(
             f"t{r['trial']} {r['holdout_metric']:.3f} ({r['trainable_params']:,} params)" for r in best))
+        mine = [r for r in trials if r["search"] == search]
+        ended = {f: sum(r["fidelity"] == f for r in mine) for f in sorted({r["fidelity"] for r in mine})}
+        print("  trials by the fidelity their values are at (successive halving: the rung each ended at): "
+              + ", ".join(f"{f:.3g}: {n}" for f, n in ended.items())
+              + f"; trials' CPU-s {sum(float(r['cpu_seconds'] or 0) for r in mine):,.0f}")
         startup = sorted(r["trial"] for r in trials if r["search"] == search
                          and r["finished_when_asked"] < r["sampler_startup"])
+        modelled = [r for r in mine if r["finished_when_asked"] >= r["sampler_startup"]]
+        print(f"  the sampler's own proposals: {len(modelled)}, at a learning rate of {RATE_SPLIT:g} or more: "
+              f"{sum(float(r['learning_rate'] or 0) >= RATE_SPLIT * 0.99 for r in modelled)}")
         print("  asked before the sampler's model took over (fewer trials finished than its start-up count; "
               "the warm starts, then random draws): " + ", ".join(f"t{n}" for n in startup))
         rung0 = [r for r in trials if r["search"] == search and r["rung0_metric"] != ""]
