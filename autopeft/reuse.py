@@ -33,12 +33,12 @@ def config_key(config: dict[str, Any], budget: TrainBudget) -> str:
 
 
 def evaluated(trials: list[FrozenTrial], key: str) -> FrozenTrial | None:
-    """The earliest finished, original (not itself reused) trial that evaluated ``key``."""
-    for t in sorted(trials, key=lambda t: t.number):
-        if (t.state == TrialState.COMPLETE and t.user_attrs.get(CONFIG_KEY_ATTR) == key
-                and REUSE_ATTR not in t.user_attrs and not t.user_attrs.get(INTERRUPTED_ATTR)):
-            return t
-    return None
+    """The finished, original (not itself reused) trial that evaluated ``key`` at the highest
+    fidelity, the earliest of those: a stopped trial resumed by halving of the promotion type has
+    a later trial at a higher rung with the same key."""
+    found = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get(CONFIG_KEY_ATTR) == key
+             and REUSE_ATTR not in t.user_attrs and not t.user_attrs.get(INTERRUPTED_ATTR)]
+    return min(found, key=lambda t: (-t.user_attrs.get(FIDELITY_ATTR, 1.0), t.number), default=None)
 
 
 def tell_reuse(study: Any, trial: Any, source: FrozenTrial) -> None:

@@ -52,6 +52,9 @@ STARTUP_ATTR = "autopeft_sampler_startup"
 # highest rung reached and its share of the full budget, and the rung a stopped trial stopped at.
 RUNG_VALUES_ATTR = "autopeft_rung_values_"
 RUNG_ATTR, FIDELITY_ATTR, STOPPED_ATTR = "autopeft_rung", "autopeft_fidelity", "autopeft_stopped_at_rung"
+# Halving of the promotion type: a trial that resumes a stopped one from its rung holds the number
+# of the first trial of that configuration's run (its rung values are that trial's).
+CONTINUES_ATTR = "autopeft_continues"
 
 # A live driver records a trial's end in MLflow right after telling the study; a finished trial
 # whose run still says RUNNING this long after (any host's clock, skew included) lost its driver
@@ -99,13 +102,14 @@ def counted(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
 
 def rung_values(trials: Iterable[FrozenTrial]) -> Iterator[tuple[int, int, dict[str, float]]]:
     """(trial number, rung, objective values) of every rung report the study holds: what a
-    resumed search's scheduler decides against. Interrupted trials are left out: they run again."""
+    resumed search's scheduler decides against. Interrupted trials are left out: they run again.
+    A continuation's rungs are its first trial's (``CONTINUES_ATTR``): one run, one name."""
     for t in trials:
         if t.user_attrs.get(INTERRUPTED_ATTR):
             continue
         for key, values in t.user_attrs.items():
             if key.startswith(RUNG_VALUES_ATTR):
-                yield t.number, int(key[len(RUNG_VALUES_ATTR):]), values
+                yield t.user_attrs.get(CONTINUES_ATTR, t.number), int(key[len(RUNG_VALUES_ATTR):]), values
 
 
 def driver_alive(trial: FrozenTrial, stale_trial_ids: Collection[int] = (), released: Collection[str] = (),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -133,6 +134,34 @@ class TrainResult:
     # At a rung below the top: the primary metric a model without skill reaches on the rows scored
     # there (tasks.chance_score; successive halving does not rank trials that have not beaten it).
     no_skill: float | None = None
+    # A run stopped at a rung with ``keep_state``: what resumes it (``train_and_evaluate(resume=)``).
+    state: "TrainState | None" = None
+
+
+@dataclass
+class TrainState:
+    """Everything a run stopped at a rung needs to go on as if it had never stopped: the trainable
+    weights, the optimizer's moments, the schedule, the data order and the random streams.
+
+    Why not retrain from step 0: halving of the promotion type (a trial waits at its rung until it
+    ranks in the top 1/eta there) would pay every promoted trial's lower rungs twice. A PEFT run's
+    state is small (the trainable weights three times over: weights, two Adam moments); the frozen
+    base is rebuilt from the same seed. ``tests/test_halving.py`` checks that a stopped and
+    resumed run ends exactly where the uninterrupted run does.
+    """
+
+    trainable: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    scaler: dict[str, Any]
+    step: int
+    epoch: int
+    perm: list[int]  # this epoch's example order
+    start: int  # where in ``perm`` the next batch begins
+    order_rng: torch.Tensor  # the shuffling generator, ready for the next epoch's permutation
+    torch_rng: torch.Tensor  # dropout's stream
+    losses: list[float]
+    history: list[dict[str, float]]
 
 
 def predict(model: torch.nn.Module, data: Batches, task: TaskSpec, pad_id: int, batch_size: int,
@@ -172,7 +201,8 @@ def train_and_evaluate(model: torch.nn.Module, tokenizer: Any, task: TaskSpec, t
                        on_step: Callable[[int, int, float], None] | None = None,
                        rungs: Sequence[float] = (),
                        on_rung: Callable[[int, TrainResult], bool] | None = None,
-                       rung_confidence: float = CHANCE_QUANTILE) -> TrainResult:
+                       rung_confidence: float = CHANCE_QUANTILE, keep_state: bool = False,
+                       resume: TrainState | None = None) -> TrainResult:
     """Train the trainable parameters of ``model`` under ``budget``; score it on ``dev``.
 
     ``dev`` is whatever split scores the run: the task's dev split, or the held-out selection
@@ -189,17 +219,19 @@ def train_and_evaluate(model: torch.nn.Module, tokenizer: Any, task: TaskSpec, t
     ``on_rung(rung, result so far)`` is called; training goes on (same weights, optimizer and
     schedule) if it returns True, else that result is returned. Each rung's result carries the
     score a model without skill reaches there (``no_skill``; ``tasks.chance_score`` at
-    ``rung_confidence``).
+    ``rung_confidence``). ``keep_state``: a run stopped at a rung returns its ``TrainState``
+    (``TrainResult.state``); ``resume`` with such a state (and ``model`` built as the stopped run's
+    was) goes on from its step instead of from the start.
     """
     try:
         return _train(model, tokenizer, task, train, dev, budget, torch.device(device), on_epoch, memory_limit_mb,
-                      on_step, rungs, on_rung, rung_confidence)
+                      on_step, rungs, on_rung, rung_confidence, keep_state, resume)
     except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
         raise TrialOutOfMemory(f"out of memory on {device}: {exc}; lower the batch size or the size") from None
 
 
 def _train(model, tokenizer, task, train, dev, budget, device, on_epoch, memory_limit_mb, on_step,
-           rungs=(), on_rung=None, rung_confidence=CHANCE_QUANTILE) -> TrainResult:
+           rungs=(), on_rung=None, rung_confidence=CHANCE_QUANTILE, keep_state=False, resume=None) -> TrainResult:
     model.to(device)
     pad_id = tokenizer.pad_token_id
     train_data = tokenize(subsample(train, budget.train_examples, budget.seed), tokenizer, budget.max_seq_length)
@@ -224,6 +256,24 @@ def _train(model, tokenizer, task, train, dev, budget, device, on_epoch, memory_
     torch.manual_seed(budget.seed)  # dropout and shuffling: same seed, same run
     order = torch.Generator().manual_seed(budget.seed)
     step, epoch, losses, history = 0, 0, [], []
+    perm, first = None, 0  # a resumed run's current epoch order and where in it to go on
+    if resume is not None:
+        with torch.no_grad():
+            named = dict(model.named_parameters())
+            for n, value in resume.trainable.items():
+                named[n].copy_(value)
+        opt.load_state_dict(resume.optimizer)
+        sched.load_state_dict(resume.scheduler)
+        scaler.load_state_dict(resume.scaler)
+        order.set_state(resume.order_rng)
+        torch.set_rng_state(resume.torch_rng)
+        step, epoch, perm, first = resume.step, resume.epoch, list(resume.perm), resume.start
+        losses, history = list(resume.losses), list(resume.history)
+
+    def state(perm: list[int], start: int) -> TrainState:
+        return TrainState({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+                          copy.deepcopy(opt.state_dict()), sched.state_dict(), scaler.state_dict(), step, epoch,
+                          perm, start, order.get_state(), torch.get_rng_state(), list(losses), list(history))
     t0 = time.perf_counter()
     eval_seconds = 0.0
     # Rungs below the top: step -> rung index. The schedule above spans the full budget, so a
@@ -232,8 +282,9 @@ def _train(model, tokenizer, task, train, dev, budget, device, on_epoch, memory_
     with PeakMemory(device, limit_mb=memory_limit_mb) as mem:
         while step < total:
             model.train()
-            perm = torch.randperm(len(train_data), generator=order).tolist()
-            for start in range(0, len(perm), budget.batch_size):
+            if perm is None:
+                perm, first = torch.randperm(len(train_data), generator=order).tolist(), 0
+            for start in range(first, len(perm), budget.batch_size):
                 if step >= total:
                     break
                 batch = {k: v.to(device) for k, v in
@@ -271,7 +322,10 @@ def _train(model, tokenizer, task, train, dev, budget, device, on_epoch, memory_
                                           eval_seconds, mem.current_peak_mb(), mem.kind, history, scale,
                                           chance_score(task, rows.labels, rung_confidence))
                     if not on_rung(k, partial):
+                        if keep_state:
+                            partial.state = state(perm, start + budget.batch_size)
                         return partial
+            perm = None
             epoch += 1
             if on_epoch is not None:
                 te = time.perf_counter()

@@ -69,7 +69,8 @@ def pick_device(gpus: float = 0) -> str:
 
 def run_config(ctx: TrialContext, peft: PeftConfig, budget: TrainBudget | None = None,
                device: str = "cpu", full_finetune: bool = False, report_dev: bool = False,
-               on_rung: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+               on_rung: Callable[[dict[str, Any]], bool] | None = None,
+               keep_state: Callable[[Any], None] | None = None, resume: Any = None) -> dict[str, Any]:
     """Build, train and evaluate ``peft`` on ``ctx``; return the report of one trial.
 
     ``full_finetune`` trains every weight instead (``peft`` is then ignored): the reference the
@@ -79,6 +80,9 @@ def run_config(ctx: TrialContext, peft: PeftConfig, budget: TrainBudget | None =
     ``dev_<metric>``): the benchmarks choose by the holdout metric and report the dev one of the
     same run. With ``ctx.rungs`` and ``on_rung``, each rung below the top hands ``on_rung`` the
     report so far; False stops the trial there and that report is returned (its ``rung`` says where).
+    Halving of the promotion type: ``keep_state`` is handed the stopped run's ``train.TrainState``,
+    and a later call with it as ``resume`` (same ``ctx``, ``peft`` and ``budget``) goes on from that
+    rung; its report's CPU-seconds are its own.
     """
     from autopeft.build import build_full_model, build_model
     from autopeft.tasks import HOLDOUT
@@ -109,8 +113,11 @@ def run_config(ctx: TrialContext, peft: PeftConfig, budget: TrainBudget | None =
     result = train_and_evaluate(built.model, built.tokenizer, task, splits.train, splits.select, budget, device=device,
                                 memory_limit_mb=ctx.memory_limit_mb, rungs=ctx.rungs,
                                 on_rung=at_rung if on_rung is not None and ctx.rungs else None,
-                                rung_confidence=ctx.rung_confidence)
+                                rung_confidence=ctx.rung_confidence, keep_state=keep_state is not None,
+                                resume=resume)
     if stopped:
+        if keep_state is not None:
+            keep_state(result.state)
         return stopped[0]
     dev: dict[str, float] = {}
     if report_dev and splits.select_on == HOLDOUT:  # before measuring: latency may merge LoRA in place

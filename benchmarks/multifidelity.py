@@ -63,15 +63,23 @@ def default_tasks() -> list[str]:
 def parse_method(method: str, rungs: int) -> tuple[int, str]:
     """``"sh+gp"`` -> (``rungs``, "gp"); ``"sh2+gp"`` -> (2, "gp"): a halving method may name its
     own rung count, so runs over other rungs get their own study and rows; ``"gp"`` -> (0, "gp").
+    ``"shp+gp"`` is halving of the promotion type (``is_promotion``), with the same rungs.
     A tag after ``@`` (``"sh+gp@v2"``) changes nothing in the run: it names a rerun of the method
     under changed code, with its own study and rows beside the recorded ones."""
     halving, plus, sampler = method.partition("@")[0].partition("+")
     if not plus:
         return 0, method
-    count = halving.removeprefix("sh")
+    count = halving.removeprefix("shp" if is_promotion(method) else "sh")
     if not halving.startswith("sh") or not (count == "" or count.isdigit() and int(count) >= 2):
         raise ValueError(f"unknown method {method!r}")
     return int(count or rungs), sampler
+
+
+def is_promotion(method: str) -> bool:
+    """Halving of the promotion type (``"shp+gp"``): a trial stops at each rung below the top with
+    its training state kept, and is resumed when it ranks in the top ``floor(n / eta)`` of its rung
+    (``RungLedger.next_promotion``); otherwise the stopping type (``"sh+gp"``, the search's)."""
+    return method.partition("@")[0].startswith("shp")
 
 
 def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> list[dict]:
@@ -124,7 +132,19 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
     def spent() -> float:
         return _spent(study)
 
+    promotion = is_promotion(method)
+    states = common.RESULTS / "multifidelity_states" / name  # promotion type: each stopped run's TrainState
+    states.mkdir(parents=True, exist_ok=True)
+
+    def keep(root: int):
+        return lambda state: torch.save(state, states / f"{root}.pt")
+
     while spent() < args.cpu_budget:
+        waiting = {p.stem for p in states.glob("*.pt")}
+        promote = ledger.next_promotion(waiting) if promotion else None
+        if promote is not None:
+            resume(study, int(promote[0]), ctx, budget, ledger, objectives, states, keep, rungs, label=(task, method, seed))
+            continue
         trial = study.ask()
         config = sample(trial)
         verdict, source = vetting.check(study.trials, trial, config)
@@ -132,16 +152,22 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
             trial.set_user_attr("cpu_seconds", 0.0)
             tell_reuse(study, trial, source)
             continue
+        if promotion:  # what a later resume of this run builds and trains
+            trial.set_user_attr(CONFIG_ATTR, config)
 
         def at_rung(report: dict, number: int = trial.number, trial=trial) -> bool:
             values = rung_record(report, list(objectives))  # as the search stores them
             trial.set_user_attr(f"{RUNG_VALUES_ATTR}{report['rung']}", values)
+            if promotion:  # every run waits at its rung; next_promotion decides later
+                ledger.record(str(number), report["rung"], values)
+                return False
             return ledger.decide(str(number), report["rung"], values)
 
         cpu0 = time.process_time()
         try:
             report = run_config(ctx, PeftConfig.from_dict(config["peft_config"]), budget.replace(**config["training"]),
-                                on_rung=at_rung if halving else None)
+                                on_rung=at_rung if halving else None,
+                                keep_state=keep(trial.number) if promotion else None)
         except Exception as exc:  # a failed trial is recorded and the run goes on, as in autopeft search
             trial.set_user_attr("cpu_seconds", time.process_time() - cpu0)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -157,11 +183,65 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
         print(f"{task} {method} seed {seed} trial {trial.number}: {report['metric']:.4f} "
               f"{report['trainable_params']} params, fidelity {report.get('fidelity', 1.0):.3f}, "
               f"{spent():.0f}/{args.cpu_budget:.0f} CPU-s", flush=True)
+    for path in states.glob("*.pt"):  # the run has spent its budget: nothing will resume
+        path.unlink()
+    states.rmdir()
     return _rows(study, task, method, seed)
 
 
+CONFIG_ATTR = "bench_config"  # promotion type: the sampled config, for the trials that resume it
+
+
+def resume(study, root: int, ctx, budget, ledger, objectives, states: Path, keep, rungs: int, label) -> None:
+    """Go on with trial ``root``'s run from the rung it stopped at, as a new trial of the study
+    (``CONTINUES_ATTR``; same parameters, so the sampler sees the config at the higher fidelity)
+    holding this part's CPU-seconds. It stops at the next rung (its state kept again) or ends."""
+    import optuna
+    import torch
+
+    from autopeft.config import PeftConfig
+    from autopeft.fidelity import rung_record
+    from autopeft.reuse import CONFIG_KEY_ATTR
+    from autopeft.study import CONTINUES_ATTR, FIDELITY_ATTR, RUNG_ATTR, RUNG_VALUES_ATTR, STOPPED_ATTR
+    from autopeft.trial import run_config
+
+    first = study.trials[root]  # numbers are positions in one study
+    config = first.user_attrs[CONFIG_ATTR]
+    attrs = {CONTINUES_ATTR: root, CONFIG_KEY_ATTR: first.user_attrs[CONFIG_KEY_ATTR]}
+
+    def at_rung(report: dict) -> bool:
+        values = rung_record(report, list(objectives))
+        attrs[f"{RUNG_VALUES_ATTR}{report['rung']}"] = values
+        ledger.record(str(root), report["rung"], values)
+        return False
+
+    path = states / f"{root}.pt"
+    cpu0 = time.process_time()
+    try:
+        report = run_config(ctx, PeftConfig.from_dict(config["peft_config"]), budget.replace(**config["training"]),
+                            on_rung=at_rung, keep_state=keep(root), resume=torch.load(path, weights_only=False))
+    except Exception as exc:  # recorded, and not resumed again
+        study.add_trial(optuna.trial.create_trial(params=first.params, distributions=first.distributions,
+                                                  state=optuna.trial.TrialState.FAIL,
+                                                  user_attrs={**attrs, "cpu_seconds": time.process_time() - cpu0}))
+        path.unlink(missing_ok=True)
+        print(f"{' '.join(map(str, label))}: resuming trial {root} failed: {exc}", flush=True)
+        return
+    attrs.update({"cpu_seconds": time.process_time() - cpu0, RUNG_ATTR: report["rung"],
+                  FIDELITY_ATTR: report["fidelity"]})
+    if report["rung"] < rungs - 1:
+        attrs[STOPPED_ATTR] = report["rung"]
+    else:
+        path.unlink(missing_ok=True)
+    study.add_trial(optuna.trial.create_trial(params=first.params, distributions=first.distributions,
+                                              values=[report["metric"], report["trainable_params"]], user_attrs=attrs))
+    print(f"{' '.join(map(str, label))} trial {root} resumed to rung {report['rung']}: {report['metric']:.4f}, "
+          f"{attrs['cpu_seconds']:.1f} CPU-s", flush=True)
+
+
 CSV_TYPES = {"seed": int, "trial": int, "metric": float, "trainable_params": int, "fidelity": float,
-             "full_fidelity": lambda v: v == "True", "cpu_seconds": float}
+             "full_fidelity": lambda v: v == "True", "cpu_seconds": float, "superseded": lambda v: v == "True",
+             "trained": lambda v: float(v) if v else None}  # rows of runs before promotion-type halving lack both
 
 
 def recorded_runs(path: Path) -> dict[tuple[str, str, int], list[dict]]:
@@ -181,21 +261,35 @@ def _rows(study, task: str, method: str, seed: int) -> list[dict]:
     """The run's complete trials in order, each with the CPU-seconds spent up to it."""
     import optuna
 
-    from autopeft.study import FIDELITY_ATTR, STOPPED_ATTR, rung_values
+    from autopeft.study import CONTINUES_ATTR, FIDELITY_ATTR, RUNG_ATTR, STOPPED_ATTR, rung_values
 
     trials = sorted(study.trials, key=lambda t: t.number)
-    at_rungs: dict[int, dict[int, float]] = {}  # each trial's metric at the rungs below the top it passed
+    at_rungs: dict[int, dict[int, float]] = {}  # each run's metric at the rungs below the top it passed
     for number, rung, values in rung_values(trials):
         at_rungs.setdefault(number, {})[rung] = values["metric"]
+    # Halving of the promotion type: one configuration's run is a chain of trials (the first, then
+    # each resume); the last holds the run's whole story, the earlier ones are ``superseded``, and
+    # each trained only its own part (``trained``, a share of the full budget).
+    chains: dict[int, list] = {}
+    for t in trials:
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            chains.setdefault(t.user_attrs.get(CONTINUES_ATTR, t.number), []).append(t)
     rows, cpu = [], 0.0
     for t in trials:
         cpu += t.user_attrs.get("cpu_seconds", 0.0)
         if t.state != optuna.trial.TrialState.COMPLETE:
             continue
+        root = t.user_attrs.get(CONTINUES_ATTR, t.number)
+        chain = chains[root]
+        before = chain[chain.index(t) - 1] if chain.index(t) else None
+        fidelity = t.user_attrs.get(FIDELITY_ATTR, 1.0)
+        rung = t.user_attrs.get(RUNG_ATTR, math.inf)
         rows.append({"task": task, "method": method, "seed": seed, "trial": t.number, "metric": t.values[0],
-                     "trainable_params": int(t.values[1]), "fidelity": t.user_attrs.get(FIDELITY_ATTR, 1.0),
+                     "trainable_params": int(t.values[1]), "fidelity": fidelity,
                      "full_fidelity": STOPPED_ATTR not in t.user_attrs, "cpu_seconds": round(cpu, 1),
-                     "rung_metrics": " ".join(f"{v:.4f}" for _, v in sorted(at_rungs.get(t.number, {}).items()))})
+                     "rung_metrics": " ".join(f"{v:.4f}" for k, v in sorted(at_rungs.get(root, {}).items()) if k <= rung),
+                     "superseded": t is not chain[-1],
+                     "trained": fidelity - (before.user_attrs.get(FIDELITY_ATTR, 1.0) if before else 0.0)})
     return rows
 
 
@@ -303,7 +397,7 @@ def default_sized(run: list[dict], full_trials: float) -> list[dict]:
             break
         taken.append(r)
         if r["cpu_seconds"] > last_cpu:  # a duplicate answered from the study spent and trained nothing
-            spent, paid = spent + float(r["fidelity"]), paid + 1
+            spent, paid = spent + float(r["fidelity"] if r.get("trained") is None else r["trained"]), paid + 1
         last_cpu = r["cpu_seconds"]
     return taken
 
@@ -347,6 +441,11 @@ def sign_test(wins: int, n: int) -> float:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n)
 
 
+def final_parts(rows: list[dict]) -> list[dict]:
+    """One row per configuration's run: a run that promotion-type halving resumed is its last trial."""
+    return [r for r in rows if not r.get("superseded")]
+
+
 def rung_agreement(rows: list[dict]) -> list[dict]:
     """Does a rung order trials as the next rung does? Per task and halving method, pooled over the
     seeds: Spearman's rank correlation between a trial's metric at rung k and at rung k + 1, over
@@ -356,7 +455,7 @@ def rung_agreement(rows: list[dict]) -> list[dict]:
     from scipy.stats import spearmanr
 
     pairs: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
-    for r in rows:
+    for r in final_parts(rows):
         metrics = [float(v) for v in r["rung_metrics"].split()]
         if r["full_fidelity"] and metrics:  # a halving trial that reached the top: its result is the top rung's
             metrics.append(r["metric"])
@@ -377,7 +476,7 @@ def unlearned_at_rung0(rows: list[dict], args: argparse.Namespace) -> list[dict]
 
     floors: dict[tuple[str, int], tuple[float, float]] = {}
     out: dict[tuple[str, str, int], list[int]] = {}
-    for r in rows:
+    for r in final_parts(rows):
         metrics = r["rung_metrics"].split()
         if not metrics:
             continue
@@ -406,7 +505,7 @@ def promotions(rows: list[dict], args: argparse.Namespace) -> list[dict]:
     fractions = rung_fractions(args.rungs, args.reduction_factor)
     floors: dict[tuple[str, int, int], float] = {}
     out: dict[tuple[str, str, int], list[int]] = {}
-    for r in rows:
+    for r in final_parts(rows):
         metrics = [float(m) for m in r["rung_metrics"].split()]
         for k, metric in enumerate(metrics[:len(fractions) - 1]):
             key = (r["task"], r["seed"], k)

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from autopeft.fidelity import (RungLedger, crowding_distance, expected_share, nondominated_sort, pareto_order,
-                               promoted, rung_fractions, rung_rows, rung_steps)
+                               promoted, promotion_order, rung_fractions, rung_rows, rung_steps)
 from autopeft.objectives import resolve_objectives
 
 MAXMIN = ["max", "min"]
@@ -161,3 +161,47 @@ def test_a_resumed_ledger_is_seeded_from_the_rung_values_the_study_holds():
         ledger.record(str(number), rung, values)
     # The dead driver's trial 0 is still the one to beat at rung 0: a worse newcomer stops.
     assert not ledger.decide("7", 0, {"metric": 0.8, "trainable_params": 20})
+
+
+def test_promotion_order_ranks_the_learned_then_the_rest_by_arrival():
+    # POINTS by pareto_order: 0 and 1 (the ends of the front), 3 (crowded between them), then 2 and 4.
+    assert promotion_order(POINTS, MAXMIN) == pareto_order(POINTS, MAXMIN)
+    # 1 and 3 (the smallest) have not learned: they follow the learned, in arrival order, whatever
+    # their size. Among the learned, 0 dominates 2 and 2 dominates 4.
+    assert promotion_order(POINTS, MAXMIN, learned=[True, False, True, False, True]) == [0, 2, 4, 1, 3]
+
+
+def test_an_improving_sampler_sends_every_trial_on_when_stopping_but_a_third_when_promoting():
+    # Nine trials of one size, each better than the last (a sampler that keeps improving): decided
+    # on arrival, each is the best at its rung so far and goes on (stopping type); promotion sends
+    # on floor(9 / 3) = 3, the best three, and only once 3 trials have arrived does the first go.
+    objectives = resolve_objectives("metric,trainable_params")
+    stopping = RungLedger(objectives, rungs=3, eta=3)
+    promotion = RungLedger(objectives, rungs=3, eta=3)
+    went_on, resumed = [], []
+    for i in range(9):
+        values = {"metric": 0.5 + 0.01 * i, "trainable_params": 1000}
+        went_on.append(stopping.decide(str(i), 0, values))
+        promotion.record(str(i), 0, values)
+        if i == 1:
+            assert promotion.next_promotion() is None, "two trials at rung 0: floor(2 / 3) = 0 go on"
+    assert all(went_on)
+    while (nxt := promotion.next_promotion()) is not None:  # resume each, as a free worker would
+        trial, rung = nxt
+        resumed.append(nxt)
+        promotion.record(trial, rung + 1, {"metric": 0.8 + 0.01 * int(trial), "trainable_params": 1000})
+    # The best third of rung 0, best first; then the best third of the three at rung 1.
+    assert resumed == [("8", 0), ("7", 0), ("6", 0), ("8", 1)]
+
+
+def test_promotion_takes_the_highest_rung_first_and_only_waiting_trials():
+    ledger = RungLedger(resolve_objectives("metric,trainable_params"), rungs=3, eta=3)
+    for i, m in enumerate((0.6, 0.7, 0.8)):
+        ledger.record(str(i), 0, {"metric": m, "trainable_params": 100})
+    assert ledger.next_promotion() == ("2", 0)
+    assert ledger.next_promotion(waiting={"0", "1"}) is None, "the one to promote is running (or has no state)"
+    for i, m in enumerate((0.81, 0.82, 0.83)):  # three at rung 1 (their rung 0 values are not needed)
+        ledger.record(f"r{i}", 1, {"metric": m, "trainable_params": 100})
+    assert ledger.next_promotion() == ("r2", 1), "a trial nearer the top goes first"
+    ledger.record("r2", 2, {"metric": 0.85, "trainable_params": 100})
+    assert ledger.next_promotion() == ("2", 0)

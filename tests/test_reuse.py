@@ -12,7 +12,7 @@ from autopeft.config import TrainBudget
 from autopeft.reuse import CONFIG_KEY_ATTR, REUSE_ATTR, config_key, evaluated
 from autopeft.schema import REUSE_TAG
 from autopeft.search import SearchSettings, run_search
-from autopeft.study import REFUSED_ATTR, counted
+from autopeft.study import FIDELITY_ATTR, REFUSED_ATTR, counted
 
 LORA = {"method": "lora", "layers": [0, 1, 2], "rank": 8, "alpha": 16}
 
@@ -38,6 +38,14 @@ def test_evaluated_takes_the_earliest_finished_original():
     running.set_user_attr(CONFIG_KEY_ATTR, "c")
     assert evaluated(study.trials, "a").number == 1
     assert evaluated(study.trials, "c") is None, "a running trial has no result to reuse"
+    # Halving of the promotion type: the config's run stopped at rung 0 (trial 4) was resumed by
+    # trial 5, which reached the top. A duplicate gets the full-budget result, not the rung-0 one.
+    for values, fidelity in (((0.4, 10), 1 / 9), ((0.7, 10), 1.0)):
+        t = study.ask()
+        t.set_user_attr(CONFIG_KEY_ATTR, "d")
+        t.set_user_attr(FIDELITY_ATTR, fidelity)
+        study.tell(t, values)
+    assert evaluated(study.trials, "d").number == 5
 
 
 # rank 0 switches LoRA off: the head-only config, which the space refuses (its modules add 0
