@@ -26,7 +26,7 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from autopeft.objectives import METRIC  # noqa: E402
 from autopeft.fidelity import rung_record  # noqa: E402
-from autopeft.schema import CPU_SECONDS, FIDELITY, RUNG, RUNGS  # noqa: E402
+from autopeft.schema import CPU_SECONDS, FIDELITY, RUNG, RUNGS, TRAINED  # noqa: E402
 
 
 _MAX_REFUSALS = 50
@@ -57,7 +57,7 @@ class StudySearcher(OptunaSearch):
     def __init__(self, *args: Any, target: int, owner: str, retry_lost_trials: int = 0,
                  limits: dict[str, tuple[Any, float]] | None = None, vetting: Any = None,
                  on_reuse: Callable[[int, int], None] | None = None, cpu_budget_s: float | None = None,
-                 full_trials: float | None = None, **kwargs: Any) -> None:
+                 full_trials: float | None = None, promotions: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._target, self._owner, self._limits = target, owner, limits or {}
         self._cpu_budget_s, self._full_trials = cpu_budget_s, full_trials
@@ -67,16 +67,21 @@ class StudySearcher(OptunaSearch):
         # reuse.Vetting: duplicates are answered from the study, too-small configs refused; both
         # without a Ray trial. on_reuse(number, source number) records a reuse in MLflow.
         self._vetting, self._on_reuse = vetting, on_reuse
+        # Halving of the promotion type: (RungLedger, RunStates). Before a new trial is asked, a
+        # stopped run the ledger promotes is claimed and its continuation enqueued.
+        self._promotions = promotions
 
     def suggest(self, trial_id: str):
         from autopeft.reuse import tell_refused, tell_reuse
-        from autopeft.study import FULL, WAIT, ask_within_target
+        from autopeft.study import CONTINUES_ATTR, FULL, RESUMES_RUNG_ATTR, WAIT, ask_within_target, resumes
 
         refusals = 0
         while True:
             if trial_id not in self._ot_trials:
                 if time.monotonic() - self._waited_at < self._WAIT_POLL_S:
                     return None
+                if self._promotions is not None:
+                    self._enqueue_promotion()
                 ot_trial = ask_within_target(self._ot_study, self._target, self._owner, self._cpu_budget_s,
                                              self._full_trials)
                 if ot_trial == FULL:
@@ -87,6 +92,12 @@ class StudySearcher(OptunaSearch):
                 self._ot_trials[trial_id] = ot_trial
             config = super().suggest(trial_id)
             ot_trial = self._ot_trials[trial_id]
+            resumed = resumes(ot_trial)
+            if resumed:  # goes on with a stopped run: its config is the run's, already vetted
+                if self._vetting is not None:
+                    self._vetting.stamp(ot_trial, config)
+                return {**config, "trial_number": ot_trial.number, "resume_of": resumed[CONTINUES_ATTR],
+                        "resume_rung": resumed[RESUMES_RUNG_ATTR]}
             verdict, detail = ("run", None) if self._vetting is None else self._vetting.check(
                 self._ot_study.get_trials(deepcopy=False), ot_trial, config)
             if verdict == "run":
@@ -106,15 +117,37 @@ class StudySearcher(OptunaSearch):
                               "refuses (min_peft_params); the search stops here")
                 return Searcher.FINISHED
 
+    def _enqueue_promotion(self) -> None:
+        """Halving of the promotion type: if the ledger promotes a stopped run whose state is kept
+        and this driver claims it, enqueue the trial that resumes it (asked before any new one).
+        One at a time: while a resuming trial waits to be asked, nothing more is promoted."""
+        import optuna
+
+        from autopeft.study import CONTINUES_ATTR, RESUMES_RUNG_ATTR, target_reached
+
+        ledger, states = self._promotions
+        trials = self._ot_study.get_trials(deepcopy=False)
+        if any(t.state == optuna.trial.TrialState.WAITING for t in trials):
+            return  # warm starts, trials asked again, or a resume: asked first anyway
+        if target_reached(trials, self._target, self._cpu_budget_s, self._full_trials):
+            return  # nothing more is asked: a claimed state would wait for a resumed search
+        promote = ledger.next_promotion(states.waiting())
+        if promote is None or not states.claim(promote[0]):
+            return
+        root, rung = int(promote[0]), promote[1]
+        first = trials[root]  # numbers are positions in the study
+        self._ot_study.enqueue_trial(first.params, user_attrs={CONTINUES_ATTR: root, RESUMES_RUNG_ATTR: rung},
+                                     skip_if_exists=False)
+
     def save(self, checkpoint_path: str) -> None:
         # Ray pickles the searcher's state into its experiment folder; the vetting and reuse hooks
         # hold closures and the MLflow client, and a resumed search rebuilds them anyway.
-        hooks = self._vetting, self._on_reuse
-        self._vetting = self._on_reuse = None
+        hooks = self._vetting, self._on_reuse, self._promotions
+        self._vetting = self._on_reuse = self._promotions = None
         try:
             super().save(checkpoint_path)
         finally:
-            self._vetting, self._on_reuse = hooks
+            self._vetting, self._on_reuse, self._promotions = hooks
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._keep_rung_values(trial_id, result)
@@ -128,7 +161,7 @@ class StudySearcher(OptunaSearch):
             ot_trial.set_user_attr(f"{RUNG_VALUES_ATTR}{int(result[RUNG])}", rung_record(result, self.metric))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        from autopeft.study import CPU_SECONDS_ATTR, FIDELITY_ATTR, RUNG_ATTR, STOPPED_ATTR
+        from autopeft.study import CPU_SECONDS_ATTR, FIDELITY_ATTR, RUNG_ATTR, STOPPED_ATTR, TRAINED_ATTR
 
         # Ray calls this before the callbacks' on_trial_error, which alone read the error; a
         # failed trial's reason must be in the study before it is told FAIL (then it is frozen).
@@ -147,6 +180,8 @@ class StudySearcher(OptunaSearch):
                     ot_trial.set_user_attr(STOPPED_ATTR, rung)
             if result.get(CPU_SECONDS) is not None:  # what --cpu-budget-s adds up, for every driver
                 ot_trial.set_user_attr(CPU_SECONDS_ATTR, float(result[CPU_SECONDS]))
+            if result.get(TRAINED) is not None:  # a resumed run: what --full-trials counts for it
+                ot_trial.set_user_attr(TRAINED_ATTR, float(result[TRAINED]))
             for key, (objective, bound) in self._limits.items():
                 value = result.get(key)
                 if value is not None and math.isfinite(float(value)):
@@ -286,7 +321,7 @@ class ProgressCallback(Callback):
         if self.unit == "CPU-s":
             return self.failed_cpu.get(trial.trial_id, 0.0) if failed else result.get(CPU_SECONDS, 0.0)
         if self.unit == "full trials":  # as study.trainings_spent counts it: a failed trial, nothing
-            return 0.0 if failed else float(result.get(FIDELITY, 1.0))
+            return 0.0 if failed else float(result.get(TRAINED, result.get(FIDELITY, 1.0)))
         return 1.0
 
     def _update(self, trial: Any, failed: bool = False) -> None:

@@ -70,8 +70,7 @@ class Vetting:
 
     def check(self, trials: list[FrozenTrial], trial: Any, config: dict[str, Any]) -> tuple[str, Any]:
         """("run", None), ("reuse", source trial) or ("refuse", reason); stamps the trial's key."""
-        key = config_key(config, self.budget)
-        trial.set_user_attr(CONFIG_KEY_ATTR, key)
+        key = self.stamp(trial, config)
         source = evaluated(trials, key)
         if source is not None:
             return "reuse", source
@@ -86,6 +85,12 @@ class Vetting:
                 return "refuse", (f"{peft.describe()} adds {added:,} parameters to the task head, below the "
                                   f"space's min_peft_params {self.min_peft_params:,}")
         return "run", None
+
+    def stamp(self, trial: Any, config: dict[str, Any]) -> str:
+        """Record what ``trial`` evaluates (a later duplicate finds it by this key)."""
+        key = config_key(config, self.budget)
+        trial.set_user_attr(CONFIG_KEY_ATTR, key)
+        return key
 
     def _trainable(self, peft: PeftConfig) -> int:
         canonical = peft.canonical()

@@ -49,6 +49,9 @@ EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # Successive halving: report keys (rung reached, rungs in all, share of the full budget) and
 # the tag a trial stopped below the top rung carries (its rung). Optuna user attrs reuse the keys.
 RUNG, RUNGS, FIDELITY = "rung", "rungs", "fidelity"
+# Halving of the promotion type: the share of the full budget a resumed trial trained itself (its
+# fidelity less the rung it resumed from); what --full-trials counts for it.
+TRAINED = "trained_share"
 NO_SKILL = "no_skill"  # a rung report: the metric a model without skill reaches on the rung's rows (tasks.chance_score)
 STOPPED_TAG = "autopeft.stopped_at_rung"
 REUSE_TAG = "autopeft.reuse_of"  # a trial answered from an earlier trial's result: that trial's number

@@ -32,7 +32,8 @@ def _field_help(text: str) -> dict[str, Any]:
     return {"help": text}
 
 
-SCHEDULERS = ("fifo", "sh")
+SCHEDULERS = ("fifo", "sh", "shp")
+HALVING = ("sh", "shp")  # successive halving: of the stopping type, of the promotion type
 # A search bounded by --cpu-budget-s alone: a trial cap it does not reach first.
 BUDGETED_NUM_SAMPLES = 1000
 # What says when a search ends; --resume NAME may move it.
@@ -96,7 +97,10 @@ class SearchSettings:
         "process (0: count it as failed)"))
     scheduler: str = field(default=DEFAULT_SCHEDULER, metadata=_field_help(
         "trial scheduler. fifo: every trial gets the full budget; sh: multi-objective successive halving (rungs over "
-        "training steps and scored rows; a trial goes on past a rung only if in the Pareto-ranked top 1/eta)"))
+        "training steps and scored rows; a trial goes on past a rung only if in the Pareto-ranked top 1/eta of the "
+        "trials that reached it so far, decided as it arrives); shp: the same, of the promotion type (every trial "
+        "stops at its rung with its training state kept on disk under --workdir, and one in the top floor(n/eta) of "
+        "its rung is resumed later, so exactly 1/eta go on however the sampler's proposals improve)"))
     rungs: int = field(default=DEFAULT_RUNGS, metadata=_field_help(
         "successive halving: number of rungs; the lowest gets 1/eta**(rungs-1) of the budget"))
     reduction_factor: int = field(default=DEFAULT_REDUCTION_FACTOR, metadata=_field_help(
@@ -120,7 +124,7 @@ class SearchSettings:
         full = self.full_trials
         if full is None and self.num_samples is None and self.cpu_budget_s is None:
             full = DEFAULT_FULL_TRIALS
-        if full is not None and full > 0 and self.scheduler != "sh":  # every trial is a full one: a count says it
+        if full is not None and full > 0 and self.scheduler not in HALVING:  # every trial is a full one: a count says it
             if self.num_samples is None:
                 object.__setattr__(self, "num_samples", math.ceil(full))
             full = None
@@ -241,14 +245,14 @@ def prepare(settings: SearchSettings) -> Prepared:
     ctx = TrialContext(_model_ref(settings.model), _task_ref(task, settings.task), settings.budget,
                        trial_data_dir(settings.data_dir, data_dir, settings.ray_address),
                        settings.trial_memory_limit_mb, *_rung_context(settings, objectives), settings.top_seeds,
-                       settings.rung_confidence)
+                       settings.rung_confidence, states_dir(settings))
     return Prepared(settings, task, space, model, objectives, ctx, notes)
 
 
 def _check_rungs(settings: SearchSettings, train: Any) -> None:
     """Each rung needs a step of its own; a budget of fewer steps than rungs is refused here, not
     in every trial (a space that samples the batch size may still shorten some trials)."""
-    if settings.scheduler != "sh":
+    if settings.scheduler not in HALVING:
         return
     total = settings.budget.total_steps(len(train))
     if total < settings.rungs:
@@ -257,7 +261,7 @@ def _check_rungs(settings: SearchSettings, train: Any) -> None:
 
 
 def _rung_context(settings: SearchSettings, objectives: dict[str, Objective]) -> tuple[tuple[float, ...], tuple[str, ...]]:
-    if settings.scheduler != "sh":
+    if settings.scheduler not in HALVING:
         return (), ()
     return rung_fractions(settings.rungs, settings.reduction_factor), tuple(objectives)
 
@@ -339,7 +343,7 @@ def open_stores(prep: Prepared) -> Stores:
         schema.OBJECTIVES_PARAM: ",".join(prep.objectives),
         "seed": settings.seed, **{f"{schema.BUDGET_PREFIX}{k}": v for k, v in settings.budget.to_dict().items()},
         "scheduler": settings.scheduler, "top_seeds": settings.top_seeds,
-        **({"rungs": settings.rungs, "reduction_factor": settings.reduction_factor} if settings.scheduler == "sh" else {}),
+        **({"rungs": settings.rungs, "reduction_factor": settings.reduction_factor} if settings.scheduler in HALVING else {}),
         **{f"limit/{k}": v for k, v in settings.limits.items()},
         schema.TASK_REF_PARAM: prep.context.task,
     }, tags={schema.TASK_TAG: prep.task.name, schema.MODEL_TAG: settings.model,
@@ -402,6 +406,7 @@ def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> No
     from ray import tune
 
     from autopeft import ray_glue
+    from autopeft.run_states import RunStates
     from autopeft.study import counted, cpu_spent, target_reached, trainings_spent, worth_waiting_for
     from autopeft.trial import ray_trainable
 
@@ -423,13 +428,15 @@ def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> No
         if not ray.is_initialized():
             connect(settings.ray_address)
             started_ray = True
+        ledger = _ledger(prep, stores)  # one for the scheduler (records rungs) and the searcher (promotes)
         searcher = ray_glue.StudySearcher(
             space=prep.space.define_by_run(prep.model.num_layers), metric=list(prep.objectives),
             mode=list(directions(prep.objectives).values()), sampler=stores.sampler, storage=stores.storage,
             study_name=settings.name, seed=settings.seed, target=settings.num_samples, owner=stores.owner,
             retry_lost_trials=settings.retry_lost_trials, cpu_budget_s=settings.cpu_budget_s,
             full_trials=settings.full_trials, limits=limit_objectives(settings.limits), vetting=_vetting(prep),
-            on_reuse=stores.tracker.trial_reused)
+            on_reuse=stores.tracker.trial_reused,
+            promotions=(ledger, RunStates(prep.context.states_dir)) if prep.context.states_dir else None)
         tracking.searcher = searcher  # records each failure in the study, with its reason
         trainable = tune.with_resources(
             tune.with_parameters(ray_trainable, context=prep.context.to_dict()),
@@ -439,7 +446,7 @@ def run_trials(prep: Prepared, stores: Stores, show_progress: bool = True) -> No
             # Unbounded: the searcher ends the search at the study's target (trials asked again, by
             # this driver or a cooperating one, and duplicates answered without Ray, need samples
             # beyond `remaining`).
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(prep, stores), num_samples=-1,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(prep, ledger), num_samples=-1,
                                         reuse_actors=reuse_workers(settings),
                                         max_concurrent_trials=settings.max_concurrent_trials,
                                         trial_dirname_creator=ray_glue.trial_dirname),
@@ -477,18 +484,31 @@ def _vetting(prep: Prepared) -> Any:
     return Vetting(prep.settings.budget, prep.space.min_peft_params, count)
 
 
-def _scheduler(prep: Prepared, stores: Stores) -> Any:
-    """None (Ray's FIFO) or successive halving, its ledger seeded with the rungs the study already holds."""
-    if prep.settings.scheduler != "sh":
+def _ledger(prep: Prepared, stores: Stores) -> Any:
+    """Successive halving's rung ledger, seeded with the rungs the study already holds; None under fifo."""
+    if prep.settings.scheduler not in HALVING:
         return None
     from autopeft.fidelity import RungLedger
-    from autopeft.scheduler import ParetoHalvingScheduler
     from autopeft.study import rung_values
 
     ledger = RungLedger(prep.objectives, prep.settings.rungs, prep.settings.reduction_factor)
     for number, rung, values in rung_values(stores.study.get_trials(deepcopy=False)):
         ledger.record(str(number), rung, values)
-    return ParetoHalvingScheduler(ledger)
+    return ledger
+
+
+def _scheduler(prep: Prepared, ledger: Any) -> Any:
+    """None (Ray's FIFO) or successive halving over ``ledger``."""
+    if ledger is None:
+        return None
+    from autopeft.scheduler import ParetoHalvingScheduler
+
+    return ParetoHalvingScheduler(ledger, promotion=prep.settings.scheduler == "shp")
+
+
+def states_dir(settings: SearchSettings) -> str | None:
+    """Where a promotion-type search keeps its stopped runs' training states (run_states.py)."""
+    return str((Path(settings.workdir) / "states" / settings.name).resolve()) if settings.scheduler == "shp" else None
 
 
 # ---------------------------------------------------------------------------- phase 4: finalize

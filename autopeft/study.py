@@ -55,6 +55,8 @@ RUNG_ATTR, FIDELITY_ATTR, STOPPED_ATTR = "autopeft_rung", "autopeft_fidelity", "
 # Halving of the promotion type: a trial that resumes a stopped one from its rung holds the number
 # of the first trial of that configuration's run (its rung values are that trial's).
 CONTINUES_ATTR = "autopeft_continues"
+RESUMES_RUNG_ATTR = "autopeft_resumes_rung"  # ... and the rung it goes on from
+TRAINED_ATTR = "autopeft_trained"  # ... and the share of the full budget it trained itself
 
 # A live driver records a trial's end in MLflow right after telling the study; a finished trial
 # whose run still says RUNNING this long after (any host's clock, skew included) lost its driver
@@ -98,6 +100,12 @@ def counted(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state != TrialState.WAITING
             and not t.user_attrs.get(INTERRUPTED_ATTR) and not t.user_attrs.get(ASKED_AGAIN_ATTR)
             and REFUSED_ATTR not in t.user_attrs]
+
+
+def resumes(trial: FrozenTrial) -> dict[str, int]:
+    """What a trial asked again keeps of a trial that resumed a stopped run: which run, from which
+    rung (its state stays claimed until a resumed trial is done with it: ``run_states``)."""
+    return {k: trial.user_attrs[k] for k in (CONTINUES_ATTR, RESUMES_RUNG_ATTR) if k in trial.user_attrs}
 
 
 def rung_values(trials: Iterable[FrozenTrial]) -> Iterator[tuple[int, int, dict[str, float]]]:
@@ -157,8 +165,8 @@ def reconcile(study: optuna.Study, owners_to_release: set[str] | None = None,
         # A lost trial already asked again (its driver died before failing it) is not asked twice.
         if t.params and not t.user_attrs.get(ASKED_AGAIN_ATTR):
             retries = t.user_attrs.get(RETRIES_ATTR)
-            study.enqueue_trial(t.params, user_attrs={RETRIES_ATTR: retries} if retries else None,
-                                skip_if_exists=False)
+            study.enqueue_trial(t.params, user_attrs={**({RETRIES_ATTR: retries} if retries else {}), **resumes(t)}
+                                or None, skip_if_exists=False)
         marked.append(t)
     return marked
 
@@ -223,7 +231,7 @@ def _training(t: FrozenTrial) -> float:
 
     if t.state != TrialState.COMPLETE or REUSE_ATTR in t.user_attrs:
         return 0.0
-    return float(t.user_attrs.get(FIDELITY_ATTR, 1.0))
+    return float(t.user_attrs.get(TRAINED_ATTR, t.user_attrs.get(FIDELITY_ATTR, 1.0)))
 
 
 def trainings_spent(trials: Iterable[FrozenTrial]) -> float:
@@ -334,7 +342,7 @@ def record_failure(study: optuna.Study, trial_id: int, category: str, retry_lost
     except UpdateFinishedTrialError:
         return False  # reclaimed by another driver meanwhile (this one missed its beats): it decided
     if again:
-        study.enqueue_trial(trial.params, user_attrs={RETRIES_ATTR: retries + 1}, skip_if_exists=False)
+        study.enqueue_trial(trial.params, user_attrs={RETRIES_ATTR: retries + 1, **resumes(trial)}, skip_if_exists=False)
     return again
 
 

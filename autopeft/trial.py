@@ -16,7 +16,8 @@ from typing import Any, Callable
 
 from autopeft.config import PeftConfig, TrainBudget
 from autopeft.objectives import METRIC, PEAK_MEMORY_MB, TRAINABLE_PARAMS, available_objectives, measure_all
-from autopeft.schema import CPU_SECONDS, CPU_SECONDS_NOTE, EVAL_SPLIT, FIDELITY, NO_SKILL, RUNG, RUNGS
+from autopeft.run_states import RunStates
+from autopeft.schema import CPU_SECONDS, CPU_SECONDS_NOTE, EVAL_SPLIT, FIDELITY, NO_SKILL, RUNG, RUNGS, TRAINED
 from autopeft.tasks.metrics import CHANCE_QUANTILE
 
 
@@ -39,6 +40,9 @@ class TrialContext:
     seeds: int = 1
     # How sure a rung must be that a trial learned before ranking it on its metric (train.py).
     rung_confidence: float = CHANCE_QUANTILE
+    # Halving of the promotion type: where stopped runs keep their training state (run_states.py);
+    # None = the stopping type (a trial goes on in its own process or ends at its rung).
+    states_dir: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "budget": self.budget.to_dict()}
@@ -47,7 +51,7 @@ class TrialContext:
     def from_dict(cls, d: dict[str, Any]) -> "TrialContext":
         return cls(d["model"], d["task"], TrainBudget.from_dict(d["budget"]), d.get("data_dir"),
                    d.get("memory_limit_mb"), tuple(d.get("rungs", ())), tuple(d.get("rung_objectives", ())),
-                   d.get("seeds", 1), d.get("rung_confidence", CHANCE_QUANTILE))
+                   d.get("seeds", 1), d.get("rung_confidence", CHANCE_QUANTILE), d.get("states_dir"))
 
 
 @dataclass
@@ -213,18 +217,34 @@ def ray_trainable(config: dict[str, Any], context: dict[str, Any]) -> None:
     reused = _TRIALS_IN_PROCESS > 0
     _TRIALS_IN_PROCESS += 1
 
+    # Halving of the promotion type: every run stops at its rung with its state kept, and a
+    # promoted one is resumed by a later trial (``resume_of``: the run's first trial number).
+    states = RunStates(ctx.states_dir) if ctx.states_dir else None
+    root = config.get("resume_of")
+    run = root if root is not None else config["trial_number"]
+
     def at_rung(report: dict[str, Any]) -> bool:
-        # The scheduler answers by stopping this trial (Ray ends the thread inside report); a
-        # trial it lets go on simply continues training.
+        # The stopping type: the scheduler answers by stopping this trial (Ray ends the thread
+        # inside report); a trial it lets go on simply continues training.
+        if root is not None:
+            report[TRAINED] = report[FIDELITY] - ctx.rungs[config["resume_rung"]]
         tune.report(_mark_reuse(report, node, reused, device))
-        return True
+        return states is None
 
     cpu0 = time.process_time()
     try:
-        report = run_config(ctx, peft, budget, device=device, on_rung=at_rung)
+        report = run_config(ctx, peft, budget, device=device, on_rung=at_rung,
+                            keep_state=(lambda state: states.save(run, state)) if states else None,
+                            resume=states.load_claimed(root) if states and root is not None else None)
     except Exception as exc:  # a failed trial reports nothing else: say what it cost (ray_glue reads it)
         exc.add_note(f"{CPU_SECONDS_NOTE} {time.process_time() - cpu0:.3f}")
         raise
+    if states is not None and root is not None:
+        states.release(root)  # its next state is kept (or it reached the top): the claimed one is spent
+    if report.get(RUNG) is not None and report[RUNG] < len(ctx.rungs) - 1:
+        return  # stopped at a rung, where it reported
+    if root is not None:
+        report[TRAINED] = 1.0 - ctx.rungs[config["resume_rung"]]
     tune.report(_mark_reuse(report, node, reused, device))
 
 

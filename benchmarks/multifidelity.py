@@ -4,7 +4,10 @@ full budget?
 Four ways to spend the same CPU budget on the same space, task and training budget:
 ``gp`` and ``random`` (every trial at the full budget, as ``autopeft search --scheduler fifo``),
 ``sh+gp`` and ``sh+random`` (multi-objective successive halving, as ``--scheduler sh``: the same
-rung ledger, ``fidelity.RungLedger``, decides at each rung; a trial that goes on keeps training).
+rung ledger, ``fidelity.RungLedger``, decides at each rung; a trial that goes on keeps training),
+and ``shp+gp`` (halving of the promotion type, as ``--scheduler shp``: every trial stops at its
+rung with its training state kept, and the run promoted by ``RungLedger.next_promotion`` is
+resumed as a new trial of the study before any new configuration is asked).
 Each run is one process with one torch thread, asking a real Optuna study
 (benchmarks/results/multifidelity.db, so a stopped run resumes, its ledger reseeded from the
 study as a resumed search does) and running each trial with ``autopeft.trial.run_config``,
@@ -527,7 +530,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default=None, help="comma-separated (default: sst2,mr,sick_r, else sst2,stsb)")
     ap.add_argument("--methods", default=",".join(METHODS),
-                    help="gp, random, sh+gp, sh+random (halving over --rungs), or shN+gp (over N rungs)")
+                    help="gp, random, sh+gp, sh+random (halving over --rungs), shN+gp (over N rungs), or shp+gp "
+                         "(halving of the promotion type, as --scheduler shp)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--cpu-budget", type=float, default=2400.0, help="CPU-seconds of trials per run")
     ap.add_argument("--space", default="autopeft")
@@ -552,7 +556,8 @@ def main() -> None:
 
     unknown = [m for m in methods if not known(m)]
     if unknown:
-        sys.exit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}, or shN+SAMPLER (N >= 2 rungs)")
+        sys.exit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}, shN+SAMPLER (N >= 2 rungs) "
+                 "or shp+SAMPLER")
     tasks = args.tasks.split(",") if args.tasks else default_tasks()
     common.RESULTS.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
