@@ -99,8 +99,8 @@ class SearchSettings:
         "trial scheduler. fifo: every trial gets the full budget; sh: multi-objective successive halving (rungs over "
         "training steps and scored rows; a trial goes on past a rung only if in the Pareto-ranked top 1/eta of the "
         "trials that reached it so far, decided as it arrives); shp: the same, of the promotion type (every trial "
-        "stops at its rung with its training state kept on disk under --workdir, and one in the top floor(n/eta) of "
-        "its rung is resumed later, so exactly 1/eta go on however the sampler's proposals improve)"))
+        "stops at its rung with its training state kept on disk under --workdir, and one that ranks in the top "
+        "floor(n/eta) of its rung is resumed later; a rung where no trial has learned lets only that share on)"))
     rungs: int = field(default=DEFAULT_RUNGS, metadata=_field_help(
         "successive halving: number of rungs; the lowest gets 1/eta**(rungs-1) of the budget"))
     reduction_factor: int = field(default=DEFAULT_REDUCTION_FACTOR, metadata=_field_help(

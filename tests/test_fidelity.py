@@ -171,27 +171,48 @@ def test_promotion_order_ranks_the_learned_then_the_rest_by_arrival():
     assert promotion_order(POINTS, MAXMIN, learned=[True, False, True, False, True]) == [0, 2, 4, 1, 3]
 
 
-def test_an_improving_sampler_sends_every_trial_on_when_stopping_but_a_third_when_promoting():
-    # Nine trials of one size, each better than the last (a sampler that keeps improving): decided
-    # on arrival, each is the best at its rung so far and goes on (stopping type); promotion sends
-    # on floor(9 / 3) = 3, the best three, and only once 3 trials have arrived does the first go.
+def test_promotion_as_asha_an_improving_sampler_still_sends_most_on():
+    # Nine trials of one size, each better than the last, a free worker asking after each arrival.
+    # ASHA's promotion rule (the top floor(n / eta) not yet promoted): the third arrival is the
+    # first promoted, and from then on each new best enters the top and goes on, while those
+    # promoted earlier stay promoted. Hand-checked: 7 of 9, as the stopping type's 9 of 9 nearly.
     objectives = resolve_objectives("metric,trainable_params")
-    stopping = RungLedger(objectives, rungs=3, eta=3)
-    promotion = RungLedger(objectives, rungs=3, eta=3)
+    stopping = RungLedger(objectives, rungs=2, eta=3)  # two rungs: only rung 0 decides
+    promotion = RungLedger(objectives, rungs=2, eta=3)
     went_on, resumed = [], []
     for i in range(9):
         values = {"metric": 0.5 + 0.01 * i, "trainable_params": 1000}
         went_on.append(stopping.decide(str(i), 0, values))
         promotion.record(str(i), 0, values)
-        if i == 1:
-            assert promotion.next_promotion() is None, "two trials at rung 0: floor(2 / 3) = 0 go on"
+        nxt = promotion.next_promotion()
+        if nxt is not None:
+            resumed.append(nxt[0])
+            promotion.record(nxt[0], 1, values)  # (its rung-1 value does not matter here)
     assert all(went_on)
-    while (nxt := promotion.next_promotion()) is not None:  # resume each, as a free worker would
-        trial, rung = nxt
-        resumed.append(nxt)
-        promotion.record(trial, rung + 1, {"metric": 0.8 + 0.01 * int(trial), "trainable_params": 1000})
-    # The best third of rung 0, best first; then the best third of the three at rung 1.
-    assert resumed == [("8", 0), ("7", 0), ("6", 0), ("8", 1)]
+    assert resumed == [str(i) for i in range(2, 9)]
+
+
+def test_a_rung_that_has_seen_nothing_promotes_a_third_in_arrival_order():
+    # Nine trials at chance (not learned): the stopping rule lets each on (no learned trial fills
+    # the quota); the promotion rule fills floor(n / eta) in arrival order, one at n = 3, 6 and 9.
+    objectives = resolve_objectives("metric,trainable_params")
+    stopping = RungLedger(objectives, rungs=2, eta=3)  # two rungs: only rung 0 decides
+    promotion = RungLedger(objectives, rungs=2, eta=3)
+    went_on, resumed = [], []
+    for i in range(9):
+        values = {"metric": 0.5, "no_skill": 0.58, "trainable_params": 1000 * (i + 1)}
+        went_on.append(stopping.decide(str(i), 0, values))
+        promotion.record(str(i), 0, values)
+        while (nxt := promotion.next_promotion()) is not None:
+            resumed.append(nxt)
+            promotion.record(nxt[0], nxt[1] + 1, {"metric": 0.5, "no_skill": 0.58, "trainable_params": 1000})
+    assert all(went_on)
+    assert resumed == [("0", 0), ("1", 0), ("2", 0)]
+    # A learned arrival ranks first: it takes the next free place ahead of the unlearned.
+    promotion.record("9", 0, {"metric": 0.7, "no_skill": 0.58, "trainable_params": 99_000})
+    promotion.record("10", 0, {"metric": 0.5, "no_skill": 0.58, "trainable_params": 10})
+    promotion.record("11", 0, {"metric": 0.5, "no_skill": 0.58, "trainable_params": 10})
+    assert promotion.next_promotion() == ("9", 0)
 
 
 def test_promotion_takes_the_highest_rung_first_and_only_waiting_trials():
