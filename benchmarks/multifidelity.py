@@ -444,6 +444,22 @@ def sign_test(wins: int, n: int) -> float:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n)
 
 
+def part_costs(rows: list[dict]) -> list[dict]:
+    """Halving of the promotion type: the mean CPU-s of a trial by the part of the budget it
+    trained (from the rung it started at to the one it reached), per task and method: a resume
+    that costs more than its share of training pays fixed cost (rebuilding the model, the state)."""
+    parts: dict[tuple[str, str, float, float], list[float]] = {}
+    for key in sorted({(r["task"], r["method"], r["seed"]) for r in rows if is_promotion(r["method"])}):
+        last = 0.0
+        for r in sorted((r for r in rows if (r["task"], r["method"], r["seed"]) == key), key=lambda r: r["trial"]):
+            cpu, last = r["cpu_seconds"] - last, r["cpu_seconds"]
+            if r.get("trained") is not None and cpu > 0:  # a duplicate answered from the study cost nothing
+                start = round(float(r["fidelity"]) - r["trained"], 3)
+                parts.setdefault((key[0], key[1], start, round(float(r["fidelity"]), 3)), []).append(cpu)
+    return [{"task": t, "method": m, "from": a, "to": b, "trials": len(c), "cpu_mean": statistics.fmean(c),
+             "cpu_std": statistics.stdev(c) if len(c) > 1 else 0.0} for (t, m, a, b), c in sorted(parts.items())]
+
+
 def final_parts(rows: list[dict]) -> list[dict]:
     """One row per configuration's run: a run that promotion-type halving resumed is its last trial."""
     return [r for r in rows if not r.get("superseded")]
@@ -667,6 +683,14 @@ def main() -> None:
         for r in promoted:
             print(f"| {r['task']} | {r['method']} | {r['rung']} | {r['reached']} | {r['learned']} | {r['learned_on']} "
                   f"| {r['unlearned_on']} | {r['share_on']} | {r['nominal']} |")
+    costs = part_costs(rows)
+    if costs:
+        print("\nWhat a trial cost by the part of the budget it trained (promotion type; CPU-s, mean ± std; "
+              "a failed trial's CPU-s fall on the next trial)")
+        print("| task | method | from | to | trials | CPU-s |\n|---|---|---|---|---|---|")
+        for r in costs:
+            print(f"| {r['task']} | {r['method']} | {r['from']:.3f} | {r['to']:.3f} | {r['trials']} "
+                  f"| {r['cpu_mean']:.1f} ± {r['cpu_std']:.1f} |")
     png = common.RESULTS / "multifidelity.png"
     _plot(curves, png)
     if args.report:  # the runs were logged when they ran
