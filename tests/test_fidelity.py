@@ -171,23 +171,28 @@ def test_promotion_order_ranks_the_learned_then_the_rest_by_arrival():
     assert promotion_order(POINTS, MAXMIN, learned=[True, False, True, False, True]) == [0, 2, 4, 1, 3]
 
 
-def test_promotion_as_asha_an_improving_sampler_still_sends_most_on():
-    # Nine trials of one size, each better than the last, a free worker asking after each arrival.
-    # ASHA's promotion rule (the top floor(n / eta) not yet promoted): the third arrival is the
-    # first promoted, and from then on each new best enters the top and goes on, while those
-    # promoted earlier stay promoted. Hand-checked: 7 of 9, as the stopping type's 9 of 9 nearly.
+def _arrive_one_by_one(reports: list[dict]) -> tuple[list[bool], list[str], RungLedger]:
+    """Trials reaching rung 0 of a two-rung ledger (only rung 0 decides) one at a time, a free
+    worker asking after each arrival: what the stopping rule decided for each, and the trials the
+    promotion rule resumed, in order (with the promotion ledger)."""
     objectives = resolve_objectives("metric,trainable_params")
-    stopping = RungLedger(objectives, rungs=2, eta=3)  # two rungs: only rung 0 decides
-    promotion = RungLedger(objectives, rungs=2, eta=3)
+    stopping, promotion = RungLedger(objectives, rungs=2, eta=3), RungLedger(objectives, rungs=2, eta=3)
     went_on, resumed = [], []
-    for i in range(9):
-        values = {"metric": 0.5 + 0.01 * i, "trainable_params": 1000}
+    for i, values in enumerate(reports):
         went_on.append(stopping.decide(str(i), 0, values))
         promotion.record(str(i), 0, values)
-        nxt = promotion.next_promotion()
-        if nxt is not None:
+        while (nxt := promotion.next_promotion()) is not None:
             resumed.append(nxt[0])
-            promotion.record(nxt[0], 1, values)  # (its rung-1 value does not matter here)
+            promotion.record(nxt[0], 1, values)  # (its top-rung value does not matter here)
+    return went_on, resumed, promotion
+
+
+def test_promotion_as_asha_an_improving_sampler_still_sends_most_on():
+    # Nine trials of one size, each better than the last. ASHA's promotion rule (the top
+    # floor(n / eta) not yet promoted): the third arrival is the first promoted, and from then on
+    # each new best enters the top and goes on, while those promoted earlier stay promoted.
+    # Hand-checked: 7 of 9, nearly the stopping type's 9 of 9.
+    went_on, resumed, _ = _arrive_one_by_one([{"metric": 0.5 + 0.01 * i, "trainable_params": 1000} for i in range(9)])
     assert all(went_on)
     assert resumed == [str(i) for i in range(2, 9)]
 
@@ -195,19 +200,10 @@ def test_promotion_as_asha_an_improving_sampler_still_sends_most_on():
 def test_a_rung_that_has_seen_nothing_promotes_a_third_in_arrival_order():
     # Nine trials at chance (not learned): the stopping rule lets each on (no learned trial fills
     # the quota); the promotion rule fills floor(n / eta) in arrival order, one at n = 3, 6 and 9.
-    objectives = resolve_objectives("metric,trainable_params")
-    stopping = RungLedger(objectives, rungs=2, eta=3)  # two rungs: only rung 0 decides
-    promotion = RungLedger(objectives, rungs=2, eta=3)
-    went_on, resumed = [], []
-    for i in range(9):
-        values = {"metric": 0.5, "no_skill": 0.58, "trainable_params": 1000 * (i + 1)}
-        went_on.append(stopping.decide(str(i), 0, values))
-        promotion.record(str(i), 0, values)
-        while (nxt := promotion.next_promotion()) is not None:
-            resumed.append(nxt)
-            promotion.record(nxt[0], nxt[1] + 1, {"metric": 0.5, "no_skill": 0.58, "trainable_params": 1000})
+    went_on, resumed, promotion = _arrive_one_by_one(
+        [{"metric": 0.5, "no_skill": 0.58, "trainable_params": 1000 * (i + 1)} for i in range(9)])
     assert all(went_on)
-    assert resumed == [("0", 0), ("1", 0), ("2", 0)]
+    assert resumed == ["0", "1", "2"]
     # A learned arrival ranks first: it takes the next free place ahead of the unlearned.
     promotion.record("9", 0, {"metric": 0.7, "no_skill": 0.58, "trainable_params": 99_000})
     promotion.record("10", 0, {"metric": 0.5, "no_skill": 0.58, "trainable_params": 10})
