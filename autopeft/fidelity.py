@@ -81,6 +81,16 @@ def expected_share(rungs: int, eta: int) -> float:
     return sum(float(eta) ** -k * (f - (fractions[k - 1] if k else 0.0)) for k, f in enumerate(fractions))
 
 
+def promotion_minimum(rungs: int, eta: int) -> tuple[float, int]:
+    """Halving of the promotion type: what a search must spend before its first trial reaches the
+    full budget, at best (every trial learned, none failed): eta**(R-1) trials at rung 0, then
+    eta**(R-2) resumes to rung 1, ..., one to the top. (Full-budget trials' worth, trials.)"""
+    fractions = rung_fractions(rungs, eta)
+    counts = [eta ** (rungs - 1 - k) for k in range(rungs)]
+    worth = sum(n * (f - (fractions[k - 1] if k else 0.0)) for k, (n, f) in enumerate(zip(counts, fractions)))
+    return worth, sum(counts)
+
+
 def rung_steps(fractions: Sequence[float], total_steps: int) -> tuple[int, ...]:
     """Training steps done at each rung for a trial whose full budget is ``total_steps``.
 

@@ -19,7 +19,7 @@ from typing import Any
 from autopeft.cluster import check_ray_address, check_resources, connect, on_cluster, trial_data_dir
 from autopeft.config import TrainBudget
 from autopeft.errors import ConfigError, DataError
-from autopeft.fidelity import DEFAULT_REDUCTION_FACTOR, DEFAULT_RUNGS, expected_share, rung_fractions
+from autopeft.fidelity import DEFAULT_REDUCTION_FACTOR, DEFAULT_RUNGS, expected_share, promotion_minimum, rung_fractions
 from autopeft.objectives import DEFAULT_OBJECTIVES, METRIC, PEAK_MEMORY_MB, Objective, directions, resolve_objectives
 from autopeft.results import SearchRecord
 from autopeft.samplers import DEFAULT_SAMPLER, SAMPLERS, make_sampler
@@ -222,6 +222,7 @@ def prepare(settings: SearchSettings) -> Prepared:
                           f"{settings.reduction_factor}")
     if not 0 <= settings.rung_confidence < 1:
         raise ConfigError(f"--rung-confidence must be at least 0 and below 1, got {settings.rung_confidence}")
+    _check_promotion_budget(settings)
     objectives = settings.objective_entries()
     limit_objectives(settings.limits)
     check_database_url(settings.storage_url(), "--storage")
@@ -258,6 +259,23 @@ def _check_rungs(settings: SearchSettings, train: Any) -> None:
     if total < settings.rungs:
         raise ConfigError(f"--rungs {settings.rungs} needs at least {settings.rungs} training steps, and the budget "
                           f"gives {total}; lower --rungs, raise --train-examples / --epochs, or use --scheduler fifo")
+
+
+def _check_promotion_budget(settings: SearchSettings) -> None:
+    """Under shp a configuration reaches the full budget only once eta**(rungs-1) trials have
+    reached rung 0 (promotion_minimum): a smaller budget ends with no full-fidelity trial, so no
+    front. Refused here rather than found out after the search (a CPU budget cannot be checked)."""
+    if settings.scheduler != "shp":
+        return
+    worth, trials = promotion_minimum(settings.rungs, settings.reduction_factor)
+    short = (f"--full-trials {settings.full_trials:g}" if settings.full_trials is not None and settings.full_trials < worth
+             else f"--num-samples {settings.num_samples}" if settings.full_trials is None and settings.cpu_budget_s is None
+             and settings.num_samples < trials else None)
+    if short:
+        raise ConfigError(f"--scheduler shp brings its first configuration to the full budget after {trials} trials "
+                          f"({worth:.2f} full trials' worth, with {settings.rungs} rungs and eta "
+                          f"{settings.reduction_factor}); {short} ends before that, with no front: raise it, lower "
+                          f"--rungs / --reduction-factor, or use --scheduler sh")
 
 
 def _rung_context(settings: SearchSettings, objectives: dict[str, Objective]) -> tuple[tuple[float, ...], tuple[str, ...]]:

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from autopeft.fidelity import (RungLedger, crowding_distance, expected_share, nondominated_sort, pareto_order,
-                               promoted, promotion_order, rung_fractions, rung_rows, rung_steps)
+                               promoted, promotion_minimum, promotion_order, rung_fractions, rung_rows, rung_steps)
 from autopeft.objectives import resolve_objectives
 
 MAXMIN = ["max", "min"]
@@ -125,6 +125,13 @@ def test_rung_ladder():
     assert rung_rows(1 / 9, 48) == 48
     with pytest.raises(ValueError):
         rung_fractions(3, 1)
+
+
+def test_promotion_minimum_before_the_first_full_trial():
+    # 3 rungs, eta 3: 9 trials to rung 0 (1/9 each), 3 resumes to rung 1 (+2/9), 1 to the top (+6/9).
+    worth, trials = promotion_minimum(3, 3)
+    assert trials == 13 and worth == pytest.approx(9 / 9 + 3 * 2 / 9 + 6 / 9)
+    assert promotion_minimum(3, 2) == (pytest.approx(4 / 4 + 2 / 4 + 2 / 4), 7)  # the tiny search in test_promotion
 
 
 def test_expected_share_of_a_full_trial():

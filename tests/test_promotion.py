@@ -159,7 +159,7 @@ def test_kill_9_while_a_run_is_resumed_then_resume(tiny_bert, tiny_regression_ta
     space.write_text(SPACE)
     storage, uri = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = _cli("--scheduler", "shp", "--reduction-factor", "2", "--rung-confidence", "0", "--name", "killed",
-                "--model", tiny_bert, "--task", tiny_regression_task, "--space", str(space), "--num-samples", "6",
+                "--model", tiny_bert, "--task", tiny_regression_task, "--space", str(space), "--num-samples", "7",
                 "--max-concurrent-trials", "1", "--train-examples", "96", "--eval-examples", "48", "--epochs", "200",
                 "--batch-size", "16", "--workdir", str(tmp_path / "runs"), "--tracking-uri", uri)
     deadline, number = time.time() + 240, None
