@@ -37,6 +37,12 @@ class RunStates:
             return set()
         return {p.stem for p in self.folder.glob("*.pt") if "." not in p.stem}
 
+    def claimed(self) -> set[str]:
+        """Runs claimed for a resume that has not kept its next state yet (cut off by a kill)."""
+        if not self.folder.is_dir():
+            return set()
+        return {p.name[:-len(_CLAIMED + ".pt")] for p in self.folder.glob(f"*{_CLAIMED}.pt")}
+
     def claim(self, root: int | str) -> bool:
         """Take run ``root``'s state for a promotion; False if another driver took it first."""
         try:

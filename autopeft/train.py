@@ -146,8 +146,8 @@ class TrainState:
     Why not retrain from step 0: halving of the promotion type (a trial waits at its rung until it
     ranks in the top 1/eta there) would pay every promoted trial's lower rungs twice. A PEFT run's
     state is small (the trainable weights three times over: weights, two Adam moments); the frozen
-    base is rebuilt from the same seed. ``tests/test_halving.py`` checks that a stopped and
-    resumed run ends exactly where the uninterrupted run does.
+    base is rebuilt from the same seed. ``tests/test_multifidelity.py`` checks that a run stopped and
+    resumed at each rung ends exactly where the uninterrupted run does.
     """
 
     trainable: dict[str, torch.Tensor]

@@ -223,12 +223,15 @@ def ray_trainable(config: dict[str, Any], context: dict[str, Any]) -> None:
     root = config.get("resume_of")
     run = root if root is not None else config["trial_number"]
 
+    def send(report: dict[str, Any]) -> None:
+        if root is not None:  # a resumed run trained only from the rung it resumed at
+            report[TRAINED] = report[FIDELITY] - ctx.rungs[config["resume_rung"]]
+        tune.report(_mark_reuse(report, node, reused, device))
+
     def at_rung(report: dict[str, Any]) -> bool:
         # The stopping type: the scheduler answers by stopping this trial (Ray ends the thread
         # inside report); a trial it lets go on simply continues training.
-        if root is not None:
-            report[TRAINED] = report[FIDELITY] - ctx.rungs[config["resume_rung"]]
-        tune.report(_mark_reuse(report, node, reused, device))
+        send(report)
         return states is None
 
     cpu0 = time.process_time()
@@ -243,9 +246,7 @@ def ray_trainable(config: dict[str, Any], context: dict[str, Any]) -> None:
         states.release(root)  # its next state is kept (or it reached the top): the claimed one is spent
     if report.get(RUNG) is not None and report[RUNG] < len(ctx.rungs) - 1:
         return  # stopped at a rung, where it reported
-    if root is not None:
-        report[TRAINED] = 1.0 - ctx.rungs[config["resume_rung"]]
-    tune.report(_mark_reuse(report, node, reused, device))
+    send(report)
 
 
 # Trials this process has run: Ray reuses a trial's process for the next (actor reuse).

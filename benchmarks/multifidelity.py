@@ -39,10 +39,12 @@ import math
 import os
 import platform
 import re
+import shutil
 import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -95,6 +97,7 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
     from autopeft.models import inspect_model
     from autopeft.objectives import resolve_objectives
     from autopeft.reuse import Vetting, tell_reuse
+    from autopeft.run_states import RunStates
     from autopeft.spaces import load_space
     from autopeft.study import FIDELITY_ATTR, RUNG_ATTR, RUNG_VALUES_ATTR, STOPPED_ATTR, rung_values
     from autopeft.trial import TrialContext, run_config
@@ -136,17 +139,15 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
         return _spent(study)
 
     promotion = is_promotion(method)
-    states = common.RESULTS / "multifidelity_states" / name  # promotion type: each stopped run's TrainState
-    states.mkdir(parents=True, exist_ok=True)
-
-    def keep(root: int):
-        return lambda state: torch.save(state, states / f"{root}.pt")
+    # Promotion type: each stopped run's TrainState, kept and claimed as --scheduler shp keeps them.
+    states = RunStates(common.RESULTS / "multifidelity_states" / name)
+    interrupted = sorted(states.claimed())  # a resume cut off by a stop: it goes first, from its claimed state
 
     while spent() < args.cpu_budget:
-        waiting = {p.stem for p in states.glob("*.pt")}
-        promote = ledger.next_promotion(waiting) if promotion else None
-        if promote is not None:
-            resume(study, int(promote[0]), ctx, budget, ledger, objectives, states, keep, rungs, label=(task, method, seed))
+        promote = ledger.next_promotion(states.waiting()) if promotion and not interrupted else None
+        if interrupted or (promote is not None and states.claim(promote[0])):
+            root = interrupted.pop() if interrupted else promote[0]
+            resume(study, int(root), ctx, budget, ledger, objectives, states, rungs, label=(task, method, seed))
             continue
         trial = study.ask()
         config = sample(trial)
@@ -170,7 +171,7 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
         try:
             report = run_config(ctx, PeftConfig.from_dict(config["peft_config"]), budget.replace(**config["training"]),
                                 on_rung=at_rung if halving else None,
-                                keep_state=keep(trial.number) if promotion else None)
+                                keep_state=partial(states.save, trial.number) if promotion else None)
         except Exception as exc:  # a failed trial is recorded and the run goes on, as in autopeft search
             trial.set_user_attr("cpu_seconds", time.process_time() - cpu0)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -186,21 +187,19 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
         print(f"{task} {method} seed {seed} trial {trial.number}: {report['metric']:.4f} "
               f"{report['trainable_params']} params, fidelity {report.get('fidelity', 1.0):.3f}, "
               f"{spent():.0f}/{args.cpu_budget:.0f} CPU-s", flush=True)
-    for path in states.glob("*.pt"):  # the run has spent its budget: nothing will resume
-        path.unlink()
-    states.rmdir()
+    shutil.rmtree(states.folder, ignore_errors=True)  # the run has spent its budget: nothing will resume
     return _rows(study, task, method, seed)
 
 
 CONFIG_ATTR = "bench_config"  # promotion type: the sampled config, for the trials that resume it
 
 
-def resume(study, root: int, ctx, budget, ledger, objectives, states: Path, keep, rungs: int, label) -> None:
-    """Go on with trial ``root``'s run from the rung it stopped at, as a new trial of the study
-    (``CONTINUES_ATTR``; same parameters, so the sampler sees the config at the higher fidelity)
-    holding this part's CPU-seconds. It stops at the next rung (its state kept again) or ends."""
+def resume(study, root: int, ctx, budget, ledger, objectives, states, rungs: int, label) -> None:
+    """Go on with trial ``root``'s run from the rung it stopped at (its state claimed in ``states``,
+    a ``RunStates``), as a new trial of the study (``CONTINUES_ATTR``; same parameters, so the
+    sampler sees the config at the higher fidelity) holding this part's CPU-seconds. It stops at
+    the next rung (its state kept again) or ends."""
     import optuna
-    import torch
 
     from autopeft.config import PeftConfig
     from autopeft.fidelity import rung_record
@@ -218,24 +217,22 @@ def resume(study, root: int, ctx, budget, ledger, objectives, states: Path, keep
         ledger.record(str(root), report["rung"], values)
         return False
 
-    path = states / f"{root}.pt"
     cpu0 = time.process_time()
     try:
         report = run_config(ctx, PeftConfig.from_dict(config["peft_config"]), budget.replace(**config["training"]),
-                            on_rung=at_rung, keep_state=keep(root), resume=torch.load(path, weights_only=False))
+                            on_rung=at_rung, keep_state=partial(states.save, root), resume=states.load_claimed(root))
     except Exception as exc:  # recorded, and not resumed again
         study.add_trial(optuna.trial.create_trial(params=first.params, distributions=first.distributions,
                                                   state=optuna.trial.TrialState.FAIL,
                                                   user_attrs={**attrs, "cpu_seconds": time.process_time() - cpu0}))
-        path.unlink(missing_ok=True)
+        states.release(root)
         print(f"{' '.join(map(str, label))}: resuming trial {root} failed: {exc}", flush=True)
         return
+    states.release(root)  # its next state is kept (or it reached the top)
     attrs.update({"cpu_seconds": time.process_time() - cpu0, RUNG_ATTR: report["rung"],
                   FIDELITY_ATTR: report["fidelity"]})
     if report["rung"] < rungs - 1:
         attrs[STOPPED_ATTR] = report["rung"]
-    else:
-        path.unlink(missing_ok=True)
     study.add_trial(optuna.trial.create_trial(params=first.params, distributions=first.distributions,
                                               values=[report["metric"], report["trainable_params"]], user_attrs=attrs))
     print(f"{' '.join(map(str, label))} trial {root} resumed to rung {report['rung']}: {report['metric']:.4f}, "

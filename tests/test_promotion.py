@@ -202,7 +202,7 @@ def test_a_kept_state_is_claimed_once(tmp_path):
     states.save(5, {"step": 2})
     assert states.waiting() == {"3", "5"}
     assert states.claim(3) and not states.claim(3), "a second driver finds it taken"
-    assert states.waiting() == {"5"} and states.load_claimed(3) == {"step": 2}
+    assert states.waiting() == {"5"} and states.claimed() == {"3"} and states.load_claimed(3) == {"step": 2}
     states.save(3, {"step": 6})  # the resumed trial stopped at the next rung
     states.release(3)
-    assert states.waiting() == {"3", "5"} and not list(states.folder.glob("*.claimed.pt"))
+    assert states.waiting() == {"3", "5"} and not states.claimed()
