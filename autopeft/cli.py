@@ -205,8 +205,10 @@ def _run_and_report(settings) -> None:
         console.print("no trial completed, so there is no Pareto front")
     failed = [r for r in result.trials if r.status == "FAILED"]
     done = sum(r.status == "COMPLETE" for r in result.trials)
-    stopped = sum(r.status == "STOPPED" for r in result.trials)
+    stopped = sum(r.stopped_early for r in result.trials)
+    paused = sum(r.paused for r in result.trials)
     console.print(f"{done} trials completed" + (f", {stopped} stopped early by successive halving" if stopped else "")
+                  + (f", {paused} paused at a rung and resumed by a later trial" if paused else "")
                   + f", {len(failed)} failed, {cpu_seconds_spent(result.trials):,.0f} CPU-s of trials. MLflow: "
                   f"{result.tracking_uri} (parent run {result.parent_run_id})")
     for r in failed:

@@ -73,6 +73,7 @@ class StudySearcher(OptunaSearch):
 
     def suggest(self, trial_id: str):
         from autopeft.reuse import tell_refused, tell_reuse
+        from autopeft.schema import RESUME_OF, RESUME_RUNG
         from autopeft.study import CONTINUES_ATTR, FULL, RESUMES_RUNG_ATTR, WAIT, ask_within_target, resumes
 
         refusals = 0
@@ -96,8 +97,8 @@ class StudySearcher(OptunaSearch):
             if resumed:  # goes on with a stopped run: its config is the run's, already vetted
                 if self._vetting is not None:
                     self._vetting.stamp(ot_trial, config)
-                return {**config, "trial_number": ot_trial.number, "resume_of": resumed[CONTINUES_ATTR],
-                        "resume_rung": resumed[RESUMES_RUNG_ATTR]}
+                return {**config, "trial_number": ot_trial.number, RESUME_OF: resumed[CONTINUES_ATTR],
+                        RESUME_RUNG: resumed[RESUMES_RUNG_ATTR]}
             verdict, detail = ("run", None) if self._vetting is None else self._vetting.check(
                 self._ot_study.get_trials(deepcopy=False), ot_trial, config)
             if verdict == "run":

@@ -29,11 +29,14 @@ def colour_objective(objectives: dict[str, Objective]) -> Objective:
 
 def report_data(trials: Sequence[Any], objectives: dict[str, Objective]) -> dict[str, Any]:
     """What the report draws: full-fidelity trials in trial order, the hypervolume after each, and
-    the trials successive halving stopped below the top rung (drawn apart: their values are
-    low-fidelity, so they neither join the front nor move the hypervolume)."""
+    the trials successive halving stopped below the top rung for good (drawn apart: their values
+    are low-fidelity, so they neither join the front nor move the hypervolume). A trial paused at a
+    rung and resumed by a later one (halving of the promotion type) is not drawn: the trial that
+    went on with its run is."""
     scored = [t for t in trials if t.get("metric") is not None and t.get("trainable_params")]
     done = sorted((t for t in scored if t.get("status", "COMPLETE") == "COMPLETE"), key=lambda t: t["trial"])
-    stopped = sorted((t for t in scored if t.get("status") == "STOPPED"), key=lambda t: t["trial"])
+    stopped = sorted((t for t in scored if t.get("status") == "STOPPED" and t.get("resumed_by") is None),
+                     key=lambda t: t["trial"])
     points = [[o.scaled(t[k]) if t.get(k) is not None else math.nan for k, o in objectives.items()] for t in done]
     return {"trials": done, "stopped": stopped,
             "hypervolume": hypervolume_history(points, [o.direction for o in objectives.values()])}
@@ -146,6 +149,8 @@ def _hover(t: Any, metric_name: str, objectives: dict[str, Objective]) -> str:
     lines += [f"{o.label} {o.format(t.get(o.key))} {o.unit}".rstrip() for o in extra if t.get(o.key) is not None]
     if t.get("fidelity") is not None:  # successive halving: how much of the budget it had
         stop = " (stopped there)" if t.get("status") == "STOPPED" else ""
+        if t.get("resume_of") is not None:
+            stop += f", went on from rung {t['resume_rung']} of trial {t['resume_of']}'s run"
         lines.append(f"fidelity {t['fidelity']:.3g} of the budget, rung {int(t['rung'])}{stop}")
     config = "<br>   + ".join(str(t.get("peft", "")).split(" + "))
     return f"<b>trial {t['trial']}</b><br>" + "<br>".join(lines) + f"<br>{config}"

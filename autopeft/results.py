@@ -101,7 +101,7 @@ def load_search(search: str | None = None, tracking_uri: str | None = None,
     objectives = search_objectives(params.get(schema.OBJECTIVES_PARAM, f"{METRIC},{TRAINABLE_PARAMS}"))
     budget = {k[len(schema.BUDGET_PREFIX):]: schema.parse_param(v) for k, v in params.items()
               if k.startswith(schema.BUDGET_PREFIX)}
-    trials = [schema.trial_record(r) for r in trial_runs(client, exp.experiment_id, parent.info.run_id)]
+    trials = schema.trial_records(trial_runs(client, exp.experiment_id, parent.info.run_id))
     return SearchRecord(tags.get(schema.SEARCH_TAG, parent.info.run_name), parent.info.run_id, uri,
                         exp.experiment_id, params.get("model", tags.get(schema.MODEL_TAG, "")),
                         tags.get(schema.TASK_TAG, params.get("task", "")),

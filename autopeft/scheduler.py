@@ -20,7 +20,7 @@ from typing import Any
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from autopeft.fidelity import RungLedger
-from autopeft.schema import RUNG
+from autopeft.schema import RESUME_OF, RUNG
 
 
 class ParetoHalvingScheduler(FIFOScheduler):
@@ -40,8 +40,8 @@ class ParetoHalvingScheduler(FIFOScheduler):
         if result.get(RUNG) is None:
             return TrialScheduler.CONTINUE
         # The ledger knows a configuration's run by the Optuna number of its first trial: the name
-        # a resumed search also has for it (a trial resuming a stopped run carries ``resume_of``).
-        run = str(trial.config.get("resume_of", trial.config["trial_number"]))
+        # a resumed search also has for it (a trial resuming a stopped run carries ``RESUME_OF``).
+        run = str(trial.config.get(RESUME_OF, trial.config["trial_number"]))
         if self.promotion:
             self.ledger.record(run, int(result[RUNG]), result)
             return TrialScheduler.CONTINUE

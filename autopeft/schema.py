@@ -14,7 +14,9 @@ Runs of a search, in one MLflow experiment:
   rung's report is logged at step = rung, tags ``autopeft.rung`` / ``autopeft.fidelity`` hold
   the highest rung reached, and a trial stopped below the top rung is FINISHED with
   ``autopeft.stopped_at_rung``. A duplicate configuration is not trained: its run copies the
-  earlier trial's params, metrics and configuration and carries ``autopeft.reuse_of``.
+  earlier trial's params, metrics and configuration and carries ``autopeft.reuse_of``. Under
+  halving of the promotion type a trial that resumes a stopped run has params ``resume_of`` (the
+  run's first trial number) and ``resume_rung`` (the rung it went on from).
 - train run (``autopeft.kind=train``): ``autopeft train``, nested under the search it came from.
 """
 
@@ -55,6 +57,9 @@ TRAINED = "trained_share"
 NO_SKILL = "no_skill"  # a rung report: the metric a model without skill reaches on the rung's rows (tasks.chance_score)
 STOPPED_TAG = "autopeft.stopped_at_rung"
 REUSE_TAG = "autopeft.reuse_of"  # a trial answered from an earlier trial's result: that trial's number
+# Halving of the promotion type, trial config keys (and so trial run params): a trial that resumes
+# a stopped run names the run (its first trial's number) and the rung it goes on from.
+RESUME_OF, RESUME_RUNG = "resume_of", "resume_rung"
 # Fields of a trial's report kept as tags ``autopeft.<key>``: where and how it ran, how far it got,
 # and the split its metrics are on (EVAL_SPLIT).
 EVAL_SPLIT = "eval_split"  # report key: "dev" or "holdout"
@@ -129,6 +134,22 @@ class TrialRecord(Mapping):
     training: dict[str, Any] = field(default_factory=dict)  # sampled training settings
     values: dict[str, float] = field(default_factory=dict)
     pareto: bool = False  # set by pareto.mark_front over the search's objectives
+    # Halving of the promotion type: a trial that resumed a stopped run has the run's first trial
+    # (``resume_of``) and the rung it went on from; a STOPPED trial whose run a later trial went on
+    # with has that trial (``resumed_by``, set by ``trial_records``): it was paused, not stopped.
+    resume_of: int | None = None
+    resume_rung: int | None = None
+    resumed_by: int | None = None
+
+    @property
+    def stopped_early(self) -> bool:
+        """Stopped below the top rung for good."""
+        return self.status == "STOPPED" and self.resumed_by is None
+
+    @property
+    def paused(self) -> bool:
+        """Stopped below the top rung, and a later trial went on with its run from there."""
+        return self.status == "STOPPED" and self.resumed_by is not None
 
     def _fields(self) -> tuple[str, ...]:
         return tuple(f.name for f in fields(self) if f.name != "values")
@@ -167,13 +188,31 @@ def trial_record(run: Any) -> TrialRecord:
     values = dict(metrics)
     if "trainable_params" in values:
         values["trainable_params"] = int(values["trainable_params"])
+    params = run.data.params
+    resumed = {k: int(params[k]) for k in (RESUME_OF, RESUME_RUNG) if params.get(k) not in (None, "None")}
     return TrialRecord(
         trial=int(tags.get(TRIAL_NUMBER_TAG, -1)), run_id=run.info.run_id, status=status,
         peft=tags.get(PEFT_TAG, ""), peft_words=tags.get(PEFT_WORDS_TAG), failure=tags.get(FAILURE_TAG),
         error=tags.get(ERROR_TAG), asked_again=tags.get(ASKED_AGAIN_TAG) == "true",
         training={k[len(TRAINING_PREFIX):]: parse_param(v) for k, v in run.data.params.items()
                   if k.startswith(TRAINING_PREFIX)},
-        values=values)
+        values=values, **resumed)
+
+
+def trial_records(runs: Iterable[Any]) -> list[TrialRecord]:
+    """Trial runs as TrialRecords in trial order, each STOPPED trial that a later trial resumed
+    linked to it (``resumed_by``). A run is named by its first trial; the trial resuming it from
+    rung k continues the one that stopped at rung k (a resume that was interrupted and asked again
+    is superseded by the later ask)."""
+    records = sorted((trial_record(r) for r in runs), key=lambda r: r.trial)
+    paused = {((r.resume_of if r.resume_of is not None else r.trial), int(r.values[RUNG])): r
+              for r in records if r.status == "STOPPED" and r.values.get(RUNG) is not None}
+    for r in records:
+        if r.resume_of is not None and r.status not in ("FAILED", "INTERRUPTED"):
+            stopped = paused.get((r.resume_of, r.resume_rung))
+            if stopped is not None:
+                stopped.resumed_by = r.trial
+    return records
 
 
 def failed_cpu_seconds(traceback_text: str) -> float | None:

@@ -248,7 +248,7 @@ class SearchTracker:
 
     def trial_records(self) -> list[TrialRecord]:
         """Every trial of this search as the tracking store has it, whichever process ran it."""
-        return sorted((schema.trial_record(r) for r in self.trial_runs()), key=lambda r: r.trial)
+        return schema.trial_records(self.trial_runs())
 
     # ------------------------------------------------------------------ search
     def log_front(self, records: Sequence[TrialRecord], metric_name: str, objectives: Sequence[str]) -> None:
@@ -274,7 +274,8 @@ class SearchTracker:
         summary = {"trials_completed": len(done), "trials_failed": sum(r.status == "FAILED" for r in records),
                    "trials_interrupted": sum(r.status == "INTERRUPTED" for r in records),
                    "trials_lost": sum(r.failure in LOST_FAILURES for r in records),
-                   "trials_stopped": sum(r.status == "STOPPED" for r in records),
+                   "trials_stopped": sum(r.stopped_early for r in records),
+                   "trials_paused": sum(r.paused for r in records),
                    "trials_reused": sum(r.status == "REUSED" for r in records),
                    "pareto_size": sum(r.pareto for r in records),
                    schema.CPU_SECONDS: schema.cpu_seconds_spent(records)}

@@ -17,7 +17,8 @@ from typing import Any, Callable
 from autopeft.config import PeftConfig, TrainBudget
 from autopeft.objectives import METRIC, PEAK_MEMORY_MB, TRAINABLE_PARAMS, available_objectives, measure_all
 from autopeft.run_states import RunStates
-from autopeft.schema import CPU_SECONDS, CPU_SECONDS_NOTE, EVAL_SPLIT, FIDELITY, NO_SKILL, RUNG, RUNGS, TRAINED
+from autopeft.schema import (CPU_SECONDS, CPU_SECONDS_NOTE, EVAL_SPLIT, FIDELITY, NO_SKILL, RESUME_OF, RESUME_RUNG, RUNG,
+                             RUNGS, TRAINED)
 from autopeft.tasks.metrics import CHANCE_QUANTILE
 
 
@@ -218,14 +219,14 @@ def ray_trainable(config: dict[str, Any], context: dict[str, Any]) -> None:
     _TRIALS_IN_PROCESS += 1
 
     # Halving of the promotion type: every run stops at its rung with its state kept, and a
-    # promoted one is resumed by a later trial (``resume_of``: the run's first trial number).
+    # promoted one is resumed by a later trial (``RESUME_OF``: the run's first trial number).
     states = RunStates(ctx.states_dir) if ctx.states_dir else None
-    root = config.get("resume_of")
+    root = config.get(RESUME_OF)
     run = root if root is not None else config["trial_number"]
 
     def send(report: dict[str, Any]) -> None:
         if root is not None:  # a resumed run trained only from the rung it resumed at
-            report[TRAINED] = report[FIDELITY] - ctx.rungs[config["resume_rung"]]
+            report[TRAINED] = report[FIDELITY] - ctx.rungs[config[RESUME_RUNG]]
         tune.report(_mark_reuse(report, node, reused, device))
 
     def at_rung(report: dict[str, Any]) -> bool:

@@ -14,8 +14,10 @@ from mlflow.tracking import MlflowClient
 from autopeft import study as studies
 from autopeft.config import PeftConfig, TrainBudget
 from autopeft.fidelity import rung_fractions
+from autopeft.report import report_data
 from autopeft.results import load_search
 from autopeft.run_states import RunStates
+from autopeft.schema import trial_records
 from autopeft.search import SearchSettings, run_search, states_dir
 from autopeft.study import (CONTINUES_ATTR, FIDELITY_ATTR, RESUMES_RUNG_ATTR, RUNG_ATTR, STOPPED_ATTR, TRAINED_ATTR,
                             rung_values)
@@ -117,6 +119,50 @@ def test_mlflow_agrees_and_the_front_is_the_top_rung(promoted):
         assert [r["metric"], r["trainable_params"]] == pytest.approx(t.values)
         assert (r.status == "STOPPED") == (STOPPED_ATTR in t.user_attrs)
     assert [r.trial for r in record.front] == [6]
+
+
+def test_a_paused_trial_names_the_trial_that_went_on_and_is_not_counted_as_stopped(promoted):
+    settings, result = promoted
+    record = load_search(settings.name, result.tracking_uri)
+    by_number = {r.trial: r for r in record.trials}
+    for t in _trials(settings):
+        if CONTINUES_ATTR not in t.user_attrs:
+            continue
+        r = by_number[t.number]
+        assert (r.resume_of, r.resume_rung) == (t.user_attrs[CONTINUES_ATTR], t.user_attrs[RESUMES_RUNG_ATTR])
+        # The trial it went on from: the same run's trial that stopped at the rung it resumed from.
+        before = [p for p in record.trials if p.resumed_by == t.number]
+        assert len(before) == 1 and before[0].paused and before[0].values["rung"] == r.resume_rung
+        assert (before[0].trial if before[0].resume_of is None else before[0].resume_of) == r.resume_of
+    # Paused: the two warm starts resumed from rung 0 and the resume taken on to the top. Stopped
+    # for good: the runs whose states still wait (two warm starts, one resume, the eighth trial).
+    assert sum(r.paused for r in record.trials) == 3
+    stopped = [r.trial for r in record.trials if r.stopped_early]
+    assert len(stopped) == len(RunStates(states_dir(settings)).waiting()) == 4
+    assert [t["trial"] for t in report_data(record.trials, record.objectives)["stopped"]] == stopped
+    metrics = MlflowClient(result.tracking_uri).get_run(record.parent_run_id).data.metrics
+    assert (metrics["trials_stopped"], metrics["trials_paused"]) == (4, 3)
+
+
+def _run(number, status="FINISHED", rung=None, stopped=False, resume=None):
+    from types import SimpleNamespace
+
+    tags = {"autopeft.trial_number": str(number), **({"autopeft.stopped_at_rung": str(rung)} if stopped else {})}
+    params = {} if resume is None else {"resume_of": str(resume[0]), "resume_rung": str(resume[1])}
+    metrics = {"metric": 0.5, "trainable_params": 10.0, **({"rung": float(rung)} if rung is not None else {})}
+    return SimpleNamespace(info=SimpleNamespace(run_id=f"r{number}", status=status),
+                           data=SimpleNamespace(tags=tags, params=params, metrics=metrics))
+
+
+def test_a_resume_asked_again_after_an_interruption_is_the_one_that_went_on():
+    # Run 0 stopped at rung 0; trial 2 resumed it and was interrupted; trial 3, asked again, went on
+    # and stopped at rung 1. Run 1 stopped at rung 0 and was never resumed.
+    records = trial_records([_run(3, rung=1, stopped=True, resume=(0, 0)), _run(0, rung=0, stopped=True),
+                             _run(1, rung=0, stopped=True), _run(2, status="KILLED", resume=(0, 0))])
+    assert [r.trial for r in records] == [0, 1, 2, 3]
+    assert [r.resumed_by for r in records] == [3, None, None, None]
+    assert [r.status for r in records] == ["STOPPED", "STOPPED", "INTERRUPTED", "STOPPED"]
+    assert [r.trial for r in records if r.stopped_early] == [1, 3]
 
 
 def test_the_states_left_are_the_runs_still_waiting(promoted):
