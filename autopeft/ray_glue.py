@@ -181,7 +181,7 @@ class StudySearcher(OptunaSearch):
                     ot_trial.set_user_attr(STOPPED_ATTR, rung)
             if result.get(CPU_SECONDS) is not None:  # what --cpu-budget-s adds up, for every driver
                 ot_trial.set_user_attr(CPU_SECONDS_ATTR, float(result[CPU_SECONDS]))
-            if result.get(TRAINED) is not None:  # a resumed run: what --full-trials counts for it
+            if result.get(TRAINED) is not None:  # what --full-trials counts for it (resumes, seeds)
                 ot_trial.set_user_attr(TRAINED_ATTR, float(result[TRAINED]))
             for key, (objective, bound) in self._limits.items():
                 value = result.get(key)

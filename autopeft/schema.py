@@ -51,8 +51,9 @@ EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # Successive halving: report keys (rung reached, rungs in all, share of the full budget) and
 # the tag a trial stopped below the top rung carries (its rung). Optuna user attrs reuse the keys.
 RUNG, RUNGS, FIDELITY = "rung", "rungs", "fidelity"
-# Halving of the promotion type: the share of the full budget a resumed trial trained itself (its
-# fidelity less the rung it resumed from); what --full-trials counts for it.
+# What --full-trials counts for a trial, in full-budget trainings: its fidelity (1 without rungs),
+# less the rung it resumed from under halving of the promotion type, plus one per further
+# --top-seeds seed.
 TRAINED = "trained_share"
 NO_SKILL = "no_skill"  # a rung report: the metric a model without skill reaches on the rung's rows (tasks.chance_score)
 STOPPED_TAG = "autopeft.stopped_at_rung"

@@ -70,7 +70,8 @@ class SearchSettings:
     full_trials: float | None = field(default=None, metadata=_field_help(
         "the search's size in full-budget trials: it ends when its trials have trained, together, as much "
         "as this many trials at the full budget (under fifo: this many trials; under sh a trial stopped at "
-        "a rung counts that rung's share of the budget, so more, shorter trials run). "
+        "a rung counts that rung's share of the budget, so more, shorter trials run; with --top-seeds N a "
+        "trial at the full budget counts N). "
         f"Default: {DEFAULT_FULL_TRIALS} when neither --num-samples nor --cpu-budget-s is given"))
     cpu_budget_s: float | None = field(default=None, metadata=_field_help(
         "CPU-seconds the trials may use in all (each trial's process: building, training, scoring, measuring; "
@@ -112,7 +113,7 @@ class SearchSettings:
         "prediction suffices)"))
     top_seeds: int = field(default=1, metadata=_field_help(
         "seeds each config is trained with at the full budget (the top rung under sh); its metric is their "
-        "mean and the spread is reported (metric_std, metric_min, metric_seed<i>)"))
+        "mean and the spread is reported (metric_std, metric_min, metric_seed<i>); --full-trials counts each seed"))
     reuse_workers: bool | None = field(default=None, metadata=_field_help(
         "run trials one after another in the same worker processes (model code imported and data read once); "
         "default: yes, unless peak_memory_mb is an objective on CPU, where a fresh process measures it best"))
@@ -124,10 +125,11 @@ class SearchSettings:
         full = self.full_trials
         if full is None and self.num_samples is None and self.cpu_budget_s is None:
             full = DEFAULT_FULL_TRIALS
-        if full is not None and full > 0 and self.scheduler not in HALVING:  # every trial is a full one: a count says it
+        if full is not None and full > 0 and self.scheduler not in HALVING:
             if self.num_samples is None:
-                object.__setattr__(self, "num_samples", math.ceil(full))
-            full = None
+                object.__setattr__(self, "num_samples", math.ceil(full / self.top_seeds))
+            if self.top_seeds == 1:  # every trial is one full training: the count says it
+                full = None
         object.__setattr__(self, "full_trials", full)
         if self.num_samples is None:
             object.__setattr__(self, "num_samples", BUDGETED_NUM_SAMPLES if full is None else self._most_trials(full))

@@ -56,7 +56,8 @@ RUNG_ATTR, FIDELITY_ATTR, STOPPED_ATTR = "autopeft_rung", "autopeft_fidelity", "
 # of the first trial of that configuration's run (its rung values are that trial's).
 CONTINUES_ATTR = "autopeft_continues"
 RESUMES_RUNG_ATTR = "autopeft_resumes_rung"  # ... and the rung it goes on from
-TRAINED_ATTR = "autopeft_trained"  # ... and the share of the full budget it trained itself
+# Every trial: what it trained itself, in full-budget trainings (schema.TRAINED; --full-trials adds it up).
+TRAINED_ATTR = "autopeft_trained"
 
 # A live driver records a trial's end in MLflow right after telling the study; a finished trial
 # whose run still says RUNNING this long after (any host's clock, skew included) lost its driver
@@ -224,9 +225,11 @@ def _mean_trial_cost(trials: Collection[FrozenTrial]) -> float | None:
 
 
 def _training(t: FrozenTrial) -> float:
-    """Full-budget trials' worth of training one trial counts: 1 at the full budget, the share of
-    the full budget's steps where successive halving stopped it; nothing for a duplicate answered
-    from the study, nor for a failed trial (its CPU still counts towards a CPU budget)."""
+    """Full-budget trials' worth of training one trial counts (``TRAINED_ATTR`` as the trial
+    reported it: 1 at the full budget, the share of the steps where successive halving stopped it,
+    less what a resumed run had trained before, one more per further --top-seeds seed; studies
+    written before it have the fidelity); nothing for a duplicate answered from the study, nor for
+    a failed trial (its CPU still counts towards a CPU budget)."""
     from autopeft.reuse import REUSE_ATTR  # (reuse imports this module)
 
     if t.state != TrialState.COMPLETE or REUSE_ATTR in t.user_attrs:

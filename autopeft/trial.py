@@ -225,8 +225,11 @@ def ray_trainable(config: dict[str, Any], context: dict[str, Any]) -> None:
     run = root if root is not None else config["trial_number"]
 
     def send(report: dict[str, Any]) -> None:
-        if root is not None:  # a resumed run trained only from the rung it resumed at
-            report[TRAINED] = report[FIDELITY] - ctx.rungs[config[RESUME_RUNG]]
+        # What --full-trials counts for this trial: the share of the full budget it trained itself
+        # (a resumed run only from the rung it resumed at), and each further --top-seeds seed, one
+        # more full-budget training.
+        share = report.get(FIDELITY, 1.0) - (ctx.rungs[config[RESUME_RUNG]] if root is not None else 0.0)
+        report[TRAINED] = share + report.get("seeds", 1) - 1
         tune.report(_mark_reuse(report, node, reused, device))
 
     def at_rung(report: dict[str, Any]) -> bool:

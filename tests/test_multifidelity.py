@@ -177,6 +177,26 @@ def test_the_top_rung_scores_a_config_over_several_seeds(tiny_bert, tiny_task):
     assert spread["peak_memory_mb"] == 2 and spread["train_seconds"] == 2 and spread["cpu_seconds"] == 7
 
 
+def test_full_trials_count_each_seed_of_a_top_seeds_trial(tiny_bert, tiny_regression_task, tmp_path,
+                                                          ray_for_searches):
+    # Two seeds at the full budget are two full-budget trainings: with --full-trials 4 the search
+    # stops after two trials (2 spent + a third at the mean of 2 would pass 4), not after four.
+    ray_for_searches()
+    space = tmp_path / "lora.yaml"
+    space.write_text(SPACE)
+    settings = SearchSettings(
+        name="seeded", model=tiny_bert, task=tiny_regression_task, space=str(space), num_samples=4,
+        full_trials=4.0, max_concurrent_trials=1, top_seeds=2,
+        budget=TrainBudget(train_examples=48, eval_examples=48, batch_size=16),
+        workdir=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", scheduler="fifo")
+    result = run_search(settings, show_progress=False)
+    trials = optuna.load_study(study_name="seeded", storage=settings.storage_url()).trials
+    done = [t for t in trials if t.state == TrialState.COMPLETE]  # the other two warm starts wait, unasked
+    assert len(done) == 2 and all(t.user_attrs[studies.TRAINED_ATTR] == 2.0 for t in done)
+    assert studies.trainings_spent(trials) == 4.0 and len(result.trials) == 2
+    assert all(r["seeds"] == 2 and r["trained_share"] == 2.0 for r in result.trials)
+
+
 def test_a_run_stopped_at_each_rung_and_resumed_ends_where_the_uninterrupted_run_does(tiny_bert, tiny_regression_task):
     # Halving of the promotion type stops a trial at its rung and resumes it if it is promoted
     # later. 96 examples in batches of 16 are 6 steps an epoch: rung 0 (step 2) falls inside the
