@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from autopeft import study as studies
 from autopeft.config import PeftConfig, TrainBudget
 from autopeft.fidelity import rung_fractions
-from autopeft.report import report_data
+from autopeft.report import report_data, write_report
 from autopeft.results import load_search
 from autopeft.run_states import RunStates
 from autopeft.schema import trial_records
@@ -121,7 +121,7 @@ def test_mlflow_agrees_and_the_front_is_the_top_rung(promoted):
     assert [r.trial for r in record.front] == [6]
 
 
-def test_a_paused_trial_names_the_trial_that_went_on_and_is_not_counted_as_stopped(promoted):
+def test_a_paused_trial_names_the_trial_that_went_on_and_is_not_counted_as_stopped(promoted, tmp_path):
     settings, result = promoted
     record = load_search(settings.name, result.tracking_uri)
     by_number = {r.trial: r for r in record.trials}
@@ -140,6 +140,9 @@ def test_a_paused_trial_names_the_trial_that_went_on_and_is_not_counted_as_stopp
     stopped = [r.trial for r in record.trials if r.stopped_early]
     assert len(stopped) == len(RunStates(states_dir(settings)).waiting()) == 4
     assert [t["trial"] for t in report_data(record.trials, record.objectives)["stopped"]] == stopped
+    top = next(r for r in record.trials if r.status == "COMPLETE" and r.resume_of is not None)
+    html = write_report(record.trials, record.objectives, record.metric_name, tmp_path / "r.html").read_text()
+    assert f"went on from rung 1 of trial {top.resume_of}'s run" in html
     metrics = MlflowClient(result.tracking_uri).get_run(record.parent_run_id).data.metrics
     assert (metrics["trials_stopped"], metrics["trials_paused"]) == (4, 3)
 
