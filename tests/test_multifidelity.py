@@ -4,6 +4,8 @@ and a trial that reaches the top is exactly the trial it would have been without
 
 from __future__ import annotations
 
+import dataclasses
+
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
@@ -14,7 +16,7 @@ from autopeft.config import PeftConfig, TrainBudget
 from autopeft.results import load_search
 from autopeft.reuse import REUSE_ATTR
 from autopeft.schema import NO_SKILL, STOPPED_TAG
-from autopeft.search import SearchSettings, run_search
+from autopeft.search import SearchSettings, blind_rungs, run_search
 from autopeft.study import FIDELITY_ATTR, RUNG_ATTR, RUNG_VALUES_ATTR, STOPPED_ATTR
 from autopeft.trial import TrialContext, run_config
 
@@ -70,6 +72,15 @@ def test_some_trials_stop_at_rung_0_and_some_reach_the_top(halved):
         # Below the top, what a constant prediction scores there is kept too: a resumed ledger ranks with it.
         assert all(t.user_attrs[f"{RUNG_VALUES_ATTR}{k}"][NO_SKILL] == 0.0 for k in range(min(top + 1, 2)))
     assert trials[1].user_attrs[f"{RUNG_VALUES_ATTR}0"]["metric"] < 0 < trials[0].user_attrs[f"{RUNG_VALUES_ATTR}0"]["metric"]
+
+
+def test_a_rung_where_most_trials_saw_nothing_is_named(halved):
+    # Rung 0 here: trial 0 beat a constant prediction, ranks 16, 8 and 4 did not (the comment on SPACE).
+    settings, _ = halved
+    assert blind_rungs(settings) == [
+        "rung 0 (1/9 of the budget): 3 of 4 trials scored no better than chance there, so it could rank only the "
+        "rest; for a lowest rung that learns, use fewer --rungs or more training (--train-examples, --epochs)"]
+    assert blind_rungs(dataclasses.replace(settings, scheduler="fifo")) == []
 
 
 def test_the_study_counts_what_the_trials_trained_in_full_trials(halved):

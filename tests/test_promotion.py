@@ -145,6 +145,16 @@ def test_a_paused_trial_names_the_trial_that_went_on_and_is_not_counted_as_stopp
     assert f"went on from rung 1 of trial {top.resume_of}'s run" in html
     metrics = MlflowClient(result.tracking_uri).get_run(record.parent_run_id).data.metrics
     assert (metrics["trials_stopped"], metrics["trials_paused"]) == (4, 3)
+    # The CLI's summary after the search (a resumed search already at its target only reports).
+    from typer.testing import CliRunner
+
+    from autopeft.cli import app
+
+    out = CliRunner().invoke(app, ["search", "--resume", settings.name, "--workdir", settings.workdir])
+    assert out.exit_code == 0, out.output
+    said = " ".join(out.output.split())
+    assert "4 stopped early by successive halving, 3 paused at a rung and resumed by a later trial" in said
+    assert "note: rung 0 (1/4 of the budget): 3 of 5 trials scored no better than chance there" in said
 
 
 def _run(number, status="FINISHED", rung=None, stopped=False, resume=None):
