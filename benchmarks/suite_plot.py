@@ -6,6 +6,8 @@ trains nothing.
     .venv/bin/python benchmarks/suite_plot.py --gpu      # the GPU pass  -> results/suite/gpu_suite.png
     .venv/bin/python benchmarks/suite_plot.py --pass small_gp_200_sh3x3_s2_cpu60_chance
         # another CPU pass, by its CSVs' label -> results/suite/suite_small_gp_200_sh3x3_s2_cpu60_chance.png
+    .venv/bin/python benchmarks/suite_plot.py --gpu --pass gpu2
+        # a GPU search rerun against the GPU baselines, by its gpu_suite.py --tag -> results/suite/gpu2_suite.png
 
 The information (which points, which found configs dominate both headline baselines) is computed
 by ``suite_points`` with the tables' rule (``common.dominates`` on the same reported runs);
@@ -85,8 +87,10 @@ def plot(points: dict[str, dict], path: Path, title: str) -> None:
         ax.set_ylabel("dev metric (mean ± std)")
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
-    fig.suptitle(f"{title}: baselines (blue squares: LoRA r=8, Pfeiffer; grey: the rest) and found configs "
-                 "(red stars: dominate both; orange: do not)", fontsize=9)
+    legend = ("baselines (blue squares: LoRA r=8, Pfeiffer; grey: the rest) and found configs "
+              "(red stars: dominate both; orange: do not)")
+    # under three panels the legend does not fit on the title's line
+    fig.suptitle(f"{title}:{' ' if cols > 2 else chr(10)}{legend}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -95,21 +99,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu", action="store_true", help="the GPU pass (gpu_*.csv) instead of the CPU suite")
     ap.add_argument("--pass", dest="label", default=None,
-                    help="a CPU pass other than the first, by the label of its search_vs_baselines_runs_<label>.csv")
+                    help="a CPU pass other than the first, by the label of its search_vs_baselines_runs_<label>.csv; "
+                         "with --gpu, a search rerun by its gpu_suite.py --tag (<tag>_search_runs.csv)")
     ap.add_argument("--seeds", type=int, default=3)
     args = ap.parse_args()
     base_csv, found_csv, png = SOURCES["gpu" if args.gpu else "cpu"]
-    if args.label and not args.gpu:
-        found_csv, png = f"search_vs_baselines_runs_{args.label}.csv", f"suite_{args.label}.png"
+    if args.label:
+        found_csv, png = ((f"{args.label}_search_runs.csv", f"{args.label}_suite.png") if args.gpu else
+                          (f"search_vs_baselines_runs_{args.label}.csv", f"suite_{args.label}.png"))
         if not (common.SUITE_RESULTS / found_csv).exists():
-            sys.exit(f"no {common.SUITE_RESULTS / found_csv}: --pass takes the label of a search_vs_baselines_runs_*.csv")
+            what = "a gpu_suite.py --tag" if args.gpu else "the label of a search_vs_baselines_runs_*.csv"
+            ap.error(f"no {common.SUITE_RESULTS / found_csv}: --pass takes {what}")
     points = suite_points(common.SUITE_RESULTS / base_csv, common.SUITE_RESULTS / found_csv, args.seeds)
     if args.label:  # a pass that ran on some tasks only: its tasks
         points = {task: info for task, info in points.items() if info["found"]}
     if not points:
         sys.exit(f"no baseline runs in {common.SUITE_RESULTS / base_csv}: run the suite first")
     path = common.SUITE_RESULTS / png
-    plot(points, path, "GPU pass, 8,192 examples" if args.gpu else
+    plot(points, path, f"GPU pass, 8,192 examples{', search ' + args.label if args.label else ''}" if args.gpu else
          f"CPU suite, 2,048 examples{', pass ' + args.label if args.label else ''}")
     for task, info in points.items():
         print(f"{task}: {len(info['baselines'])} baselines, {len(info['found'])} found, "
