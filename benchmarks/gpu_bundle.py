@@ -3,11 +3,12 @@ that it travels.
 
 That machine has torch and transformers 5 but not `adapters` (which needs transformers 4.57),
 Ray, MLflow or Optuna, cannot download, and takes the working tree plus carried paths up to
-64 MiB. So the bundle holds: the base model's weights stored in fp16 (loaded into fp32 there),
-the wheels of the packages the trial side imports that the machine lacks or holds at another
-version (the versions installed here, so both sides run the same code), and the tasks' local
-train/dev files, gzipped (``../shared`` does not travel). It prints the total that would travel, fails
-(exit 2) above the limit, and prints the device command.
+64 MiB. So the bundle holds: the base model's files, its weights stored in fp16 (loaded into fp32
+there); the wheels of the packages the trial side imports that the machine lacks or holds at
+another version (the versions installed here, so both sides run the same code); and the tasks'
+local train/dev files (``../shared`` does not travel). Model and data files are gzipped and the
+device command unpacks them first. It prints the total that would travel, fails (exit 2) above
+the limit, and prints the device command.
 
     AUTOPEFT_DATA_DIR=../shared/data .venv/bin/python benchmarks/gpu_bundle.py --tasks mr,mpqa
 """
