@@ -21,7 +21,7 @@ at any fidelity).
         [--task sst2] [--configs 16] [--space autopeft] [--train-examples 2048]
 
 Writes rank_agreement_runs.csv (every run, appended as it finishes; a stopped run resumes and a
-run the CSV holds is not run again), rank_agreement.csv (the table) and rank_agreement.png under
+run the CSV holds is not run again), rank_agreement.csv (the table) and rank_agreement_TASK.png under
 benchmarks/results, and logs one MLflow run.
 """
 
@@ -227,7 +227,7 @@ def main() -> None:
               f"{noise['seed_std']:.4f}; the means spread by {noise['means_std']:.4f} (seed noise alone gives "
               f"{noise['noise_only']:.4f}); share of a run's variance the configuration "
               f"explains: {noise['config_share']:.2f}")
-    png = common.RESULTS / "rank_agreement.png"
+    png = common.RESULTS / f"rank_agreement_{args.task}.png"  # one per task: a second task must not redraw the first's
     _plot(mine, args.rungs, png)
     common.log_mlflow("rank_agreement", {**setting, "configs": args.configs},
                       {r["metric_name"]: r["spearman"] for r in table if not math.isnan(r["spearman"])},
