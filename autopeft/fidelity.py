@@ -157,18 +157,24 @@ def pareto_order(points: Sequence[Sequence[float]], directions: Sequence[str], p
 
 
 def promoted(points: Sequence[Sequence[float]], candidate: int, eta: int, directions: Sequence[str],
-             learned: Sequence[bool] | None = None, prefer: int | None = None) -> bool:
+             learned: Sequence[bool] | None = None, prefer: int | None = None,
+             unlearned_on: int | None = None) -> bool:
     """Whether ``points[candidate]`` is in the top ``ceil(len(points) / eta)`` by ``pareto_order``
     (``prefer``: the objective that breaks its ties).
 
     ``learned`` (a flag per point; default all): points that have not learned rank after those that
     have, unordered among themselves, so each goes on while the learned points fill less than the quota.
+    ``unlearned_on`` (the count of other unlearned points that went on): where given, unlearned
+    points fill only the quota's free places, as halving of the promotion type fills them, so a
+    rung that has seen nothing sends on one in ``eta`` (in arrival order) instead of all.
     """
     quota = math.ceil(len(points) / eta)
     if learned is None or all(learned):
         return pareto_order(points, directions, prefer).index(candidate) < quota
     if not learned[candidate]:
-        return sum(learned) < quota
+        if unlearned_on is None:
+            return sum(learned) < quota
+        return min(sum(learned), quota) + unlearned_on < quota
     ranked = [i for i in range(len(points)) if learned[i]]
     return pareto_order([points[i] for i in ranked], directions, prefer).index(ranked.index(candidate)) < quota
 
@@ -205,13 +211,20 @@ class RungLedger:
     objectives: Mapping[str, Objective]
     rungs: int = DEFAULT_RUNGS
     eta: int = DEFAULT_REDUCTION_FACTOR
+    # Stopping type: unlearned trials fill only the quota's free places (``promoted``'s
+    # ``unlearned_on``) rather than each going on while the learned leave room. An experiment
+    # (benchmarks/multifidelity.py, ``shq``): the part of the promotion type that may be what helped
+    # it where rung 0 is blind, without saved states.
+    blind_quota: bool = False
     records: list[dict[str, tuple[float, ...]]] = field(default_factory=list)
     learned: list[dict[str, bool]] = field(default_factory=list)  # beside records: beat a constant prediction?
+    went_on: list[set[str]] = field(default_factory=list)  # decided to go on here, by this ledger
 
     def __post_init__(self) -> None:
         rung_fractions(self.rungs, self.eta)  # validates
         self.records = [dict() for _ in range(self.rungs)]
         self.learned = [dict() for _ in range(self.rungs)]
+        self.went_on = [set() for _ in range(self.rungs)]
 
     @property
     def directions(self) -> list[str]:
@@ -244,8 +257,16 @@ class RungLedger:
         if rung >= self.rungs - 1:
             return True
         ids = list(self.records[rung])
-        return promoted([self.records[rung][t] for t in ids], ids.index(trial), self.eta, self.directions,
-                        [self.learned[rung][t] for t in ids], prefer=list(self.objectives).index(METRIC))
+        unlearned_on = None
+        if self.blind_quota:  # went on: decided so here, or seen at the next rung (a ledger reseeded on resume)
+            on = self.went_on[rung] | set(self.records[rung + 1])
+            unlearned_on = sum(1 for t in ids if t != trial and t in on and not self.learned[rung][t])
+        go_on = promoted([self.records[rung][t] for t in ids], ids.index(trial), self.eta, self.directions,
+                         [self.learned[rung][t] for t in ids], prefer=list(self.objectives).index(METRIC),
+                         unlearned_on=unlearned_on)
+        if go_on:
+            self.went_on[rung].add(trial)
+        return go_on
 
     def next_promotion(self, waiting: Collection[str] | None = None) -> tuple[str, int] | None:
         """Halving of the promotion type: (trial, rung) of the trial to resume next, or None (start a

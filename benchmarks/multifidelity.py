@@ -7,7 +7,9 @@ Four ways to spend the same CPU budget on the same space, task and training budg
 rung ledger, ``fidelity.RungLedger``, decides at each rung; a trial that goes on keeps training),
 and ``shp+gp`` (halving of the promotion type, as ``--scheduler shp``: every trial stops at its
 rung with its training state kept, and the run promoted by ``RungLedger.next_promotion`` is
-resumed as a new trial of the study before any new configuration is asked).
+resumed as a new trial of the study before any new configuration is asked), and ``shq+gp`` (the
+stopping type with ``RungLedger.blind_quota``: unlearned trials fill only the quota's free places,
+as the promotion type fills them; an experiment, not a ``--scheduler`` yet).
 Each run is one process with one torch thread, asking a real Optuna study
 (benchmarks/results/multifidelity.db, so a stopped run resumes, its ledger reseeded from the
 study as a resumed search does) and running each trial with ``autopeft.trial.run_config``,
@@ -74,7 +76,7 @@ def parse_method(method: str, rungs: int) -> tuple[int, str]:
     halving, plus, sampler = method.partition("@")[0].partition("+")
     if not plus:
         return 0, method
-    count = halving.removeprefix("shp" if is_promotion(method) else "sh")
+    count = halving.removeprefix("shp" if is_promotion(method) else "shq" if is_blind_quota(method) else "sh")
     if not halving.startswith("sh") or not (count == "" or count.isdigit() and int(count) >= 2):
         raise ValueError(f"unknown method {method!r}")
     return int(count or rungs), sampler
@@ -85,6 +87,12 @@ def is_promotion(method: str) -> bool:
     its training state kept, and is resumed when it ranks in the top ``floor(n / eta)`` of its rung
     (``RungLedger.next_promotion``); otherwise the stopping type (``"sh+gp"``, the search's)."""
     return method.partition("@")[0].startswith("shp")
+
+
+def is_blind_quota(method: str) -> bool:
+    """``"shq+gp"``: the stopping type with ``RungLedger.blind_quota`` (unlearned trials fill only
+    the quota's free places)."""
+    return method.partition("@")[0].startswith("shq")
 
 
 def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> list[dict]:
@@ -130,7 +138,8 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
     if not study.trials:
         for point in space.warm_start_points(num_layers):  # as the search does
             study.enqueue_trial(point)
-    ledger = RungLedger(objectives, rungs or args.rungs, args.reduction_factor)  # unused without halving
+    ledger = RungLedger(objectives, rungs or args.rungs, args.reduction_factor,  # unused without halving
+                        blind_quota=is_blind_quota(method))
     for number, rung, values in rung_values(study.trials):
         ledger.record(str(number), rung, values)
     vetting = Vetting(budget)
@@ -593,8 +602,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default=None, help="comma-separated (default: sst2,mr,sick_r, else sst2,stsb)")
     ap.add_argument("--methods", default=",".join(METHODS),
-                    help="gp, random, sh+gp, sh+random (halving over --rungs), shN+gp (over N rungs), or shp+gp "
-                         "(halving of the promotion type, as --scheduler shp)")
+                    help="gp, random, sh+gp, sh+random (halving over --rungs), shN+gp (over N rungs), shp+gp "
+                         "(halving of the promotion type, as --scheduler shp) or shq+gp (the stopping type, "
+                         "unlearned trials only in the quota's free places)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--cpu-budget", type=float, default=2400.0, help="CPU-seconds of trials per run")
     ap.add_argument("--space", default="autopeft")
@@ -624,7 +634,7 @@ def main() -> None:
     unknown = [m for m in methods if not known(m)]
     if unknown:
         sys.exit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}, shN+SAMPLER (N >= 2 rungs) "
-                 "or shp+SAMPLER")
+                 ", shp+SAMPLER or shq+SAMPLER")
     tasks = args.tasks.split(",") if args.tasks else default_tasks()
     common.RESULTS.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

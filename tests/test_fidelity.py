@@ -218,6 +218,27 @@ def test_a_rung_that_has_seen_nothing_promotes_a_third_in_arrival_order():
     assert promotion.next_promotion() == ("9", 0)
 
 
+def test_blind_quota_sends_on_one_in_eta_of_the_unlearned_in_arrival_order():
+    # Stopping type with blind_quota: unlearned trials take only the quota's free places. Quota
+    # ceil(n / 3) frees a place at n = 1, 4 and 7; the arrival that finds it goes on.
+    objectives = resolve_objectives("metric,trainable_params")
+    blind = {"metric": 0.5, "no_skill": 0.58}
+    ledger = RungLedger(objectives, rungs=2, eta=3, blind_quota=True)
+    went_on = [ledger.decide(str(i), 0, {**blind, "trainable_params": 1000 * (i + 1)}) for i in range(9)]
+    assert went_on == [True, False, False, True, False, False, True, False, False]
+    # A learned arrival ranks ahead of them (n = 10, quota 4: first among the learned) ...
+    assert ledger.decide("9", 0, {"metric": 0.7, "no_skill": 0.58, "trainable_params": 99_000})
+    # ... and holds a place: 1 learned + 3 unlearned fill quota 4 at n = 11 and 12; n = 13 frees one.
+    assert [ledger.decide(str(i), 0, {**blind, "trainable_params": 10}) for i in (10, 11, 12)] == [False, False, True]
+    # A ledger reseeded from a study (a resumed search) knows who went on by their next-rung records.
+    resumed = RungLedger(objectives, rungs=2, eta=3, blind_quota=True)
+    for i in range(3):
+        resumed.record(str(i), 0, {**blind, "trainable_params": 10})
+    for i in range(2):
+        resumed.record(str(i), 1, {"metric": 0.6, "trainable_params": 10})
+    assert not resumed.decide("3", 0, {**blind, "trainable_params": 10}), "n = 4, quota 2, both places taken"
+
+
 def test_promotion_takes_the_highest_rung_first_and_only_waiting_trials():
     ledger = RungLedger(resolve_objectives("metric,trainable_params"), rungs=3, eta=3)
     for i, m in enumerate((0.6, 0.7, 0.8)):
