@@ -148,6 +148,16 @@ def agreement(rows: list[dict], fractions: tuple[float, ...], floor: float) -> l
                         "against": f"full budget, seed {against}", "configs": which, "n": len(subset),
                         "spearman": round(rho, 2), "ci_low": round(lo, 2), "ci_high": round(hi, 2),
                         "metric_name": f"{which}.{key}_seed{seed}_vs_full_seed{against}"})
+    # Where the space searches the learning rate: does a reading rank the configurations by their
+    # rate? A short run favours fast learners (short-horizon bias), which a full budget may not.
+    if len({runs[(c, 0)]["learning_rate"] for c in configs}) > 1:
+        rates = [float(runs[(c, 0)]["learning_rate"]) for c in configs]
+        for seed in SEEDS:
+            for key, label in readings + [("full", "full budget")]:
+                rho, lo, hi = spearman(rates, [float(runs[(c, seed)][key]) for c in configs])
+                out.append({"task": rows[0]["task"], "reading": f"{label}, seed {seed}", "against": "learning rate",
+                            "configs": "all", "n": len(configs), "spearman": round(rho, 2), "ci_low": round(lo, 2),
+                            "ci_high": round(hi, 2), "metric_name": f"all.{key}_seed{seed}_vs_learning_rate"})
     return out
 
 
@@ -159,16 +169,20 @@ def _plot(rows: list[dict], rungs: int, path: Path) -> None:
 
     runs, configs = paired(rows)
     panels = [(f"rung{k}", 0, f"rung {k}, seed 0") for k in range(rungs - 1)] + [("full", 1, "full budget, seed 1")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels) + 1, 4), squeeze=False, layout="constrained")
+    rates = [float(runs[(c, 0)]["learning_rate"]) for c in configs]
+    colour = {"c": [math.log10(r) for r in rates], "cmap": "viridis"} if len(set(rates)) > 1 else {}
     for ax, (key, seed, label) in zip(axes[0], panels):
-        ax.scatter([float(runs[(c, seed)][key]) for c in configs], [float(runs[(c, 0)]["full"]) for c in configs], s=18)
+        dots = ax.scatter([float(runs[(c, seed)][key]) for c in configs], [float(runs[(c, 0)]["full"]) for c in configs],
+                          s=18, **colour)
         if key == "full":  # the line two seeds would fall on if the configuration alone set the metric
             lo, hi = ax.get_xlim()
             ax.plot([lo, hi], [lo, hi], color="gray", lw=0.8, ls="--")
         ax.set_xlabel(label)
         ax.set_ylabel("full budget, seed 0")
+    if colour:  # the space searches the rate: show which rates each reading favours
+        fig.colorbar(dots, ax=list(axes[0]), label="log10 learning rate")
     fig.suptitle(f"{rows[0]['task']}: {len(configs)} random configurations, metric on the selection split")
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
