@@ -544,6 +544,42 @@ def blind_rungs(settings: SearchSettings) -> list[str]:
     return lines
 
 
+def rate_biased_rungs(settings: SearchSettings) -> list[str]:
+    """One line for each rung below the top that ranked the trials by their learning rate while the
+    full budget did not (``fidelity.rate_bias``): there halving chose fast rates, not configurations.
+    Nothing where the space does not search the rate."""
+    if settings.scheduler not in HALVING:
+        return []
+    import optuna
+
+    from autopeft.fidelity import rate_bias
+    from autopeft.spaces import training_param
+    from autopeft.study import CONTINUES_ATTR, open_storage, rung_values
+
+    rate = training_param("learning_rate")
+
+    trials = optuna.load_study(study_name=settings.name, storage=open_storage(settings.storage_url())).get_trials(
+        deepcopy=False)
+    rates = {t.number: t.params[rate] for t in trials
+             if rate in t.params and CONTINUES_ATTR not in t.user_attrs}  # a run's rate: its first trial's
+    by_rung: dict[int, list[tuple[float, float]]] = {}
+    for run, rung, values in rung_values(trials):
+        metric = values.get(METRIC)
+        if run in rates and metric is not None and math.isfinite(float(metric)):
+            by_rung.setdefault(rung, []).append((rates[run], float(metric)))
+    fractions = rung_fractions(settings.rungs, settings.reduction_factor)
+    lines = []
+    for rung in range(settings.rungs - 1):
+        bias = rate_bias(by_rung.get(rung, []), by_rung.get(settings.rungs - 1, []))
+        if bias:
+            lines.append(f"rung {rung} (1/{round(1 / fractions[rung])} of the budget) ranked its trials by learning "
+                         f"rate (Spearman {bias[0]:.2f} over {len(by_rung[rung])}) while the full budget did not "
+                         f"({bias[1]:+.2f} over {len(by_rung[settings.rungs - 1])}): short training favours fast rates "
+                         "that need not hold, so halving chose by rate there; use fewer --rungs, more training, or a "
+                         "narrower learning-rate range in the space")
+    return lines
+
+
 def _scheduler(prep: Prepared, ledger: Any) -> Any:
     """None (Ray's FIFO) or successive halving over ``ledger``."""
     if ledger is None:

@@ -52,6 +52,13 @@ from autopeft.errors import ConfigError
 from autopeft.methods import TARGET_MODULES, MethodConfig, get_method
 
 LAYER_MODES = ("all", "mask", "each")
+
+
+def training_param(name: str) -> str:
+    """The study's parameter name for a searched training setting (``learning_rate`` -> ``train/learning_rate``)."""
+    return f"train/{name}"
+
+
 # Training settings a space may search over (fields of TrainBudget).
 SEARCHABLE_TRAINING = ("learning_rate", "epochs", "batch_size", "warmup_ratio", "weight_decay")
 
@@ -239,7 +246,7 @@ class SearchSpace:
         entries: list[MethodConfig] = []
         for m in self.methods:
             entries += m.sample(trial, num_layers)
-        training = {name: d.suggest(trial, f"train/{name}") for name, d in self.training.items()}
+        training = {name: d.suggest(trial, training_param(name)) for name, d in self.training.items()}
         # Independent choices can put LoRA and (IA)3 on one module, which cannot train: the method
         # listed first in the space keeps it (so (IA)3 "on key" means on key where LoRA is not).
         return PeftConfig(tuple(entries)).without_module_clashes(), training

@@ -7,7 +7,8 @@ import math
 import pytest
 
 from autopeft.fidelity import (RungLedger, crowding_distance, expected_share, nondominated_sort, pareto_order,
-                               promoted, promotion_minimum, promotion_order, rung_fractions, rung_rows, rung_steps)
+                               promoted, promotion_minimum, promotion_order, rate_bias, rung_fractions, rung_rows,
+                               rung_steps, spearman)
 from autopeft.objectives import resolve_objectives
 
 MAXMIN = ["max", "min"]
@@ -250,3 +251,26 @@ def test_promotion_takes_the_highest_rung_first_and_only_waiting_trials():
     assert ledger.next_promotion() == ("r2", 1), "a trial nearer the top goes first"
     ledger.record("r2", 2, {"metric": 0.85, "trainable_params": 100})
     assert ledger.next_promotion() == ("2", 0)
+
+
+def test_spearman_hand_checked():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # Ties take their mean rank: ranks (1, 2.5, 2.5, 4) against (1, 2, 3, 4) -> Pearson 0.9487.
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833)
+    assert spearman([1, 1, 1], [1, 2, 3]) is None and spearman([1, 2], [1, 2]) is None
+
+
+def test_rate_bias_names_a_rung_that_ranks_by_rate_against_the_full_budget():
+    # MR's shape (rank_agreement.py): at rung 0 only the fast rates have left chance; at the full
+    # budget they are the ones that collapsed.
+    rates = [1e-3, 1.5e-3, 2e-3, 3e-3, 4e-3, 5e-3, 7e-3, 9e-3]
+    at_rung = list(zip(rates, [0.48, 0.48, 0.48, 0.49, 0.52, 0.59, 0.63, 0.66]))
+    at_top = list(zip(rates[:6], [0.75, 0.77, 0.78, 0.76, 0.70, 0.52]))
+    rho_rung, rho_top = rate_bias(at_rung, at_top)
+    assert rho_rung == pytest.approx(spearman(*zip(*at_rung))) and rho_rung > 0.9 and rho_top < 0
+    assert rate_bias(at_rung, list(zip(rates[:6], [0.70, 0.72, 0.74, 0.75, 0.77, 0.78]))) is None, \
+        "the full budget agrees with the rate: no bias to name"
+    assert rate_bias(at_rung[:7], at_top) is None, "too few trials at the rung"
+    assert rate_bias(at_rung, at_top[:4]) is None, "too few at the top"
+    assert rate_bias(list(zip(rates, [0.6, 0.5, 0.7, 0.55, 0.65, 0.5, 0.6, 0.58])), at_top) is None, "the rung does not rank by rate"

@@ -16,7 +16,7 @@ from autopeft.config import PeftConfig, TrainBudget
 from autopeft.results import load_search
 from autopeft.reuse import REUSE_ATTR
 from autopeft.schema import NO_SKILL, STOPPED_TAG
-from autopeft.search import SearchSettings, blind_rungs, run_search
+from autopeft.search import SearchSettings, blind_rungs, rate_biased_rungs, run_search
 from autopeft.study import FIDELITY_ATTR, RUNG_ATTR, RUNG_VALUES_ATTR, STOPPED_ATTR
 from autopeft.trial import TrialContext, run_config
 
@@ -81,6 +81,25 @@ def test_a_rung_where_most_trials_saw_nothing_is_named(halved):
         "rung 0 (1/9 of the budget): 3 of 4 trials scored no better than chance there, so it could rank only the "
         "rest; for a lowest rung that learns, use fewer --rungs or more training (--train-examples, --epochs)"]
     assert blind_rungs(dataclasses.replace(settings, scheduler="fifo")) == []
+    assert rate_biased_rungs(settings) == [], "the space does not search the learning rate"
+
+
+def test_a_rung_that_ranked_by_learning_rate_is_named(tmp_path):
+    # A study as a halving search over a space with a searched rate leaves it: rung 0's metric
+    # rises with the rate, the full budget's falls (the shape measured on MR).
+    settings = SearchSettings(name="rates", model="m", task="t", space="s", workdir=str(tmp_path), scheduler="sh",
+                              rungs=3, reduction_factor=3)
+    study = optuna.create_study(study_name="rates", storage=settings.storage_url(), directions=["maximize", "minimize"])
+    rate = optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)
+    for i, lr in enumerate([1e-3, 1.5e-3, 2e-3, 3e-3, 4e-3, 5e-3, 7e-3, 9e-3]):
+        rungs = {0: 0.48 + 0.025 * i, 1: 0.6, 2: 0.78 - 0.03 * i}
+        study.add_trial(optuna.trial.create_trial(
+            params={"train/learning_rate": lr}, distributions={"train/learning_rate": rate}, values=[rungs[2], 1000],
+            user_attrs={f"{RUNG_VALUES_ATTR}{k}": {"metric": m, "trainable_params": 1000} for k, m in rungs.items()}))
+    (line,) = rate_biased_rungs(settings)
+    assert line.startswith("rung 0 (1/9 of the budget) ranked its trials by learning rate (Spearman 1.00 over 8) "
+                           "while the full budget did not (-1.00 over 8)")
+    assert rate_biased_rungs(dataclasses.replace(settings, scheduler="fifo")) == []
 
 
 def test_the_study_counts_what_the_trials_trained_in_full_trials(halved):
