@@ -557,7 +557,6 @@ def rate_biased_rungs(settings: SearchSettings) -> list[str]:
     from autopeft.study import CONTINUES_ATTR, open_storage, rung_values
 
     rate = training_param("learning_rate")
-
     trials = optuna.load_study(study_name=settings.name, storage=open_storage(settings.storage_url())).get_trials(
         deepcopy=False)
     rates = {t.number: t.params[rate] for t in trials
