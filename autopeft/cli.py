@@ -176,7 +176,7 @@ def extend_target(settings: SearchSettings, num_samples: Optional[int], cpu_budg
 
 def _run_and_report(settings) -> None:
     from autopeft.schema import cpu_seconds_spent
-    from autopeft.search import blind_rungs, prepare, rate_biased_rungs, run_search
+    from autopeft.search import prepare, rung_notes, run_search
 
     prepared = prepare(settings)  # every input checked before Ray starts
     for note in prepared.notes:
@@ -213,7 +213,7 @@ def _run_and_report(settings) -> None:
                   f"{result.tracking_uri} (parent run {result.parent_run_id})")
     for r in failed:
         console.print(f"  trial {r['trial']} failed ({r['failure']}): {_escape(str(r['error']))[:300]}")
-    for line in blind_rungs(settings) + rate_biased_rungs(settings):
+    for line in rung_notes(settings):
         console.print(f"[yellow]note:[/] {_escape(line)}", highlight=False)
 
 

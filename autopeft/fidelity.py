@@ -194,7 +194,7 @@ def promotion_order(points: Sequence[Sequence[float]], directions: Sequence[str]
 # random configurations, benchmarks/rank_agreement.py): rung 0's metric ranks them by their rate
 # (Spearman 0.85), the full budget's against it (-0.35 and -0.69 on two seeds), because only fast
 # rates leave chance in 1/9 of the steps and they are the ones that collapse by the end.
-RATE_BIAS_MIN_TRIALS = 8  # fewer at the rung, or 5 at the top, and a Spearman says little
+RATE_BIAS_MIN_TRIALS, RATE_BIAS_MIN_TOP = 8, 5  # fewer at the rung or at the top, and a Spearman says little
 RATE_BIAS_RHO = 0.5
 
 
@@ -211,8 +211,8 @@ def rate_bias(at_rung: Sequence[tuple[float, float]], at_top: Sequence[tuple[flo
               ) -> tuple[float, float] | None:
     """(Spearman at the rung, at the top) where a rung's metric ranks trials by learning rate
     (``(rate, metric)`` pairs; at least ``RATE_BIAS_MIN_TRIALS`` and ``RATE_BIAS_RHO``) while the
-    full budget does not (at least 5 trials, Spearman <= 0); else None."""
-    if len(at_rung) < RATE_BIAS_MIN_TRIALS or len(at_top) < 5:
+    full budget does not (at least ``RATE_BIAS_MIN_TOP`` trials, Spearman <= 0); else None."""
+    if len(at_rung) < RATE_BIAS_MIN_TRIALS or len(at_top) < RATE_BIAS_MIN_TOP:
         return None
     rung, top = spearman(*zip(*at_rung)), spearman(*zip(*at_top))
     if rung is None or top is None or rung < RATE_BIAS_RHO or top > 0:

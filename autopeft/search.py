@@ -517,21 +517,36 @@ def _ledger(prep: Prepared, stores: Stores) -> Any:
     return ledger
 
 
-def blind_rungs(settings: SearchSettings) -> list[str]:
+def _study_trials(settings: SearchSettings) -> list[Any]:
+    import optuna
+
+    from autopeft.study import open_storage
+
+    return optuna.load_study(study_name=settings.name, storage=open_storage(settings.storage_url())).get_trials(
+        deepcopy=False)
+
+
+def rung_notes(settings: SearchSettings) -> list[str]:
+    """What the end of a halving search says about its rungs (``blind_rungs``, ``rate_biased_rungs``),
+    from one read of the study."""
+    if settings.scheduler not in HALVING:
+        return []
+    trials = _study_trials(settings)
+    return blind_rungs(settings, trials) + rate_biased_rungs(settings, trials)
+
+
+def blind_rungs(settings: SearchSettings, trials: list[Any] | None = None) -> list[str]:
     """One line for each rung below the top where most runs scored no better than chance
     (``RungLedger.has_learned``): such a rung could not tell its trials apart, so it stopped them
     for their size or not at all, and its share of the budget bought no decision. Measured: rung 0
     of the default search on SST-2 (1/9 of 2,048 examples) saw nothing in any of its 11 trials."""
     if settings.scheduler not in HALVING:
         return []
-    import optuna
-
     from autopeft.fidelity import RungLedger
-    from autopeft.study import open_storage, rung_values
+    from autopeft.study import rung_values
 
-    study = optuna.load_study(study_name=settings.name, storage=open_storage(settings.storage_url()))
     learned: dict[tuple[int, int], bool] = {}
-    for run, rung, values in rung_values(study.get_trials(deepcopy=False)):
+    for run, rung, values in rung_values(_study_trials(settings) if trials is None else trials):
         learned[(run, rung)] = RungLedger.has_learned(values)
     fractions = rung_fractions(settings.rungs, settings.reduction_factor)
     lines = []
@@ -544,21 +559,18 @@ def blind_rungs(settings: SearchSettings) -> list[str]:
     return lines
 
 
-def rate_biased_rungs(settings: SearchSettings) -> list[str]:
+def rate_biased_rungs(settings: SearchSettings, trials: list[Any] | None = None) -> list[str]:
     """One line for each rung below the top that ranked the trials by their learning rate while the
     full budget did not (``fidelity.rate_bias``): there halving chose fast rates, not configurations.
     Nothing where the space does not search the rate."""
     if settings.scheduler not in HALVING:
         return []
-    import optuna
-
     from autopeft.fidelity import rate_bias
     from autopeft.spaces import training_param
-    from autopeft.study import CONTINUES_ATTR, open_storage, rung_values
+    from autopeft.study import CONTINUES_ATTR, rung_values
 
     rate = training_param("learning_rate")
-    trials = optuna.load_study(study_name=settings.name, storage=open_storage(settings.storage_url())).get_trials(
-        deepcopy=False)
+    trials = _study_trials(settings) if trials is None else trials
     rates = {t.number: t.params[rate] for t in trials
              if rate in t.params and CONTINUES_ATTR not in t.user_attrs}  # a run's rate: its first trial's
     by_rung: dict[int, list[tuple[float, float]]] = {}

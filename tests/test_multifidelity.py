@@ -16,7 +16,7 @@ from autopeft.config import PeftConfig, TrainBudget
 from autopeft.results import load_search
 from autopeft.reuse import REUSE_ATTR
 from autopeft.schema import NO_SKILL, STOPPED_TAG
-from autopeft.search import SearchSettings, blind_rungs, rate_biased_rungs, run_search
+from autopeft.search import SearchSettings, blind_rungs, rate_biased_rungs, rung_notes, run_search
 from autopeft.study import FIDELITY_ATTR, RUNG_ATTR, RUNG_VALUES_ATTR, STOPPED_ATTR
 from autopeft.trial import TrialContext, run_config
 
@@ -82,6 +82,7 @@ def test_a_rung_where_most_trials_saw_nothing_is_named(halved):
         "rest; for a lowest rung that learns, use fewer --rungs or more training (--train-examples, --epochs)"]
     assert blind_rungs(dataclasses.replace(settings, scheduler="fifo")) == []
     assert rate_biased_rungs(settings) == [], "the space does not search the learning rate"
+    assert rung_notes(settings) == blind_rungs(settings), "what the search prints at its end"
 
 
 def test_a_rung_that_ranked_by_learning_rate_is_named(tmp_path):
@@ -100,6 +101,7 @@ def test_a_rung_that_ranked_by_learning_rate_is_named(tmp_path):
     assert line.startswith("rung 0 (1/9 of the budget) ranked its trials by learning rate (Spearman 1.00 over 8) "
                            "while the full budget did not (-1.00 over 8)")
     assert rate_biased_rungs(dataclasses.replace(settings, scheduler="fifo")) == []
+    assert rung_notes(settings) == [line], "every rung learned: no blind-rung note beside it"
 
 
 def test_the_study_counts_what_the_trials_trained_in_full_trials(halved):
