@@ -241,6 +241,15 @@ def main() -> None:
               f"{noise['seed_std']:.4f}; the means spread by {noise['means_std']:.4f} (seed noise alone gives "
               f"{noise['noise_only']:.4f}); share of a run's variance the configuration "
               f"explains: {noise['config_share']:.2f}")
+    runs, configs = paired(mine)
+    if len({runs[(c, 0)]["learning_rate"] for c in configs}) > 1:  # the space searches the rate: who learned at which
+        learned = set(learned_configs(mine, floor))
+        print("\nEach configuration by learning rate (full budget, seed 0 / seed 1; learned: both above the "
+              f"majority class + {LEARNED_MARGIN})")
+        print("| learning rate | params | seed 0 | seed 1 | learned |\n|---|---|---|---|---|")
+        for c in sorted(configs, key=lambda c: float(runs[(c, 0)]["learning_rate"])):
+            print(f"| {float(runs[(c, 0)]['learning_rate']):.2e} | {int(runs[(c, 0)]['trainable_params']):,} | "
+                  f"{float(runs[(c, 0)]['full']):.3f} | {float(runs[(c, 1)]['full']):.3f} | {'yes' if c in learned else 'no'} |")
     png = common.RESULTS / f"rank_agreement_{args.task}.png"  # one per task: a second task must not redraw the first's
     _plot(mine, args.rungs, png)
     common.log_mlflow("rank_agreement", {**setting, "configs": args.configs},
