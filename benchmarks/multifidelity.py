@@ -419,6 +419,19 @@ def per_seed(curves: dict, method: str, extended: dict | None = None) -> list[di
     return out
 
 
+def run_jobs(jobs: list[tuple[str, str, int]], args: argparse.Namespace, recorded: dict, path: Path) -> None:
+    """Run (or, under ``--report``, read) each (task, method, seed) into ``recorded``; each finished
+    run lands in the CSV ``path`` at once, beside what it already held."""
+    with ProcessPoolExecutor(args.workers, common.SPAWN) as pool:
+        futures = {pool.submit(run_method, task, m, seed, args): (task, m, seed) for task, m, seed in jobs}
+        for future in as_completed(futures):
+            run = future.result()
+            if run:
+                recorded[futures[future]] = run
+                if not args.report:
+                    common.write_csv(path, [r for rows in recorded.values() for r in rows])
+
+
 def extend_gp(rows: list[dict], refs: dict, args: argparse.Namespace) -> dict[tuple[str, int], list]:
     """``--extend-gp``: each recorded GP run of ``rows`` continued to ``args.extend_gp`` CPU-s (its
     study resumes; ``--report`` reads what is stored), as (task, seed) -> its hypervolume curve
@@ -433,14 +446,7 @@ def extend_gp(rows: list[dict], refs: dict, args: argparse.Namespace) -> dict[tu
     # what it had (its study resumes); the order changes no figure.
     jobs = sorted({(r["task"], r["method"], r["seed"]) for r in rows if r["method"] == "gp"} - set(recorded),
                   key=lambda j: (j[0], -j[2]))
-    with ProcessPoolExecutor(args.workers, common.SPAWN) as pool:
-        futures = {pool.submit(run_method, task, m, seed, longer): (task, m, seed) for task, m, seed in jobs}
-        for future in as_completed(futures):
-            run = future.result()
-            if run:
-                recorded[futures[future]] = run
-                if not args.report:
-                    common.write_csv(path, [r for runs in recorded.values() for r in runs])
+    run_jobs(jobs, longer, recorded, path)
     curves = hv_curves([r for runs in recorded.values() for r in runs], refs)
     return {(task, seed): c for (task, _, seed), c in curves.items()}
 
@@ -651,14 +657,7 @@ def main() -> None:
         import optuna
 
         optuna.storages.RDBStorage(STORAGE)
-    with ProcessPoolExecutor(args.workers, common.SPAWN) as pool:
-        futures = {pool.submit(run_method, task, m, seed, args): (task, m, seed) for task, m, seed in jobs}
-        for future in as_completed(futures):  # each finished run lands in the CSV at once
-            run = future.result()
-            if run:
-                recorded[futures[future]] = run
-                if not args.report:
-                    common.write_csv(trials_csv, [r for rows in recorded.values() for r in rows])
+    run_jobs(jobs, args, recorded, trials_csv)
     rows = [r for key in wanted if key in recorded for r in recorded[key]]
     wall = time.perf_counter() - t0
     if not rows:
