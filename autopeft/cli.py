@@ -44,7 +44,7 @@ def main() -> None:
 from autopeft.config import TrainBudget  # noqa: E402
 from autopeft.objectives import available_objectives  # noqa: E402
 from autopeft.samplers import describe_samplers  # noqa: E402
-from autopeft.search import BUDGETED_NUM_SAMPLES, HALVING, SearchSettings  # noqa: E402
+from autopeft.search import BUDGETED_NUM_SAMPLES, HALVING, SCHEDULER_KINDS, SearchSettings  # noqa: E402
 
 _S, _B = SearchSettings, TrainBudget
 
@@ -190,7 +190,7 @@ def _run_and_report(settings) -> None:
         trials = f"{settings.num_samples} trials"
     console.print(f"search [bold]{settings.name}[/]: {trials} of {settings.model} on "
                   f"{settings.task}, space {settings.space}, sampler {settings.sampler}"
-                  + (f", successive halving{' (promotion type)' * (settings.scheduler == 'shp')} "
+                  + (f", successive halving{SCHEDULER_KINDS.get(settings.scheduler, '')} "
                      f"({settings.rungs} rungs, eta {settings.reduction_factor})" if settings.scheduler in HALVING else "")
                   + f", scored on {_selection_text(settings.budget)}")
     try:

@@ -242,9 +242,8 @@ class RungLedger:
     rungs: int = DEFAULT_RUNGS
     eta: int = DEFAULT_REDUCTION_FACTOR
     # Stopping type: unlearned trials fill only the quota's free places (``promoted``'s
-    # ``unlearned_on``) rather than each going on while the learned leave room. An experiment
-    # (benchmarks/multifidelity.py, ``shq``): the part of the promotion type that may be what helped
-    # it where rung 0 is blind, without saved states.
+    # ``unlearned_on``) rather than each going on while the learned leave room (``--scheduler shq``):
+    # the promotion type's rule for a blind rung, without saved states.
     blind_quota: bool = False
     records: list[dict[str, tuple[float, ...]]] = field(default_factory=list)
     learned: list[dict[str, bool]] = field(default_factory=list)  # beside records: beat a constant prediction?

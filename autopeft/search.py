@@ -32,8 +32,11 @@ def _field_help(text: str) -> dict[str, Any]:
     return {"help": text}
 
 
-SCHEDULERS = ("fifo", "sh", "shp")
-HALVING = ("sh", "shp")  # successive halving: of the stopping type, of the promotion type
+# Successive halving, by kind as the CLI names it: of the stopping type, the same with a quota for
+# trials that have not learned, of the promotion type.
+SCHEDULER_KINDS = {"sh": "", "shq": " (blind quota)", "shp": " (promotion type)"}
+HALVING = tuple(SCHEDULER_KINDS)
+SCHEDULERS = ("fifo", *HALVING)
 # A search bounded by --cpu-budget-s alone: a trial cap it does not reach first.
 BUDGETED_NUM_SAMPLES = 1000
 # What says when a search ends; --resume NAME may move it.
@@ -99,7 +102,9 @@ class SearchSettings:
     scheduler: str = field(default=DEFAULT_SCHEDULER, metadata=_field_help(
         "trial scheduler. fifo: every trial gets the full budget; sh: multi-objective successive halving (rungs over "
         "training steps and scored rows; a trial goes on past a rung only if in the Pareto-ranked top 1/eta of the "
-        "trials that reached it so far, decided as it arrives); shp: the same, of the promotion type (every trial "
+        "trials that reached it so far, decided as it arrives); shq: sh, except that trials which have not learned at "
+        "a rung go on only into the places of its top 1/eta that learned trials leave free (sh lets each on while "
+        "learned trials do not fill the quota); shp: sh of the promotion type (every trial "
         "stops at its rung with its training state kept on disk under --workdir, and one that ranks in the top "
         "floor(n/eta) of its rung is resumed later; a rung where no trial has learned lets only that share on)"))
     rungs: int = field(default=DEFAULT_RUNGS, metadata=_field_help(
@@ -511,7 +516,8 @@ def _ledger(prep: Prepared, stores: Stores) -> Any:
     from autopeft.fidelity import RungLedger
     from autopeft.study import rung_values
 
-    ledger = RungLedger(prep.objectives, prep.settings.rungs, prep.settings.reduction_factor)
+    ledger = RungLedger(prep.objectives, prep.settings.rungs, prep.settings.reduction_factor,
+                        blind_quota=prep.settings.scheduler == "shq")
     for number, rung, values in rung_values(stores.study.get_trials(deepcopy=False)):
         ledger.record(str(number), rung, values)
     return ledger

@@ -9,7 +9,7 @@ and ``shp+gp`` (halving of the promotion type, as ``--scheduler shp``: every tri
 rung with its training state kept, and the run promoted by ``RungLedger.next_promotion`` is
 resumed as a new trial of the study before any new configuration is asked), and ``shq+gp`` (the
 stopping type with ``RungLedger.blind_quota``: unlearned trials fill only the quota's free places,
-as the promotion type fills them; an experiment, not a ``--scheduler`` yet).
+as the promotion type fills them; ``--scheduler shq``).
 Each run is one process with one torch thread, asking a real Optuna study
 (benchmarks/results/multifidelity.db, so a stopped run resumes, its ledger reseeded from the
 study as a resumed search does) and running each trial with ``autopeft.trial.run_config``,
@@ -344,6 +344,26 @@ def hv_curves(rows: list[dict], refs: dict[str, tuple[float, float]] | None = No
 
 def cpu_to_reach(curve: list[tuple[float, float]], level: float) -> float:
     return next((cpu for cpu, hv in curve if hv >= level), math.inf)
+
+
+def trial0_clocks(rows: list[dict]) -> dict[tuple[str, str, int], float]:
+    """(task, method, seed) -> the CPU-s of the run's trial 0, where it trained the full budget in one
+    piece. Trial 0 is the same configuration in every run of a seed (the space's first warm start),
+    so its cost is a clock: measured on this machine, the same trials cost 0.38-1.2x as much in one
+    run as in another recorded on another day (concurrency on two vCPUs, the host), far more than
+    one trial's own spread (runs side by side: within about 10%). Under halving of the promotion
+    type trial 0 stops at rung 0, so it has no clock here."""
+    out = {}
+    for r in rows:
+        if r["trial"] == 0 and r["fidelity"] == 1.0:
+            out[(r["task"], r["method"], r["seed"])] = float(r["cpu_seconds"])
+    return out
+
+
+def on_trial0_clock(curves: dict, clocks: dict) -> dict:
+    """Each run's curve with its CPU-s counted in its own trial 0's (runs without a clock left out),
+    so runs recorded at different machine speeds compare."""
+    return {k: [(cpu / clocks[k], hv) for cpu, hv in c] for k, c in curves.items() if k in clocks}
 
 
 def table(curves: dict, methods: list[str]) -> list[dict]:
@@ -738,6 +758,19 @@ def main() -> None:
         print("| task | method | rungs | trials | Spearman |\n|---|---|---|---|---|")
         for r in agreement:
             print(f"| {r['task']} | {r['method']} | {r['rungs']} | {r['trials']} | {r['spearman']} |")
+    clocks = trial0_clocks(rows)
+    if clocks:
+        print("\nClock check: trial 0 (the same configuration in each run of a seed) CPU-s per run; where runs "
+              "differ by more than one trial's spread, CPU-s ratios between them measure the machine too")
+        print("| task | seed | " + " | ".join(methods) + " |\n|---|---|" + "---|" * len(methods))
+        for task, seed in sorted({(k[0], k[2]) for k in clocks}):
+            cells = [f"{clocks[(task, m, seed)]:.0f}" if (task, m, seed) in clocks else "-" for m in methods]
+            print(f"| {task} | {seed} | " + " | ".join(cells) + " |")
+        print("\nOn each run's own clock (CPU-s in units of its trial 0): median trial-0 units to GP's final HV, "
+              "and / gp")
+        print("| task | method | units to gp's final HV (median) | / gp |\n|---|---|---|---|")
+        for r in table(on_trial0_clock(curves, clocks), [m for m in methods if not is_promotion(m)]):
+            print(f"| {r['task']} | {r['method']} | {r['median_cpu_to_gp_final']:.1f} | {r['vs_gp_to_gp_final']} |")
     unlearned = unlearned_at_rung0(rows, args)
     if unlearned:
         print("\nRung 0 trials no better than a constant prediction, and no better than chance, on the rung's rows "

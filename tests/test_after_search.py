@@ -373,7 +373,7 @@ CHROMEDRIVER = shutil.which("chromedriver")
 
 
 def _webdriver(tmp_path: Path):
-    selenium = pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[test]')")
+    pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[test]')")
     if CHROMEDRIVER is None:
         pytest.skip("chromedriver is not installed (apt-get install chromium-driver)")
     from selenium import webdriver

@@ -55,6 +55,34 @@ def halved(tiny_bert, tiny_regression_task, tmp_path_factory, ray_for_searches):
     return settings, run_search(settings, show_progress=False)
 
 
+def test_blind_quota_sends_on_one_unlearned_trial_where_sh_sends_each(tiny_bert, tiny_regression_task, tmp_path,
+                                                                      ray_for_searches):
+    # The same configurations in another order: ranks 16, 8 and 4 first, none of which learns at
+    # rung 0 (the comment on SPACE). Trial 0 is alone there and goes on under either kind; trials 1
+    # and 2 arrive to a quota of one that trial 0 already holds: --scheduler shq stops them, while
+    # sh, which ranks unlearned trials after learned ones only, would send each on.
+    ray_for_searches()
+    space = tmp_path / "lora.yaml"
+    space.write_text(SPACE.split("warm_start:")[0] + "warm_start:\n  - {lora/rank: 16}\n  - {lora/rank: 8}\n"
+                     "  - {lora/rank: 4}\n")
+    settings = SearchSettings(
+        name="quota", model=tiny_bert, task=tiny_regression_task, space=str(space), num_samples=3,
+        max_concurrent_trials=1, budget=TrainBudget(train_examples=96, eval_examples=48, epochs=3, batch_size=16),
+        workdir=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        scheduler="shq", rungs=3, reduction_factor=3, rung_confidence=0.0)
+    run_search(settings, show_progress=False)
+    trials = sorted(optuna.load_study(study_name="quota", storage=settings.storage_url()).trials, key=lambda t: t.number)
+    rung0 = [t.user_attrs[f"{RUNG_VALUES_ATTR}0"] for t in trials]
+    assert all(r["metric"] <= r[NO_SKILL] for r in rung0), "none learned at rung 0"
+    assert trials[0].user_attrs[RUNG_ATTR] >= 1 and STOPPED_ATTR not in trials[0].user_attrs
+    assert [t.user_attrs.get(STOPPED_ATTR) for t in trials[1:]] == [0, 0]
+    from autopeft.fidelity import RungLedger
+
+    sh = RungLedger(settings.objective_entries(), 3, 3)
+    sh.record("0", 0, rung0[0])
+    assert sh.decide("1", 0, rung0[1]) and sh.decide("2", 0, rung0[2]), "what sh would have done"
+
+
 def test_some_trials_stop_at_rung_0_and_some_reach_the_top(halved):
     settings, result = halved
     study = optuna.load_study(study_name="halved", storage=settings.storage_url())
