@@ -349,14 +349,34 @@ def cpu_to_reach(curve: list[tuple[float, float]], level: float) -> float:
 def trial0_clocks(rows: list[dict]) -> dict[tuple[str, str, int], float]:
     """(task, method, seed) -> the CPU-s of the run's trial 0, where it trained the full budget in one
     piece. Trial 0 is the same configuration in every run of a seed (the space's first warm start),
-    so its cost is a clock: measured on this machine, the same trials cost 0.38-1.2x as much in one
-    run as in another recorded on another day (concurrency on two vCPUs, the host), far more than
-    one trial's own spread (runs side by side: within about 10%). Under halving of the promotion
-    type trial 0 stops at rung 0, so it has no clock here."""
+    so its cost is a clock: measured on this machine, runs recorded on other days than GP's ran at
+    0.38-1.20x its trial-0 cost, where runs recorded beside it were within 0.86-1.35x (the report
+    prints both). Under halving of the promotion type trial 0 stops at rung 0: no clock there."""
     out = {}
     for r in rows:
         if r["trial"] == 0 and r["fidelity"] == 1.0:
             out[(r["task"], r["method"], r["seed"])] = float(r["cpu_seconds"])
+    return out
+
+
+def replayed(rows: list[dict], a: str, b: str) -> list[dict]:
+    """Per task and seed, how many first trials of method ``b``'s run repeat ``a``'s (same
+    configuration size, fidelity and metric: a seeded sampler told the same values asks the same),
+    and what those trials cost in ``b`` against ``a`` (the two runs' clocks, read on identical work)."""
+    runs: dict[tuple[str, str, int], list[dict]] = {}
+    for r in sorted(rows, key=lambda r: r["trial"]):
+        runs.setdefault((r["task"], r["method"], r["seed"]), []).append(r)
+    out = []
+    for task, seed in sorted({(t, s) for t, m, s in runs if m == b and (t, a, s) in runs}):
+        same = 0
+        for x, y in zip(runs[(task, a, seed)], runs[(task, b, seed)]):
+            if (x["trainable_params"], x["fidelity"], x["metric"]) != (y["trainable_params"], y["fidelity"], y["metric"]):
+                break
+            same += 1
+        if same:
+            cpu_a, cpu_b = runs[(task, a, seed)][same - 1]["cpu_seconds"], runs[(task, b, seed)][same - 1]["cpu_seconds"]
+            out.append({"task": task, "seed": seed, "trials": same, "of": len(runs[(task, a, seed)]),
+                        "cpu_ratio": cpu_b / cpu_a})
     return out
 
 
@@ -762,15 +782,24 @@ def main() -> None:
     if clocks:
         print("\nClock check: trial 0 (the same configuration in each run of a seed) CPU-s per run; where runs "
               "differ by more than one trial's spread, CPU-s ratios between them measure the machine too")
-        print("| task | seed | " + " | ".join(methods) + " |\n|---|---|" + "---|" * len(methods))
+        print("| task | seed | " + " | ".join(f"{m} (x gp)" for m in methods) + " |\n|---|---|" + "---|" * len(methods))
         for task, seed in sorted({(k[0], k[2]) for k in clocks}):
-            cells = [f"{clocks[(task, m, seed)]:.0f}" if (task, m, seed) in clocks else "-" for m in methods]
+            gp = clocks.get((task, "gp", seed))
+            cells = [f"{clocks[(task, m, seed)]:.0f}" + (f" ({clocks[(task, m, seed)] / gp:.2f})" if gp else "")
+                     if (task, m, seed) in clocks else "-" for m in methods]
             print(f"| {task} | {seed} | " + " | ".join(cells) + " |")
         print("\nOn each run's own clock (CPU-s in units of its trial 0): median trial-0 units to GP's final HV, "
               "and / gp")
         print("| task | method | units to gp's final HV (median) | / gp |\n|---|---|---|---|")
         for r in table(on_trial0_clock(curves, clocks), [m for m in methods if not is_promotion(m)]):
             print(f"| {r['task']} | {r['method']} | {r['median_cpu_to_gp_final']:.1f} | {r['vs_gp_to_gp_final']} |")
+    pairs = [(x, y) for i, x in enumerate(methods) for y in methods[i + 1:]]
+    repeats = [(x, y, r) for x, y in pairs for r in replayed(rows, x, y) if r["trials"] > 1]
+    if repeats:
+        print("\nRuns that repeat another's first trials (identical trials), and what those cost in the second run / the first")
+        print("| task | seed | first run | second run | identical trials | CPU-s ratio |\n|---|---|---|---|---|---|")
+        for x, y, r in repeats:
+            print(f"| {r['task']} | {r['seed']} | {x} | {y} | {r['trials']} of {r['of']} | {r['cpu_ratio']:.2f} |")
     unlearned = unlearned_at_rung0(rows, args)
     if unlearned:
         print("\nRung 0 trials no better than a constant prediction, and no better than chance, on the rung's rows "
