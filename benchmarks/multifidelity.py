@@ -75,7 +75,7 @@ def parse_method(method: str, rungs: int) -> tuple[int, str]:
     under changed code, with its own study and rows beside the recorded ones."""
     halving, plus, sampler = method.partition("@")[0].partition("+")
     if not plus:
-        return 0, method
+        return 0, halving  # "gp@v2" samples with "gp"
     count = halving.removeprefix("shp" if is_promotion(method) else "shq" if is_blind_quota(method) else "sh")
     if not halving.startswith("sh") or not (count == "" or count.isdigit() and int(count) >= 2):
         raise ValueError(f"unknown method {method!r}")
