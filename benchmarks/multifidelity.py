@@ -380,6 +380,19 @@ def replayed(rows: list[dict], a: str, b: str) -> list[dict]:
     return out
 
 
+def final_fronts(rows: list[dict]) -> dict[tuple[str, str, int], list[tuple[int, float]]]:
+    """(task, method, seed) -> the run's final full-fidelity front, (trainable params, metric) by
+    size: what a hypervolume ratio is made of (a larger one may come from the small end alone)."""
+    from autopeft.pareto import pareto_front
+
+    runs: dict[tuple[str, str, int], list[tuple[int, float]]] = {}
+    for r in rows:
+        if r["full_fidelity"]:
+            runs.setdefault((r["task"], r["method"], r["seed"]), []).append((int(r["trainable_params"]), r["metric"]))
+    return {key: sorted({points[i] for i in pareto_front(points, ("min", "max"))})
+            for key, points in sorted(runs.items())}
+
+
 def on_trial0_clock(curves: dict, clocks: dict) -> dict:
     """Each run's curve with its CPU-s counted in its own trial 0's (runs without a clock left out),
     so runs recorded at different machine speeds compare."""
@@ -800,6 +813,12 @@ def main() -> None:
         print("| task | seed | first run | second run | identical trials | CPU-s ratio |\n|---|---|---|---|---|---|")
         for x, y, r in repeats:
             print(f"| {r['task']} | {r['seed']} | {x} | {y} | {r['trials']} of {r['of']} | {r['cpu_ratio']:.2f} |")
+    fronts = final_fronts(rows)
+    print("\nFinal full-fidelity fronts (trainable params: metric, by size), and the best metric")
+    print("| task | method | seed | front | best |\n|---|---|---|---|---|")
+    for (task, m, seed), front in fronts.items():
+        print(f"| {task} | {m} | {seed} | " + ", ".join(f"{n:,}: {v:.3f}" for n, v in front)
+              + f" | {front[-1][1]:.3f} ({front[-1][0]:,}) |")
     unlearned = unlearned_at_rung0(rows, args)
     if unlearned:
         print("\nRung 0 trials no better than a constant prediction, and no better than chance, on the rung's rows "
