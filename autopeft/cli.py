@@ -108,6 +108,7 @@ def search(
     rungs: int = typer.Option(_default(_S, "rungs"), help=_help(_S, "rungs")),
     reduction_factor: int = typer.Option(_default(_S, "reduction_factor"), help=_help(_S, "reduction_factor")),
     rung_confidence: float = typer.Option(_default(_S, "rung_confidence"), help=_help(_S, "rung_confidence")),
+    rank_check: bool = typer.Option(_default(_S, "rank_check"), "--rank-check/--no-rank-check", help=_help(_S, "rank_check")),
     top_seeds: int = typer.Option(_default(_S, "top_seeds"), help=_help(_S, "top_seeds")),
     reuse_workers: Optional[bool] = typer.Option(None, "--reuse-workers/--fresh-workers", help=_help(_S, "reuse_workers")),
     max_params: Optional[int] = typer.Option(None, help="Constraint the sampler is told: at most this many trainable parameters."),
@@ -149,7 +150,7 @@ def search(
         data_dir=data_dir, workdir=str(Path(workdir).resolve()), storage=storage, tracking_uri=tracking_uri,
         experiment=experiment, ray_address=ray_address, trial_memory_limit_mb=trial_memory_limit_mb,
         retry_lost_trials=retry_lost_trials, scheduler=scheduler, rungs=rungs, reduction_factor=reduction_factor,
-        rung_confidence=rung_confidence,
+        rung_confidence=rung_confidence, rank_check=rank_check,
         reuse_workers=reuse_workers, top_seeds=top_seeds,
         limits={k: v for k, v in (("max_params", max_params), ("max_memory", max_memory),
                                   ("max_latency", max_latency)) if v is not None})

@@ -45,7 +45,7 @@ TARGET_FIELDS = ("num_samples", "cpu_budget_s", "full_trials")
 # changed would mix incomparable trials in one front (or, after a default changed, continue a
 # search under a scheduler it was not started with), so it is refused; --resume NAME keeps them.
 IDENTITY_FIELDS = ("model", "task", "space", "budget", "objectives", "seed", "sampler", "scheduler", "rungs",
-                   "reduction_factor", "rung_confidence", "top_seeds", "limits")
+                   "reduction_factor", "rung_confidence", "rank_check", "top_seeds", "limits")
 # Successive halving: at equal CPU it ended with a larger full-fidelity front than full-budget GP on
 # 8 of 9 seeds, and at the default size as good a front for about the same CPU
 # (benchmarks/multifidelity.py; benchmarks/README.md, "Multi-fidelity").
@@ -116,6 +116,10 @@ class SearchSettings:
         "metric must beat a constant prediction's and what a guesser that knows only the labels' distribution "
         "scores in this share of tries; trials that have not rank after those that have (0: beating a constant "
         "prediction suffices)"))
+    rank_check: bool = field(default=False, metadata=_field_help(
+        "successive halving: once the next rung has ranked at least 8 of the trials a rung promoted with Spearman "
+        "<= 0.2 against that rung's order, let every trial on past that rung (shp resumes those it held back): its "
+        "stops were about at random, so the rest of the search runs there as fifo would"))
     top_seeds: int = field(default=1, metadata=_field_help(
         "seeds each config is trained with at the full budget (the top rung under sh); its metric is their "
         "mean and the spread is reported (metric_std, metric_min, metric_seed<i>); --full-trials counts each seed"))
@@ -172,6 +176,7 @@ class SearchSettings:
             data["objectives"] = DEFAULT_OBJECTIVES + ((PEAK_MEMORY_MB,) if data.pop("memory_objective") else ())
         data.setdefault("scheduler", "fifo")  # stored before schedulers existed: every trial ran at the full budget
         data.setdefault("rung_confidence", 0.0)  # stored before it existed: a rung's floor was the constant prediction
+        data.setdefault("rank_check", False)  # stored before it existed
         return dataclass_from_dict(cls, {**data, "budget": TrainBudget.from_dict(data["budget"])}, "search settings")
 
     def replace(self, **changes: Any) -> "SearchSettings":
@@ -229,6 +234,9 @@ def prepare(settings: SearchSettings) -> Prepared:
                           f"{settings.reduction_factor}")
     if not 0 <= settings.rung_confidence < 1:
         raise ConfigError(f"--rung-confidence must be at least 0 and below 1, got {settings.rung_confidence}")
+    if settings.rank_check and settings.scheduler not in HALVING:
+        raise ConfigError(f"--rank-check opens rungs of successive halving, and --scheduler {settings.scheduler} has "
+                          f"none; use --scheduler {' / '.join(HALVING)} or drop --rank-check")
     _check_promotion_budget(settings)
     objectives = settings.objective_entries()
     limit_objectives(settings.limits)
@@ -368,7 +376,8 @@ def open_stores(prep: Prepared) -> Stores:
         schema.OBJECTIVES_PARAM: ",".join(prep.objectives),
         "seed": settings.seed, **{f"{schema.BUDGET_PREFIX}{k}": v for k, v in settings.budget.to_dict().items()},
         "scheduler": settings.scheduler, "top_seeds": settings.top_seeds,
-        **({"rungs": settings.rungs, "reduction_factor": settings.reduction_factor} if settings.scheduler in HALVING else {}),
+        **({"rungs": settings.rungs, "reduction_factor": settings.reduction_factor, "rank_check": settings.rank_check}
+           if settings.scheduler in HALVING else {}),
         **{f"limit/{k}": v for k, v in settings.limits.items()},
         schema.TASK_REF_PARAM: prep.context.task,
     }, tags={schema.TASK_TAG: prep.task.name, schema.MODEL_TAG: settings.model,
@@ -517,7 +526,7 @@ def _ledger(prep: Prepared, stores: Stores) -> Any:
     from autopeft.study import rung_values
 
     ledger = RungLedger(prep.objectives, prep.settings.rungs, prep.settings.reduction_factor,
-                        blind_quota=prep.settings.scheduler == "shq")
+                        blind_quota=prep.settings.scheduler == "shq", rank_check=prep.settings.rank_check)
     for number, rung, values in rung_values(stores.study.get_trials(deepcopy=False)):
         ledger.record(str(number), rung, values)
     return ledger
@@ -533,12 +542,12 @@ def _study_trials(settings: SearchSettings) -> list[Any]:
 
 
 def rung_notes(settings: SearchSettings) -> list[str]:
-    """What the end of a halving search says about its rungs (``blind_rungs``, ``rate_biased_rungs``),
-    from one read of the study."""
+    """What the end of a halving search says about its rungs (``blind_rungs``, ``rate_biased_rungs``,
+    ``disagreeing_rungs``), from one read of the study."""
     if settings.scheduler not in HALVING:
         return []
     trials = _study_trials(settings)
-    return blind_rungs(settings, trials) + rate_biased_rungs(settings, trials)
+    return blind_rungs(settings, trials) + rate_biased_rungs(settings, trials) + disagreeing_rungs(settings, trials)
 
 
 def blind_rungs(settings: SearchSettings, trials: list[Any] | None = None) -> list[str]:
@@ -594,6 +603,34 @@ def rate_biased_rungs(settings: SearchSettings, trials: list[Any] | None = None)
                          f"({bias[1]:+.2f} over {len(by_rung[settings.rungs - 1])}): short training favours fast rates "
                          "that need not hold, so halving chose by rate there; use fewer --rungs, more training, or a "
                          "narrower learning-rate range in the space")
+    return lines
+
+
+def disagreeing_rungs(settings: SearchSettings, trials: list[Any] | None = None) -> list[str]:
+    """One line for each rung below the top whose ranking of the runs it promoted the next rung
+    did not keep (``fidelity.rank_disagreement``): there halving stopped trials about at random."""
+    if settings.scheduler not in HALVING:
+        return []
+    from autopeft.fidelity import rank_disagreement
+    from autopeft.study import rung_values
+
+    metrics: dict[tuple[int, int], float] = {}
+    for run, rung, values in rung_values(_study_trials(settings) if trials is None else trials):
+        metric = values.get(METRIC)
+        if metric is not None and math.isfinite(float(metric)):
+            metrics[(run, rung)] = float(metric)
+    fractions = rung_fractions(settings.rungs, settings.reduction_factor)
+    lines = []
+    for rung in range(settings.rungs - 1):
+        pairs = [(m, metrics[(run, rung + 1)]) for (run, r), m in metrics.items() if r == rung and (run, rung + 1) in metrics]
+        rho = rank_disagreement(pairs)
+        if rho is not None:
+            lines.append(f"rung {rung} (1/{round(1 / fractions[rung])} of the budget) ranked the {len(pairs)} trials it "
+                         f"promoted unlike rung {rung + 1} did (Spearman {rho:+.2f}), so its stops were about at random"
+                         + (" (--rank-check let every trial on past it once it saw that)" if settings.rank_check else
+                            " and its share of the budget bought little; on this task and space --rank-check or "
+                            "--scheduler fifo may find more for the same CPU-seconds, or use fewer --rungs or more "
+                            "training"))
     return lines
 
 

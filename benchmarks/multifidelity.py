@@ -77,6 +77,7 @@ def parse_method(method: str, rungs: int) -> tuple[int, str]:
     if not plus:
         return 0, halving  # "gp@v2" samples with "gp"
     count = halving.removeprefix("shp" if is_promotion(method) else "shq" if is_blind_quota(method) else "sh")
+    count = count.removeprefix("c")  # "shpc+gp": with RungLedger.rank_check (is_rank_checked)
     if not halving.startswith("sh") or not (count == "" or count.isdigit() and int(count) >= 2):
         raise ValueError(f"unknown method {method!r}")
     return int(count or rungs), sampler
@@ -87,6 +88,13 @@ def is_promotion(method: str) -> bool:
     its training state kept, and is resumed when it ranks in the top ``floor(n / eta)`` of its rung
     (``RungLedger.next_promotion``); otherwise the stopping type (``"sh+gp"``, the search's)."""
     return method.partition("@")[0].startswith("shp")
+
+
+def is_rank_checked(method: str) -> bool:
+    """``"shc+gp"``, ``"shpc+gp"``, ``"shqc+gp"``: halving with ``RungLedger.rank_check`` (search's
+    ``--rank-check``): a rung the next one disagreed with lets every trial on from then."""
+    halving = method.partition("@")[0].partition("+")[0]
+    return halving.removeprefix("sh").lstrip("pq").startswith("c")
 
 
 def is_blind_quota(method: str) -> bool:
@@ -139,7 +147,7 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
         for point in space.warm_start_points(num_layers):  # as the search does
             study.enqueue_trial(point)
     ledger = RungLedger(objectives, rungs or args.rungs, args.reduction_factor,  # unused without halving
-                        blind_quota=is_blind_quota(method))
+                        blind_quota=is_blind_quota(method), rank_check=is_rank_checked(method))
     for number, rung, values in rung_values(study.trials):
         ledger.record(str(number), rung, values)
     vetting = Vetting(budget)
@@ -693,7 +701,7 @@ def main() -> None:
     unknown = [m for m in methods if not known(m)]
     if unknown:
         sys.exit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}, shN+SAMPLER (N >= 2 rungs) "
-                 ", shp+SAMPLER or shq+SAMPLER")
+                 ", shp+SAMPLER or shq+SAMPLER (a c after the kind, shpc+SAMPLER: with --rank-check)")
     tasks = args.tasks.split(",") if args.tasks else default_tasks()
     common.RESULTS.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -854,6 +862,22 @@ def main() -> None:
                       [trials_csv, table_csv, png])
 
 
+# One colour per method in every plot, whatever else a reading holds; a rerun (``@tag``) takes its
+# method's colour, dashed. Methods not listed take one from their name, so it too never changes.
+COLOURS = {"gp": "tab:red", "random": "tab:gray", "sh+gp": "tab:blue", "sh+random": "tab:green",
+           "shp+gp": "tab:purple", "shq+gp": "tab:olive", "shp+random": "tab:brown", "shq+random": "tab:cyan"}
+
+
+def method_colour(method: str) -> str:
+    import zlib
+
+    base = method.partition("@")[0]
+    if base in COLOURS:
+        return COLOURS[base]
+    spare = ("tab:pink", "gold", "navy", "teal", "maroon", "darkorange", "lime", "black")
+    return spare[zlib.crc32(base.encode()) % len(spare)]
+
+
 def _plot(curves: dict, path: Path) -> None:
     import matplotlib
 
@@ -862,15 +886,12 @@ def _plot(curves: dict, path: Path) -> None:
 
     tasks = sorted({k[0] for k in curves})
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
-    colours = dict(zip(METHODS, ("tab:red", "tab:gray", "tab:blue", "tab:green")))
-    extra = iter(("tab:purple", "tab:olive", "tab:brown", "tab:cyan"))  # methods beyond the default four
-    colours.update({m: next(extra, None) for m in sorted({k[1] for k in curves} - set(colours))})
     for ax, task in zip(axes[0], tasks):
         best = max(c[-1][1] for k, c in curves.items() if k[0] == task and c) or 1.0
         for (t, m, seed), c in sorted(curves.items()):
             if t == task and c:
-                ax.step([x for x, _ in c], [y / best for _, y in c], where="post", color=colours.get(m), alpha=0.8,
-                        label=m if seed == 0 else None)
+                ax.step([x for x, _ in c], [y / best for _, y in c], where="post", color=method_colour(m), alpha=0.8,
+                        linestyle="--" if "@" in m else "-", label=m if seed == 0 else None)
         ax.set_title(f"{task} (full-fidelity trials)")
     common.finish_hv_plot(fig, axes[0], TARGET, "CPU-seconds", path)
 

@@ -7,7 +7,8 @@ import math
 import pytest
 
 from autopeft.fidelity import (RungLedger, crowding_distance, expected_share, nondominated_sort, pareto_order,
-                               promoted, promotion_minimum, promotion_order, rate_bias, rung_fractions, rung_rows,
+                               promoted, promotion_minimum, promotion_order, rank_disagreement, rate_bias, rung_fractions,
+                               rung_rows,
                                rung_steps, spearman)
 from autopeft.objectives import resolve_objectives
 
@@ -274,3 +275,50 @@ def test_rate_bias_names_a_rung_that_ranks_by_rate_against_the_full_budget():
     assert rate_bias(at_rung[:7], at_top) is None, "too few trials at the rung"
     assert rate_bias(at_rung, at_top[:4]) is None, "too few at the top"
     assert rate_bias(list(zip(rates, [0.6, 0.5, 0.7, 0.55, 0.65, 0.5, 0.6, 0.58])), at_top) is None, "the rung does not rank by rate"
+
+
+def test_rank_disagreement_names_only_a_rung_that_ranked_no_better_than_a_coin():
+    # Eight promoted runs: (metric at the rung, at the next rung).
+    at_rung = [0.60, 0.61, 0.62, 0.63, 0.64, 0.65, 0.66, 0.67]
+    shuffled = [0.80, 0.78, 0.83, 0.79, 0.82, 0.77, 0.81, 0.76]  # ranks 5,3,8,4,7,2,6,1: d^2 sums to 112
+    assert rank_disagreement(list(zip(at_rung, shuffled))) == pytest.approx(1 - 6 * 112 / (8 * 63))
+    assert rank_disagreement(list(zip(at_rung, sorted(shuffled)))) is None, "the next rung kept the order"
+    assert rank_disagreement(list(zip(at_rung, [0.70, 0.72, 0.71, 0.74, 0.73, 0.76, 0.75, 0.77]))) is None, \
+        "mostly kept (rho 0.93)"
+    assert rank_disagreement(list(zip(at_rung, shuffled))[:7]) is None, "too few to say"
+    assert rank_disagreement(list(zip(at_rung, [0.8] * 8))) is None, "a constant next rung says nothing"
+
+
+def _disagreeing(ledger: RungLedger, n: int = 8) -> RungLedger:
+    # n runs at rungs 0 and 1 (equal size), ranked one way at rung 0 and the other at rung 1.
+    for i in range(n):
+        ledger.record(f"r{i}", 0, {"metric": 0.60 + 0.01 * i, "trainable_params": 1000})
+        ledger.record(f"r{i}", 1, {"metric": 0.80 - 0.01 * i, "trainable_params": 1000})
+    return ledger
+
+
+def test_rank_check_opens_a_rung_the_next_rung_disagreed_with():
+    objectives = resolve_objectives("metric,trainable_params")
+    worst = {"metric": 0.50, "trainable_params": 1000}  # below all 8 at rung 0: in no top third
+    assert not _disagreeing(RungLedger(objectives, rungs=3, eta=3)).decide("new", 0, worst), "without the check"
+    checked = _disagreeing(RungLedger(objectives, rungs=3, eta=3, rank_check=True))
+    assert checked.decide("new", 0, worst) and checked.opened == {0}
+    assert not checked.is_open(1) and not checked.is_open(2), "rung 1 has no rung-2 pairs; the top never opens"
+    # Once open, open: later runs that agree (and so widen the range) do not close it.
+    for i in range(8, 20):
+        checked.record(f"r{i}", 0, {"metric": 0.60 + 0.01 * i, "trainable_params": 1000})
+        checked.record(f"r{i}", 1, {"metric": 0.60 + 0.01 * i, "trainable_params": 1000})
+    assert checked.is_open(0)
+    # Seven pairs say too little.
+    few = _disagreeing(RungLedger(objectives, rungs=3, eta=3, rank_check=True), n=7)
+    assert not few.decide("new", 0, worst) and not few.opened
+
+
+def test_rank_check_lets_the_promotion_type_resume_what_it_held_back():
+    objectives = resolve_objectives("metric,trainable_params")
+    for check, expect in ((False, None), (True, ("held", 0))):
+        ledger = _disagreeing(RungLedger(objectives, rungs=3, eta=3, rank_check=check))
+        for i in range(8):  # rung 2 agrees with rung 1, and holds every rung-1 run: nothing to resume there
+            ledger.record(f"r{i}", 2, {"metric": 0.85 - 0.01 * i, "trainable_params": 1000})
+        ledger.record("held", 0, {"metric": 0.50, "trainable_params": 1000})  # 9 at rung 0, 8 promoted: quota 3 is full
+        assert ledger.next_promotion() == expect

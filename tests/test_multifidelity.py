@@ -16,7 +16,7 @@ from autopeft.config import PeftConfig, TrainBudget
 from autopeft.results import load_search
 from autopeft.reuse import REUSE_ATTR
 from autopeft.schema import NO_SKILL, STOPPED_TAG
-from autopeft.search import SearchSettings, blind_rungs, rate_biased_rungs, rung_notes, run_search
+from autopeft.search import SearchSettings, blind_rungs, disagreeing_rungs, rate_biased_rungs, rung_notes, run_search
 from autopeft.study import FIDELITY_ATTR, RUNG_ATTR, RUNG_VALUES_ATTR, STOPPED_ATTR
 from autopeft.trial import TrialContext, run_config
 
@@ -132,6 +132,58 @@ def test_a_rung_that_ranked_by_learning_rate_is_named(tmp_path):
     assert rung_notes(settings) == [line], "every rung learned: no blind-rung note beside it"
 
 
+def _rung_study(tmp_path, name: str, runs: list[dict[int, float]]) -> SearchSettings:
+    """A halving search's study as it leaves it: one trial per run, its metric at each rung reached."""
+    settings = SearchSettings(name=name, model="m", task="t", space="s", workdir=str(tmp_path), scheduler="sh",
+                              rungs=3, reduction_factor=3)
+    study = optuna.create_study(study_name=name, storage=settings.storage_url(), directions=["maximize", "minimize"])
+    for rungs in runs:
+        study.add_trial(optuna.trial.create_trial(
+            params={}, distributions={}, values=[rungs[max(rungs)], 1000],
+            user_attrs={f"{RUNG_VALUES_ATTR}{k}": {"metric": m, "trainable_params": 1000} for k, m in rungs.items()}))
+    return settings
+
+
+def test_a_rung_whose_order_the_next_did_not_keep_is_named(tmp_path):
+    # Rung 0 ranks the ten promoted runs one way, rung 1 the other; rung 1 and the top agree. Two
+    # runs stopped at rung 0 take no part (nothing to compare them with).
+    runs = [{0: 0.5 + 0.02 * i, 1: 0.8 - 0.01 * i, 2: 0.85 - 0.01 * i} for i in range(10)] + [{0: 0.4}, {0: 0.45}]
+    settings = _rung_study(tmp_path, "disagree", runs)
+    (line,) = disagreeing_rungs(settings)
+    assert line.startswith("rung 0 (1/9 of the budget) ranked the 10 trials it promoted unlike rung 1 did "
+                           "(Spearman -1.00)")
+    assert disagreeing_rungs(dataclasses.replace(settings, scheduler="fifo")) == []
+    assert rung_notes(settings) == [line]
+    # Agreeing rungs, or too few promoted runs to say, are not named.
+    agree = _rung_study(tmp_path, "agree", [{0: 0.5 + 0.02 * i, 1: 0.6 + 0.01 * i, 2: 0.7 + 0.01 * i} for i in range(10)])
+    assert disagreeing_rungs(agree) == []
+    few = _rung_study(tmp_path, "few", runs[:7])
+    assert disagreeing_rungs(few) == []
+
+
+def test_rank_check_reaches_the_ledger_and_is_stored(tiny_bert, tiny_regression_task, tmp_path):
+    import types
+
+    from autopeft.search import _ledger, prepare
+
+    settings = SearchSettings(name="checked", model=tiny_bert, task=tiny_regression_task, space=_space_file(tmp_path),
+                              workdir=str(tmp_path), scheduler="sh", rank_check=True,
+                              budget=TrainBudget(train_examples=96, eval_examples=48, epochs=3, batch_size=16))
+    stores = types.SimpleNamespace(study=types.SimpleNamespace(get_trials=lambda deepcopy: []))
+    assert _ledger(prepare(settings), stores).rank_check
+    assert not _ledger(prepare(settings.replace(rank_check=False)), stores).rank_check
+    assert SearchSettings.from_dict(settings.to_dict()).rank_check
+    old = settings.to_dict()
+    del old["rank_check"]  # settings a search stored before the option: it ran without the check
+    assert SearchSettings.from_dict(old).rank_check is False
+
+
+def _space_file(root) -> str:
+    path = root / "lora.yaml"
+    path.write_text(SPACE)
+    return str(path)
+
+
 def test_the_study_counts_what_the_trials_trained_in_full_trials(halved):
     settings, _ = halved  # 4 trials within 2 full trials' worth: both targets went to the searcher
     trials = optuna.load_study(study_name="halved", storage=settings.storage_url()).trials
@@ -163,6 +215,7 @@ def test_mlflow_agrees_and_the_front_is_full_fidelity_only(halved):
     assert not any(r.pareto for r in record.trials if r.status == "STOPPED")
     parent = client.get_run(result.parent_run_id)
     assert parent.data.params["scheduler"] == "sh" and float(parent.data.params["full_trials"]) == 2.0
+    assert parent.data.params["rank_check"] == "False"
     assert parent.data.metrics["trials_stopped"] == sum(r.status == "STOPPED" for r in record.trials) >= 1
 
 
