@@ -306,6 +306,8 @@ class RungLedger:
     def record(self, trial: str, rung: int, values: Mapping[str, float]) -> None:
         self.records[rung][trial] = self.vector(values)
         self.learned[rung][trial] = self.has_learned(values)
+        if self.rank_check and rung > 0:  # judged as each pair arrives, so a ledger reseeded on resume opens what the run did
+            self.is_open(rung - 1)
 
     def is_open(self, rung: int) -> bool:
         """Whether ``rung`` lets every trial on (``rank_check``; decided once, then kept)."""

@@ -307,8 +307,17 @@ def test_rank_check_opens_a_rung_the_next_rung_disagreed_with():
     # Once open, open: later runs that agree (and so widen the range) do not close it.
     for i in range(8, 20):
         checked.record(f"r{i}", 0, {"metric": 0.60 + 0.01 * i, "trainable_params": 1000})
-        checked.record(f"r{i}", 1, {"metric": 0.60 + 0.01 * i, "trainable_params": 1000})
+        checked.record(f"r{i}", 1, {"metric": 0.82 + 0.01 * i, "trainable_params": 1000})
     assert checked.is_open(0)
+    # A ledger reseeded from the same records in their order (a resumed search) opens it too, though
+    # all twenty pairs together now agree.
+    reseeded = RungLedger(objectives, rungs=3, eta=3, rank_check=True)
+    for i in range(20):
+        for rung in (0, 1):
+            if f"r{i}" in checked.records[rung]:
+                reseeded.record(f"r{i}", rung, {"metric": checked.records[rung][f"r{i}"][0], "trainable_params": 1000})
+    assert reseeded.opened == {0}
+    assert rank_disagreement([(checked.records[0][t][0], checked.records[1][t][0]) for t in checked.records[1]]) is None
     # Seven pairs say too little.
     few = _disagreeing(RungLedger(objectives, rungs=3, eta=3, rank_check=True), n=7)
     assert not few.decide("new", 0, worst) and not few.opened
