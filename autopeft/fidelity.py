@@ -223,21 +223,32 @@ def rate_bias(at_rung: Sequence[tuple[float, float]], at_top: Sequence[tuple[flo
 # A rung whose order the next rung does not keep: halving there stopped trials about at random,
 # and paid its rungs for nothing. Measured side by side (benchmarks/README.md, "Side by side"): on
 # SST-2 no halving type's rungs ranked their promoted trials as the next rung did (Spearman -0.27 to
-# 0.04) and halving ended behind full-fidelity GP; on SICK-R the promotion type's did (0.74, 0.77)
-# and it reached GP's final front in 0.21 of GP's CPU-seconds. Promoted trials are the best of
-# their rung, so their spread is narrow and their Spearman runs below that of all trials: the bar
-# is low on purpose, to name only rungs that ranked no better than a coin.
-RANK_AGREEMENT_MIN_PAIRS, RANK_AGREEMENT_RHO = 8, 0.2
+# 0.04 over 30-73 pairs) and halving ended behind full-fidelity GP; on SICK-R the promotion type's
+# did (0.74, 0.77) and it reached GP's final front in 0.21 of GP's CPU-seconds. A few pairs say
+# little (Spearman's standard error over 8 is about 0.4): a plain "at most 0.2 over 8 pairs",
+# replayed on those runs, would have judged SICK-R's promotion-type rung 0 at its first 8 pairs.
+# So a rung is named only when the data are confident its agreement is weak: the one-sided 95%
+# upper bound of Spearman (Fisher's z, variance 1.06 / (n - 3), Fieller et al. 1957) is at most
+# 0.3. Promoted trials are the best of their rung, a narrow range, which pulls Spearman down
+# where the agreement is real: the bound is set low for that reason.
+RANK_AGREEMENT_MIN_PAIRS, RANK_AGREEMENT_BOUND, RANK_AGREEMENT_Z = 8, 0.3, 1.645
+
+
+def rank_agreement_bound(rho: float, n: int) -> float:
+    """One-sided 95% upper confidence bound of a Spearman correlation ``rho`` over ``n`` pairs."""
+    rho = max(min(rho, 0.9999), -0.9999)
+    return math.tanh(math.atanh(rho) + RANK_AGREEMENT_Z * math.sqrt(1.06 / (n - 3)))
 
 
 def rank_disagreement(pairs: Sequence[tuple[float, float]]) -> float | None:
     """Spearman of (metric at a rung, at the next rung) over the runs that reached both, where
-    there are at least ``RANK_AGREEMENT_MIN_PAIRS`` of them and it is at most
-    ``RANK_AGREEMENT_RHO``; else None (too few to say, or the rungs agree)."""
+    there are at least ``RANK_AGREEMENT_MIN_PAIRS`` of them and its upper confidence bound
+    (``rank_agreement_bound``) is at most ``RANK_AGREEMENT_BOUND``; else None (too few or too
+    noisy to say, or the rungs agree)."""
     if len(pairs) < RANK_AGREEMENT_MIN_PAIRS:
         return None
     rho = spearman(*zip(*pairs))
-    return rho if rho is not None and rho <= RANK_AGREEMENT_RHO else None
+    return rho if rho is not None and rank_agreement_bound(rho, len(pairs)) <= RANK_AGREEMENT_BOUND else None
 
 
 # ----------------------------------------------------------------------------- the ledger

@@ -117,9 +117,10 @@ class SearchSettings:
         "scores in this share of tries; trials that have not rank after those that have (0: beating a constant "
         "prediction suffices)"))
     rank_check: bool = field(default=False, metadata=_field_help(
-        "successive halving: once the next rung has ranked at least 8 of the trials a rung promoted with Spearman "
-        "<= 0.2 against that rung's order, let every trial on past that rung (shp resumes those it held back): its "
-        "stops were about at random, so the rest of the search runs there as fifo would"))
+        "successive halving: once the next rung's order of the trials a rung promoted agrees with that rung's weakly "
+        "and surely (8+ of them; the 95% upper bound of their Spearman at most 0.3), let every trial on past that "
+        "rung (shp resumes those it held back): its stops were about at random, so there the rest of the search "
+        "runs as fifo would"))
     top_seeds: int = field(default=1, metadata=_field_help(
         "seeds each config is trained with at the full budget (the top rung under sh); its metric is their "
         "mean and the spread is reported (metric_std, metric_min, metric_seed<i>); --full-trials counts each seed"))

@@ -608,6 +608,40 @@ def rung_agreement(rows: list[dict]) -> list[dict]:
             for (task, method, k), xy in sorted(pairs.items())]
 
 
+def rank_check_replay(rows: list[dict]) -> list[dict]:
+    """When would ``--rank-check`` have opened each rung of a recorded halving run? Per (task,
+    method, seed) of a method without the check: the run's (rung k, rung k + 1) metric pairs in the
+    order they arrived, through ``fidelity.rank_disagreement`` as the ledger judges them; the
+    first pair count and CPU-s at which a rung would have opened (the run is exact up to there,
+    and would have gone on differently after), and the Spearman over all its pairs at the end."""
+    from autopeft.fidelity import rank_disagreement, spearman
+
+    runs: dict[tuple[str, str, int], list[dict]] = {}
+    for r in rows:
+        if parse_method(r["method"], 3)[0] and not is_rank_checked(r["method"]):
+            runs.setdefault((r["task"], r["method"], r["seed"]), []).append(r)
+    out = []
+    for (task, method, seed), trials in sorted(runs.items()):
+        pairs: dict[int, list[tuple[float, float]]] = {}
+        opened: dict[int, tuple[int, float]] = {}
+        for r in trials:  # trial order: one process ran them one after another
+            metrics = [float(v) for v in r["rung_metrics"].split()] + ([r["metric"]] if r["full_fidelity"] else [])
+            # The stopping type reports every rung it passed in one trial; a promotion-type trial
+            # (a resume) adds one rung to what its run's earlier trials reported.
+            new = range(len(metrics) - 1) if not is_promotion(method) else range(len(metrics) - 2, len(metrics) - 1)
+            for k in (k for k in new if k >= 0):
+                pairs.setdefault(k, []).append((metrics[k], metrics[k + 1]))
+                if k not in opened and rank_disagreement(pairs[k]) is not None:
+                    opened[k] = (len(pairs[k]), r["cpu_seconds"])
+        for k in sorted(pairs):
+            rho = spearman(*zip(*pairs[k]))
+            out.append({"task": task, "method": method, "seed": seed, "rungs": f"{k} -> {k + 1}",
+                        "pairs": len(pairs[k]), "spearman": math.nan if rho is None else round(rho, 2),
+                        "opens_at_pairs": opened[k][0] if k in opened else None,
+                        "opens_at_cpu": opened[k][1] if k in opened else None})
+    return out
+
+
 def unlearned_at_rung0(rows: list[dict], args: argparse.Namespace) -> list[dict]:
     """Per task, halving method and seed: how many trials' rung-0 metric was no better than a
     constant prediction's on that rung's rows, and how many no better than chance
@@ -799,6 +833,16 @@ def main() -> None:
         print("| task | method | rungs | trials | Spearman |\n|---|---|---|---|---|")
         for r in agreement:
             print(f"| {r['task']} | {r['method']} | {r['rungs']} | {r['trials']} | {r['spearman']} |")
+    replay = rank_check_replay(rows)
+    if replay:
+        print("\nWould --rank-check have opened the rung? Each halving run's rung pairs replayed in arrival order "
+              "(opens: 8+ pairs whose Spearman's 95% upper bound is at most 0.3, fidelity.rank_disagreement; after that "
+              "point the run would have differed)")
+        print("| task | method | seed | rungs | pairs | Spearman, all pairs | opens at (pairs, CPU-s) |\n"
+              "|---|---|---|---|---|---|---|")
+        for r in replay:
+            at = f"{r['opens_at_pairs']}, {r['opens_at_cpu']:.0f}" if r["opens_at_pairs"] else "never"
+            print(f"| {r['task']} | {r['method']} | {r['seed']} | {r['rungs']} | {r['pairs']} | {r['spearman']} | {at} |")
     clocks = trial0_clocks(rows)
     if clocks:
         print("\nClock check: trial 0 (the same configuration in each run of a seed) CPU-s per run; where runs "

@@ -7,9 +7,8 @@ import math
 import pytest
 
 from autopeft.fidelity import (RungLedger, crowding_distance, expected_share, nondominated_sort, pareto_order,
-                               promoted, promotion_minimum, promotion_order, rank_disagreement, rate_bias, rung_fractions,
-                               rung_rows,
-                               rung_steps, spearman)
+                               promoted, promotion_minimum, promotion_order, rank_agreement_bound, rank_disagreement,
+                               rate_bias, rung_fractions, rung_rows, rung_steps, spearman)
 from autopeft.objectives import resolve_objectives
 
 MAXMIN = ["max", "min"]
@@ -277,16 +276,23 @@ def test_rate_bias_names_a_rung_that_ranks_by_rate_against_the_full_budget():
     assert rate_bias(list(zip(rates, [0.6, 0.5, 0.7, 0.55, 0.65, 0.5, 0.6, 0.58])), at_top) is None, "the rung does not rank by rate"
 
 
-def test_rank_disagreement_names_only_a_rung_that_ranked_no_better_than_a_coin():
+def test_rank_disagreement_names_only_a_rung_confidently_unlike_the_next():
     # Eight promoted runs: (metric at the rung, at the next rung).
     at_rung = [0.60, 0.61, 0.62, 0.63, 0.64, 0.65, 0.66, 0.67]
     shuffled = [0.80, 0.78, 0.83, 0.79, 0.82, 0.77, 0.81, 0.76]  # ranks 5,3,8,4,7,2,6,1: d^2 sums to 112
-    assert rank_disagreement(list(zip(at_rung, shuffled))) == pytest.approx(1 - 6 * 112 / (8 * 63))
+    assert spearman(at_rung, shuffled) == pytest.approx(1 - 6 * 112 / (8 * 63))  # -0.33
+    assert rank_disagreement(list(zip(at_rung, shuffled))) is None, "-0.33 over 8 pairs: its bound is 0.39"
+    assert rank_disagreement(list(zip(at_rung, sorted(shuffled, reverse=True)))) == pytest.approx(-1.0)
     assert rank_disagreement(list(zip(at_rung, sorted(shuffled)))) is None, "the next rung kept the order"
-    assert rank_disagreement(list(zip(at_rung, [0.70, 0.72, 0.71, 0.74, 0.73, 0.76, 0.75, 0.77]))) is None, \
-        "mostly kept (rho 0.93)"
-    assert rank_disagreement(list(zip(at_rung, shuffled))[:7]) is None, "too few to say"
+    assert rank_disagreement(list(zip(at_rung, sorted(shuffled, reverse=True)))[:7]) is None, "too few to say"
     assert rank_disagreement(list(zip(at_rung, [0.8] * 8))) is None, "a constant next rung says nothing"
+    # Near-zero agreement, as SST-2's rungs showed: the permutation i -> 17 i mod n of ranks 0..n-1.
+    for n, named in ((40, True), (30, False)):
+        pairs = [(i, 17 * i % n) for i in range(n)]
+        rho = 1 - 6 * sum((x - y) ** 2 for x, y in pairs) / (n * (n * n - 1))  # -0.02 (n 40), +0.07 (n 30)
+        bound = math.tanh(math.atanh(rho) + 1.645 * math.sqrt(1.06 / (n - 3)))  # 0.25, 0.38
+        assert rank_agreement_bound(rho, n) == pytest.approx(bound)
+        assert (rank_disagreement(pairs) == pytest.approx(rho)) if named else rank_disagreement(pairs) is None
 
 
 def _disagreeing(ledger: RungLedger, n: int = 8) -> RungLedger:
