@@ -629,9 +629,9 @@ def disagreeing_rungs(settings: SearchSettings, trials: list[Any] | None = None)
             lines.append(f"rung {rung} (1/{round(1 / fractions[rung])} of the budget) ranked the {len(pairs)} trials it "
                          f"promoted unlike rung {rung + 1} did (Spearman {rho:+.2f}), so its stops were about at random"
                          + (" (--rank-check let every trial on past it once it saw that)" if settings.rank_check else
-                            " and its share of the budget bought little; on this task and space --rank-check or "
-                            "--scheduler fifo may find more for the same CPU-seconds, or use fewer --rungs or more "
-                            "training"))
+                            " and halving gained there only by trying more configurations, which side by side won "
+                            "on some tasks and lost on others (benchmarks/README.md); compare --scheduler fifo or "
+                            "--rank-check on this task and space, or use fewer --rungs or more training"))
     return lines
 
 

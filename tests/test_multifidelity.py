@@ -152,6 +152,9 @@ def test_a_rung_whose_order_the_next_did_not_keep_is_named(tmp_path):
     (line,) = disagreeing_rungs(settings)
     assert line.startswith("rung 0 (1/9 of the budget) ranked the 10 trials it promoted unlike rung 1 did "
                            "(Spearman -1.00)")
+    assert "compare --scheduler fifo or --rank-check" in line
+    assert disagreeing_rungs(dataclasses.replace(settings, rank_check=True))[0].endswith(
+        "(--rank-check let every trial on past it once it saw that)")
     assert disagreeing_rungs(dataclasses.replace(settings, scheduler="fifo")) == []
     assert rung_notes(settings) == [line]
     # Agreeing rungs, or too few promoted runs to say, are not named.
