@@ -610,15 +610,16 @@ def rung_agreement(rows: list[dict]) -> list[dict]:
 
 def rank_check_replay(rows: list[dict]) -> list[dict]:
     """When would ``--rank-check`` have opened each rung of a recorded halving run? Per (task,
-    method, seed) of a method without the check: the run's (rung k, rung k + 1) metric pairs in the
-    order they arrived, through ``fidelity.rank_disagreement`` as the ledger judges them; the
-    first pair count and CPU-s at which a rung would have opened (the run is exact up to there,
-    and would have gone on differently after), and the Spearman over all its pairs at the end."""
+    method, seed): the run's (rung k, rung k + 1) metric pairs in the order they arrived, through
+    ``fidelity.rank_disagreement`` as the ledger judges them; the first pair count and CPU-s at
+    which a rung would have opened (the run is exact up to there, and would have gone on
+    differently after; for a method with the check, ``is_rank_checked``, when it did open), and
+    the Spearman over all its pairs at the end."""
     from autopeft.fidelity import rank_disagreement, spearman
 
     runs: dict[tuple[str, str, int], list[dict]] = {}
     for r in rows:
-        if parse_method(r["method"], 3)[0] and not is_rank_checked(r["method"]):
+        if parse_method(r["method"], 3)[0]:
             runs.setdefault((r["task"], r["method"], r["seed"]), []).append(r)
     out = []
     for (task, method, seed), trials in sorted(runs.items()):
@@ -837,7 +838,7 @@ def main() -> None:
     if replay:
         print("\nWould --rank-check have opened the rung? Each halving run's rung pairs replayed in arrival order "
               "(opens: 8+ pairs whose Spearman's 95% upper bound is at most 0.3, fidelity.rank_disagreement; after that "
-              "point the run would have differed)")
+              "point the run would have differed; a method with the check, shpc+...: when it opened)")
         print("| task | method | seed | rungs | pairs | Spearman, all pairs | opens at (pairs, CPU-s) |\n"
               "|---|---|---|---|---|---|---|")
         for r in replay:
