@@ -284,7 +284,7 @@ class RungLedger:
     # about at random. An opened rung stays open (``opened``): its own promotions widen the range
     # it would be judged on again.
     rank_check: bool = False
-    opened: set[int] = field(default_factory=set)
+    opened: set[int] = field(default_factory=set, init=False)  # sticky, so not derivable from the records
     records: list[dict[str, tuple[float, ...]]] = field(default_factory=list)
     learned: list[dict[str, bool]] = field(default_factory=list)  # beside records: beat a constant prediction?
     went_on: list[set[str]] = field(default_factory=list)  # decided to go on here, by this ledger
@@ -319,19 +319,18 @@ class RungLedger:
     def record(self, trial: str, rung: int, values: Mapping[str, float]) -> None:
         self.records[rung][trial] = self.vector(values)
         self.learned[rung][trial] = self.has_learned(values)
-        if self.rank_check and rung > 0:  # judged as each pair arrives, so a ledger reseeded on resume opens what the run did
-            self.is_open(rung - 1)
+        if self.rank_check and rung > 0 and rung - 1 not in self.opened:
+            # Judged only here, as each next-rung pair arrives (nothing else changes the pairs), so a
+            # ledger reseeded on resume opens what the run opened, in the same order.
+            m = list(self.objectives).index(METRIC)
+            below, here = self.records[rung - 1], self.records[rung]
+            pairs = [(below[t][m], v[m]) for t, v in here.items()
+                     if t in below and math.isfinite(below[t][m]) and math.isfinite(v[m])]
+            if rank_disagreement(pairs) is not None:
+                self.opened.add(rung - 1)
 
     def is_open(self, rung: int) -> bool:
-        """Whether ``rung`` lets every trial on (``rank_check``; decided once, then kept)."""
-        if not self.rank_check or rung >= self.rungs - 1:
-            return False
-        if rung not in self.opened:
-            m = list(self.objectives).index(METRIC)
-            pairs = [(v[m], self.records[rung + 1][t][m]) for t, v in self.records[rung].items()
-                     if t in self.records[rung + 1] and math.isfinite(v[m]) and math.isfinite(self.records[rung + 1][t][m])]
-            if rank_disagreement(pairs) is not None:
-                self.opened.add(rung)
+        """Whether ``rung`` lets every trial on (``rank_check``: opened by ``record``, then kept)."""
         return rung in self.opened
 
     def decide(self, trial: str, rung: int, values: Mapping[str, float]) -> bool:

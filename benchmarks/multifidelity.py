@@ -588,21 +588,34 @@ def final_parts(rows: list[dict]) -> list[dict]:
     return [r for r in rows if not r.get("superseded")]
 
 
+def pair_arrivals(rows: list[dict]) -> dict[tuple[str, str, int], list[tuple[int, tuple[float, float], float]]]:
+    """(task, method, seed) of each halving run -> its (rung k, (metric at k, at k + 1), CPU-s so
+    far) in the order the pairs arrived (at the top rung, the trial's result). The stopping type
+    reports every rung it passed in one trial; a promotion-type trial (a resume) adds one rung to
+    what its run's earlier trials reported, so over a chain each pair arrives once."""
+    out: dict[tuple[str, str, int], list[tuple[int, tuple[float, float], float]]] = {}
+    for r in rows:  # trial order: one process ran each run's trials one after another
+        if not parse_method(r["method"], 3)[0]:
+            continue
+        metrics = [float(v) for v in r["rung_metrics"].split()] + ([r["metric"]] if r["full_fidelity"] else [])
+        new = range(len(metrics) - 1) if not is_promotion(r["method"]) else range(len(metrics) - 2, len(metrics) - 1)
+        arrivals = out.setdefault((r["task"], r["method"], r["seed"]), [])
+        arrivals += [(k, (metrics[k], metrics[k + 1]), r["cpu_seconds"]) for k in new if k >= 0]
+    return out
+
+
 def rung_agreement(rows: list[dict]) -> list[dict]:
     """Does a rung order trials as the next rung does? Per task and halving method, pooled over the
     seeds: Spearman's rank correlation between a trial's metric at rung k and at rung k + 1, over
-    the trials that reached k + 1 (at the top rung, the trial's result). Promotion takes the top of
-    rung k, so the correlation is over a narrowed range and understates the agreement; near zero
-    it still says rung k's order told little about rung k + 1's."""
+    the trials that reached k + 1 (``pair_arrivals``). Promotion takes the top of rung k, so the
+    correlation is over a narrowed range and understates the agreement; near zero it still says
+    rung k's order told little about rung k + 1's."""
     from scipy.stats import spearmanr
 
     pairs: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
-    for r in final_parts(rows):
-        metrics = [float(v) for v in r["rung_metrics"].split()]
-        if r["full_fidelity"] and metrics:  # a halving trial that reached the top: its result is the top rung's
-            metrics.append(r["metric"])
-        for k in range(len(metrics) - 1):
-            pairs.setdefault((r["task"], r["method"], k), []).append((metrics[k], metrics[k + 1]))
+    for (task, method, _), arrivals in pair_arrivals(rows).items():
+        for k, xy, _ in arrivals:
+            pairs.setdefault((task, method, k), []).append(xy)
     return [{"task": task, "method": method, "rungs": f"{k} -> {k + 1}", "trials": len(xy),
              "spearman": round(float(spearmanr(*zip(*xy)).statistic), 2) if len(xy) > 2 else math.nan}
             for (task, method, k), xy in sorted(pairs.items())]
@@ -610,30 +623,20 @@ def rung_agreement(rows: list[dict]) -> list[dict]:
 
 def rank_check_replay(rows: list[dict]) -> list[dict]:
     """When would ``--rank-check`` have opened each rung of a recorded halving run? Per (task,
-    method, seed): the run's (rung k, rung k + 1) metric pairs in the order they arrived, through
-    ``fidelity.rank_disagreement`` as the ledger judges them; the first pair count and CPU-s at
-    which a rung would have opened (the run is exact up to there, and would have gone on
-    differently after; for a method with the check, ``is_rank_checked``, when it did open), and
-    the Spearman over all its pairs at the end."""
+    method, seed): the run's ``pair_arrivals`` through ``fidelity.rank_disagreement`` as the
+    ledger judges them; the first pair count and CPU-s at which a rung would have opened (the run
+    is exact up to there, and would have gone on differently after; for a method with the check,
+    ``is_rank_checked``, when it did open), and the Spearman over all its pairs at the end."""
     from autopeft.fidelity import rank_disagreement, spearman
 
-    runs: dict[tuple[str, str, int], list[dict]] = {}
-    for r in rows:
-        if parse_method(r["method"], 3)[0]:
-            runs.setdefault((r["task"], r["method"], r["seed"]), []).append(r)
     out = []
-    for (task, method, seed), trials in sorted(runs.items()):
+    for (task, method, seed), arrivals in sorted(pair_arrivals(rows).items()):
         pairs: dict[int, list[tuple[float, float]]] = {}
         opened: dict[int, tuple[int, float]] = {}
-        for r in trials:  # trial order: one process ran them one after another
-            metrics = [float(v) for v in r["rung_metrics"].split()] + ([r["metric"]] if r["full_fidelity"] else [])
-            # The stopping type reports every rung it passed in one trial; a promotion-type trial
-            # (a resume) adds one rung to what its run's earlier trials reported.
-            new = range(len(metrics) - 1) if not is_promotion(method) else range(len(metrics) - 2, len(metrics) - 1)
-            for k in (k for k in new if k >= 0):
-                pairs.setdefault(k, []).append((metrics[k], metrics[k + 1]))
-                if k not in opened and rank_disagreement(pairs[k]) is not None:
-                    opened[k] = (len(pairs[k]), r["cpu_seconds"])
+        for k, xy, cpu in arrivals:
+            pairs.setdefault(k, []).append(xy)
+            if k not in opened and rank_disagreement(pairs[k]) is not None:
+                opened[k] = (len(pairs[k]), cpu)
         for k in sorted(pairs):
             rho = spearman(*zip(*pairs[k]))
             out.append({"task": task, "method": method, "seed": seed, "rungs": f"{k} -> {k + 1}",
