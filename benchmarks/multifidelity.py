@@ -401,6 +401,25 @@ def final_fronts(rows: list[dict]) -> dict[tuple[str, str, int], list[tuple[int,
             for key, points in sorted(runs.items())}
 
 
+def fronts_vs_gp(fronts: dict[tuple[str, str, int], list[tuple[int, float]]]) -> list[dict]:
+    """Each run's final front against the same seed's GP front, point by point: how many of GP's
+    points one of the run's dominates, and how many of the run's one of GP's dominates. A reading
+    the hypervolume on log10 params does not give: there one point at the small end can decide
+    the ratio while the other front dominates everywhere else."""
+    from autopeft.pareto import dominates
+
+    def beaten(points: list[tuple[int, float]], by: list[tuple[int, float]]) -> int:
+        return sum(any(dominates(b, p, ("min", "max")) for b in by) for p in points)
+
+    out = []
+    for (task, m, seed), front in fronts.items():
+        gp = fronts.get((task, "gp", seed))
+        if m != "gp" and gp:
+            out.append({"task": task, "method": m, "seed": seed, "gp_points": len(gp), "gp_beaten": beaten(gp, front),
+                        "points": len(front), "beaten": beaten(front, gp)})
+    return out
+
+
 def on_trial0_clock(curves: dict, clocks: dict) -> dict:
     """Each run's curve with its CPU-s counted in its own trial 0's (runs without a clock left out),
     so runs recorded at different machine speeds compare."""
@@ -884,6 +903,14 @@ def main() -> None:
     for (task, m, seed), front in fronts.items():
         print(f"| {task} | {m} | {seed} | " + ", ".join(f"{n:,}: {v:.3f}" for n, v in front)
               + f" | {front[-1][1]:.3f} ({front[-1][0]:,}) |")
+    against_gp = fronts_vs_gp(fronts)
+    if against_gp:
+        print("\nEach final front against the same seed's GP front, point by point (a point is beaten when one of the "
+              "other front's points dominates it: params <= and metric >=, one strictly)")
+        print("| task | method | seed | GP's points it beats | its points GP beats |\n|---|---|---|---|---|")
+        for r in against_gp:
+            print(f"| {r['task']} | {r['method']} | {r['seed']} | {r['gp_beaten']} of {r['gp_points']} "
+                  f"| {r['beaten']} of {r['points']} |")
     unlearned = unlearned_at_rung0(rows, args)
     if unlearned:
         print("\nRung 0 trials no better than a constant prediction, and no better than chance, on the rung's rows "
