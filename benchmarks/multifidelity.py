@@ -354,6 +354,11 @@ def cpu_to_reach(curve: list[tuple[float, float]], level: float) -> float:
     return next((cpu for cpu, hv in curve if hv >= level), math.inf)
 
 
+def reached(x: float, fmt: str = ".2f", unreached: str = "never") -> str:
+    """A CPU-s figure or ratio from ``cpu_to_reach`` as printed: ``unreached`` where it is infinite."""
+    return unreached if math.isinf(x) else format(x, fmt)
+
+
 def trial0_clocks(rows: list[dict]) -> dict[tuple[str, str, int], float]:
     """(task, method, seed) -> the CPU-s of the run's trial 0, where it trained the full budget in one
     piece. Trial 0 is the same configuration in every run of a seed (the space's first warm start),
@@ -457,7 +462,7 @@ def table(curves: dict, methods: list[str]) -> list[dict]:
             med = statistics.median(mine)
             to_final = to_gp_final(m)
             out.append({"task": task, "method": m, "seeds": len(runs),
-                        "cpu_to_95pct": " ".join("-" if math.isinf(x) else f"{x:.0f}" for x in mine),
+                        "cpu_to_95pct": " ".join(reached(x, ".0f", "-") for x in mine),
                         "median_cpu_to_95pct": med,
                         "vs_gp": round(med / gp_median, 3) if math.isfinite(med) and math.isfinite(gp_median)
                         else math.nan,
@@ -577,7 +582,7 @@ def sh_vs_gp(curves: dict, first: list[dict], method: str) -> list[dict]:
         if not (mine and gp and a and b):
             continue
         level = gp[-1][1]
-        out.append({"task": task, "seed": seed, "final_hv": mine[-1][1] / level,
+        out.append({"task": task, "seed": seed, "trials": f"{len(mine)} / {len(gp)}", "final_hv": mine[-1][1] / level,
                     "to_gp_final": cpu_to_reach(mine, level) / cpu_to_reach(gp, level),
                     "default_cpu": a["cpu_seconds"] / b["cpu_seconds"], "default_hv": a["hv"] / b["hv"],
                     "default_best": a["best"] - b["best"]})
@@ -802,7 +807,6 @@ def main() -> None:
               f"{r['final_hv_over_best']} | {r['trials']} |")
     from autopeft.search import DEFAULT_FULL_TRIALS
 
-    never = lambda x: "-" if math.isinf(x) else f"{x:.0f}"  # noqa: E731
     halving_gp = [m for m in methods if parse_method(m, args.rungs)[0] and parse_method(m, args.rungs)[1] == "gp"]
     all_first = first_trials(rows, curves, DEFAULT_FULL_TRIALS)
     for method in halving_gp:
@@ -813,8 +817,8 @@ def main() -> None:
                   f"{longer}): {method} / gp CPU-s")
             print(f"| task | seed | best run | {method} CPU-s | gp CPU-s | gp spent | ratio |\n|---|---|---|---|---|---|---|")
             for r in seeds:
-                print(f"| {r['task']} | {r['seed']} | {r['best_method']} | {never(r['method_cpu'])} "
-                      f"| {never(r['gp_cpu'])} | {r['gp_spent']:.0f} | {r['ratio']} |")
+                print(f"| {r['task']} | {r['seed']} | {r['best_method']} | {reached(r['method_cpu'], '.0f', '-')} "
+                      f"| {reached(r['gp_cpu'], '.0f', '-')} | {r['gp_spent']:.0f} | {r['ratio']} |")
             for task in sorted({r["task"] for r in seeds}):
                 mine = [r for r in seeds if r["task"] == task]
                 med = statistics.median(r["ratio_bound"] for r in mine)
@@ -822,7 +826,7 @@ def main() -> None:
                 # A bound above 1/3 decides nothing: GP's need was censored, not measured.
                 verdict = ("misses" if exact or math.isinf(med) else "undecided on") if med > 1 / 3 else "meets"
                 print(f"{task}: median over {len(mine)} seeds {'=' if exact or math.isinf(med) else '<='} "
-                      f"{'never' if math.isinf(med) else f'{med:.2f}'} ({verdict} the 1/3 target)")
+                      f"{reached(med)} ({verdict} the 1/3 target)")
         first = [r for r in all_first if r["method"] in ("gp", method)]
         if first:
             print(f"\nA default-sized search ({DEFAULT_FULL_TRIALS} full trials' worth of training): its trials, the "
@@ -837,13 +841,13 @@ def main() -> None:
         paired = sh_vs_gp(curves, first, method)
         if not paired:
             continue
-        print(f"\n{method} against gp, seed by seed: final HV ratio; CPU-s to that seed's GP final front / GP's; "
-              "at the default size, CPU-s ratio, HV ratio and best-metric difference")
-        print("| task | seed | final HV | to GP's final | default CPU-s | default HV | default best |\n"
-              "|---|---|---|---|---|---|---|")
+        print(f"\n{method} against gp, seed by seed: trials in the run / GP's; final HV ratio; CPU-s to that seed's "
+              "GP final front / GP's; at the default size, CPU-s ratio, HV ratio and best-metric difference")
+        print("| task | seed | trials | final HV | to GP's final | default CPU-s | default HV | default best |\n"
+              "|---|---|---|---|---|---|---|---|")
         for r in paired:
-            reach = "never" if math.isinf(r["to_gp_final"]) else f"{r['to_gp_final']:.3f}"
-            print(f"| {r['task']} | {r['seed']} | {r['final_hv']:.2f} | {reach} | {r['default_cpu']:.2f} "
+            print(f"| {r['task']} | {r['seed']} | {r['trials']} | {r['final_hv']:.2f} | {reached(r['to_gp_final'], '.3f')} "
+                  f"| {r['default_cpu']:.2f} "
                   f"| {r['default_hv']:.2f} | {r['default_best']:+.3f} |")
         n = len(paired)
         for key, label in (("final_hv", "final front larger"), ("default_hv", "front larger at the default size")):
@@ -851,9 +855,9 @@ def main() -> None:
             print(f"{label}: {wins} of {n} seeds (ratios {min(r[key] for r in paired):.2f}-"
                   f"{max(r[key] for r in paired):.2f}, median {statistics.median(r[key] for r in paired):.2f}; "
                   f"sign test p = {sign_test(wins, n):.3f})")
-        reached = [r["to_gp_final"] for r in paired]
-        print(f"to GP's final front: median {statistics.median(reached):.3f} of GP's CPU-s over {n} seeds "
-              f"(never on {sum(map(math.isinf, reached))})")
+        to_final = [r["to_gp_final"] for r in paired]
+        print(f"to GP's final front: median {reached(statistics.median(to_final), '.3f')} of GP's CPU-s over {n} "
+              f"seeds (never on {sum(map(math.isinf, to_final))})")
         diffs = [r["default_best"] for r in paired]
         print(f"best metric at the default size: higher on {sum(d > 0 for d in diffs)}, equal on "
               f"{sum(d == 0 for d in diffs)}, lower on {sum(d < 0 for d in diffs)} "
