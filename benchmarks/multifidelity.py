@@ -967,8 +967,12 @@ def main() -> None:
         for m in sorted({r["method"] for r in capped}):
             mine = [r for r in capped if r["method"] == m]
             wins = sum(r["ratio"] > 1 for r in mine)
+            gaps = [r["best"] - r["gp_best"] for r in mine if not math.isnan(r["best"] - r["gp_best"])]
+            better = (f"; best metric in range higher on {sum(g > 0 for g in gaps)} of {len(gaps)} "
+                      f"({min(gaps):+.3f} to {max(gaps):+.3f})" if gaps else "")
             print(f"{m}: larger up to LoRA r=8's size on {wins} of {len(mine)} seeds (median ratio "
-                  f"{reached(statistics.median(r['ratio'] for r in mine))}; sign test p = {sign_test(wins, len(mine)):.3f})")
+                  f"{reached(statistics.median(r['ratio'] for r in mine))}; sign test p = {sign_test(wins, len(mine)):.3f})"
+                  + better)
     unlearned = unlearned_at_rung0(rows, args)
     if unlearned:
         print("\nRung 0 trials no better than a constant prediction, and no better than chance, on the rung's rows "
