@@ -306,6 +306,9 @@ def test_report_lists_the_front_as_a_table_in_chromium(search, tmp_path, monkeyp
     driver = _webdriver(tmp_path)
     try:
         driver.get(page.as_uri())
+        # The table follows several MB of inlined plotly.js: on a loaded machine Chromium has been seen
+        # to hand the page back before it had parsed that far (CI, 2026-11-29), so wait for it.
+        _wait_for(driver, lambda: driver.find_elements("css selector", "table.front tbody tr"))
         header = [th.text for th in driver.find_elements("css selector", "table.front th")]
         rows = [(row.is_displayed(), [td.text for td in row.find_elements("tag name", "td")])
                 for row in driver.find_elements("css selector", "table.front tbody tr")]
