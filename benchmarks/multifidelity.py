@@ -418,13 +418,16 @@ def fronts_vs_gp(fronts: dict[tuple[str, str, int], list[tuple[int, float]]]) ->
     def beaten(points: list[tuple[int, float]], by: list[tuple[int, float]]) -> int:
         return sum(any(dominates(b, p, ("min", "max")) for b in by) for p in points)
 
-    out = []
+    return [{"task": task, "method": m, "seed": seed, "gp_points": len(gp), "gp_beaten": beaten(gp, front),
+             "points": len(front), "beaten": beaten(front, gp)} for task, m, seed, front, gp in with_gp(fronts)]
+
+
+def with_gp(fronts: dict[tuple[str, str, int], list[tuple[int, float]]]):
+    """(task, method, seed, front, the same seed's GP front) for each non-GP run that has one."""
     for (task, m, seed), front in fronts.items():
         gp = fronts.get((task, "gp", seed))
         if m != "gp" and gp:
-            out.append({"task": task, "method": m, "seed": seed, "gp_points": len(gp), "gp_beaten": beaten(gp, front),
-                        "points": len(front), "beaten": beaten(front, gp)})
-    return out
+            yield task, m, seed, front, gp
 
 
 def lora_r8_sizes(tasks: list[str]) -> dict[str, int]:
@@ -449,19 +452,17 @@ def capped_vs_gp(fronts: dict[tuple[str, str, int], list[tuple[int, float]]], ca
     task's (``refs``); a front with no point in the range scores 0."""
     from autopeft.pareto import hypervolume
 
-    def hv(task: str, front: list[tuple[int, float]]) -> float:
-        points = [(1 - v, n / caps[task]) for n, v in front if n <= caps[task]]
-        return hypervolume(points, (refs[task][0], 1.01))  # a margin, as the headline has: a point at the cap counts
-
     out = []
-    for (task, m, seed), front in fronts.items():
-        gp = fronts.get((task, "gp", seed))
-        if m != "gp" and gp and task in caps and task in refs:
-            mine, theirs = hv(task, front), hv(task, gp)
-            out.append({"task": task, "method": m, "seed": seed, "cap": caps[task], "hv": mine, "gp_hv": theirs,
-                        "ratio": mine / theirs if theirs else math.inf,
-                        "best": max((v for n, v in front if n <= caps[task]), default=math.nan),
-                        "gp_best": max((v for n, v in gp if n <= caps[task]), default=math.nan)})
+    for task, m, seed, front, gp in with_gp(fronts):
+        if task not in caps or task not in refs:
+            continue
+        mine, theirs = ([(n / caps[task], v) for n, v in f if n <= caps[task]] for f in (front, gp))
+        # A margin past the cap, as the headline's reference has: a point at the cap counts.
+        hv, gp_hv = (hypervolume([(1 - v, x) for x, v in pts], (refs[task][0], 1.01)) for pts in (mine, theirs))
+        out.append({"task": task, "method": m, "seed": seed, "cap": caps[task], "hv": hv, "gp_hv": gp_hv,
+                    "ratio": hv / gp_hv if gp_hv else math.inf if hv else 1.0,  # both empty in range: a tie
+                    "best": max((v for _, v in mine), default=math.nan),
+                    "gp_best": max((v for _, v in theirs), default=math.nan)})
     return out
 
 
