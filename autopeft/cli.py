@@ -202,6 +202,7 @@ def _run_and_report(settings) -> None:
         raise typer.Exit(130)
     if result.front:
         print_front(result.front, result.metric_name, result.objectives, title=f"Pareto front of {result.name}")
+        print_hand_picks(result.trials, result.objectives, result.metric_name)
     else:
         console.print("no trial completed, so there is no Pareto front")
     failed = [r for r in result.trials if r.status == "FAILED"]
@@ -242,6 +243,16 @@ def print_front(front: list, metric_name: str, objectives: dict, title: str, pic
                       f"{int(r['trainable_params']):,}", f"{r['trainable_percent']:.3f}",
                       *(o.format(r.get(o.key)) for o in shown), r["peft"])
     Console().print(table)
+
+
+def print_hand_picks(trials: list, objectives: dict, metric_name: str) -> None:
+    """A line per warm start of the space (the hand-picks the search began with): beaten, or not."""
+    from autopeft.objectives import directions
+    from autopeft.results import hand_pick_line, hand_picks
+
+    out = Console()  # stdout, beside the front table
+    for hp in hand_picks(trials, directions(objectives)):
+        out.print(_escape(hand_pick_line(hp, metric_name)), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -377,6 +388,7 @@ def pareto(
     print_front(rows, record.metric_name, record.objectives, picked=chosen,
                 title=f"Pareto front of {record.name} ({record.task}, {record.model}): "
                       f"{len(rows)} of {len(record.front)} optimal trials, {done} completed")
+    print_hand_picks(record.trials, record.objectives, record.metric_name)
     if report:
         from autopeft.report import log_report, write_report
 

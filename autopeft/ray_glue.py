@@ -73,8 +73,9 @@ class StudySearcher(OptunaSearch):
 
     def suggest(self, trial_id: str):
         from autopeft.reuse import tell_refused, tell_reuse
-        from autopeft.schema import RESUME_OF, RESUME_RUNG
-        from autopeft.study import CONTINUES_ATTR, FULL, RESUMES_RUNG_ATTR, WAIT, ask_within_target, resumes
+        from autopeft.schema import RESUME_OF, RESUME_RUNG, WARM_START
+        from autopeft.study import (CONTINUES_ATTR, FULL, RESUMES_RUNG_ATTR, WAIT, WARM_START_ATTR, ask_within_target,
+                                    resumes)
 
         refusals = 0
         while True:
@@ -102,7 +103,9 @@ class StudySearcher(OptunaSearch):
             verdict, detail = ("run", None) if self._vetting is None else self._vetting.check(
                 self._ot_study.get_trials(deepcopy=False), ot_trial, config)
             if verdict == "run":
-                return {**config, "trial_number": ot_trial.number}
+                warm = ({WARM_START: ot_trial.user_attrs[WARM_START_ATTR]} if WARM_START_ATTR in ot_trial.user_attrs
+                        else {})
+                return {**config, "trial_number": ot_trial.number, **warm}
             del self._ot_trials[trial_id]  # answered without Ray: the next round asks a new trial
             if verdict == "reuse":
                 tell_reuse(self._ot_study, ot_trial, detail)

@@ -4,9 +4,10 @@ Left: metric vs trainable parameters (log), the search's third objective as colo
 memory when it has none), dominated trials faded, the front joined by a step line; hovering a
 point shows its configuration and every objective. Right: the hypervolume of the trials so far
 (objectives scaled to [0, 1], log-scale objectives in log10), which flattens when the search stops
-finding better trade-offs. Below: the front as a table, best metric first (trial, every
-objective, the configuration in words) with the ``autopeft export`` command that takes each row
-further. Axis titles, units and scales come from the objective registry.
+finding better trade-offs. The space's warm starts (hand-picked baselines) are ringed. Below: the
+front as a table, best metric first (trial, every objective, the warm starts it beats, the
+configuration in words) with the ``autopeft export`` command that takes each row further, then a
+line per warm start. Axis titles, units and scales come from the objective registry.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from autopeft.objectives import PEAK_MEMORY_MB, Objective, get_objective
+from autopeft.objectives import PEAK_MEMORY_MB, Objective, directions, get_objective
 from autopeft.pareto import hypervolume_history
+from autopeft.results import HandPick, hand_pick_line, hand_picks
 from autopeft.schema import REPORT_HTML
 
 
@@ -32,14 +34,16 @@ def report_data(trials: Sequence[Any], objectives: dict[str, Objective]) -> dict
     the trials successive halving stopped below the top rung for good (drawn apart: their values
     are low-fidelity, so they neither join the front nor move the hypervolume). A trial paused at a
     rung and resumed by a later one (halving of the promotion type) is not drawn: the trial that
-    went on with its run is."""
+    went on with its run is. And the space's warm starts (``results.hand_picks``): the hand-picked
+    baselines, with the trials that beat each."""
     scored = [t for t in trials if t.get("metric") is not None and t.get("trainable_params")]
     done = sorted((t for t in scored if t.get("status", "COMPLETE") == "COMPLETE"), key=lambda t: t["trial"])
     stopped = sorted((t for t in scored if t.get("status") == "STOPPED" and t.get("resumed_by") is None),
                      key=lambda t: t["trial"])
     points = [[o.scaled(t[k]) if t.get(k) is not None else math.nan for k, o in objectives.items()] for t in done]
     return {"trials": done, "stopped": stopped,
-            "hypervolume": hypervolume_history(points, [o.direction for o in objectives.values()])}
+            "hypervolume": hypervolume_history(points, [o.direction for o in objectives.values()]),
+            "hand_picks": hand_picks(trials, directions(objectives))}
 
 
 def write_report(trials: Sequence[Any], objectives: dict[str, Objective], metric_name: str,
@@ -74,6 +78,12 @@ def write_report(trials: Sequence[Any], objectives: dict[str, Objective], metric
             text=[_hover(t, metric_name, objectives) for t in data["stopped"]], hoverinfo="text",
             customdata=[t["trial"] for t in data["stopped"]], marker=dict(size=8, symbol="x", color="grey")),
             row=1, col=1)
+    picks = [hp.trial for hp in data["hand_picks"] if hp.measured]
+    if picks:  # ringed over their own points: the baselines the front is read against
+        fig.add_trace(go.Scatter(
+            x=[t["trainable_params"] for t in picks], y=[t["metric"] for t in picks], mode="markers",
+            name="hand-picked (warm start)", hoverinfo="skip", customdata=[t["trial"] for t in picks],
+            marker=dict(size=22, symbol="diamond-open", color="crimson", line=dict(width=2))), row=1, col=1)
     front = sorted((t for t in done if t.get("pareto")), key=lambda t: t["trainable_params"])
     if front:
         fig.add_trace(go.Scatter(x=[t["trainable_params"] for t in front], y=[t["metric"] for t in front],
@@ -93,7 +103,8 @@ def write_report(trials: Sequence[Any], objectives: dict[str, Objective], metric
     path.write_text(
         f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title or 'Pareto report')}"
         f"</title><style>{_TABLE_CSS}</style></head><body>{figure}"
-        f"{front_table(done, metric_name, objectives, search, tracking_uri)}</body></html>\n", encoding="utf-8")
+        f"{front_table(done, metric_name, objectives, search, tracking_uri, data['hand_picks'])}"
+        f"{hand_pick_list(data['hand_picks'], metric_name)}</body></html>\n", encoding="utf-8")
     return path
 
 
@@ -118,25 +129,37 @@ def _table_objectives(objectives: dict[str, Objective], trials: Sequence[Any]) -
 
 
 def front_table(done: Sequence[Any], metric_name: str, objectives: dict[str, Objective], search: str | None,
-                tracking_uri: str | None) -> str:
-    """The Pareto-optimal trials as an HTML table, best metric first, each with its export command."""
+                tracking_uri: str | None, picks: Sequence[HandPick] = ()) -> str:
+    """The Pareto-optimal trials as an HTML table, best metric first, each with its export command
+    and, where the search had warm starts, the hand-picked trials it beats on every objective."""
     front = sorted((t for t in done if t.get("pareto")), key=lambda t: (-t["metric"], t["trainable_params"]))
     extra = _table_objectives(objectives, front)
+    beats = {t["trial"]: [hp.trial.trial for hp in picks if any(b.trial == t["trial"] for b in hp.beaten_by)]
+             for t in front}
     rows = []
     for t in front:
         pct = f" ({t['trainable_percent']:.3f}%)" if t.get("trainable_percent") is not None else ""
         cells = "".join(f"<td>{html.escape(o.format(t.get(o.key)))}</td>" for o in extra)
         words = t.get("peft_words") or t.get("peft", "")  # searches before the words tag have the compact form
+        beat = f"<td>{', '.join(map(str, beats[t['trial']])) or '-'}</td>" if picks else ""
         rows.append(f"<tr><td>{t['trial']}</td><td>{t['metric']:.4f}</td><td>{t['trainable_params']:,}{pct}</td>"
-                    f"{cells}<td class=\"config\">{html.escape(words)}</td>"
+                    f"{cells}{beat}<td class=\"config\">{html.escape(words)}</td>"
                     f"<td class=\"next\"><code>{html.escape(export_command(search, t['trial'], tracking_uri))}"
                     f"</code></td></tr>")
     count = f"{len(front)} trial" + ("" if len(front) == 1 else "s")
     heads = "".join(f"<th>{html.escape(o.title)}</th>" for o in extra)
     return (f"<h2>Pareto front: {count}, best {html.escape(metric_name)} first</h2>"
             f"<table class=\"front\"><thead><tr><th>trial</th><th>{html.escape(metric_name)}</th>"
-            f"<th>trainable params</th>{heads}<th>configuration</th><th>next step</th></tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>")
+            f"<th>trainable params</th>{heads}{'<th>beats hand-picks</th>' if picks else ''}<th>configuration</th>"
+            f"<th>next step</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def hand_pick_list(picks: Sequence[HandPick], metric_name: str) -> str:
+    """The warm starts, a line each: what each scored and which trials beat it."""
+    if not picks:
+        return ""
+    items = "".join(f"<li>{html.escape(hand_pick_line(hp, metric_name, words=True))}</li>" for hp in picks)
+    return f"<h2>Hand-picked baselines (the space's warm starts)</h2><ul class=\"hand-picks\">{items}</ul>"
 
 
 def _hover(t: Any, metric_name: str, objectives: dict[str, Objective]) -> str:

@@ -7,6 +7,7 @@ and from any machine pointed at the same tracking URI.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -152,6 +153,62 @@ def pick(front: Sequence[TrialRecord], trial: int | None = None, **limits: float
                                 f"candidates: {[t.trial for t in ok]}")
         return chosen
     return ok
+
+
+@dataclass
+class HandPick:
+    """One of the space's warm starts (the hand-picked baselines a search begins with) and the
+    completed trials that dominate it over the search's objectives, best metric first. Both were
+    measured by the same search at the same budget, so this is the search's own answer to "did it
+    beat the hand-pick?"; each is one training run (``--top-seeds`` scores the top over more)."""
+
+    trial: TrialRecord  # the warm start's trial: the one that reached the full budget, if any did
+    beaten_by: list[TrialRecord]
+
+    @property
+    def measured(self) -> bool:
+        """Whether it has a full-budget result to compare with (not stopped early, not failed)."""
+        return self.trial.status == "COMPLETE"
+
+
+def hand_picks(trials: Sequence[TrialRecord], directions: dict[str, str]) -> list[HandPick]:
+    """The search's warm starts in the space's order, each with the completed trials that dominate it."""
+    from autopeft.pareto import dominates
+
+    latest: dict[int, TrialRecord] = {}
+    for t in sorted(trials, key=lambda t: t.trial):
+        # A paused trial's run went on in a later one; a lost trial was asked again: the later counts.
+        if t.warm_start is not None and not t.paused and getattr(latest.get(t.warm_start), "status", "") != "COMPLETE":
+            latest[t.warm_start] = t
+    done = [t for t in trials if t.status == "COMPLETE"]
+
+    def point(t: TrialRecord) -> list[float]:
+        return [float(t[k]) if t.get(k) is not None else math.nan for k in directions]
+
+    out = []
+    for _, pick_ in sorted(latest.items()):
+        beaten = [] if pick_.status != "COMPLETE" else [
+            t for t in done if t.trial != pick_.trial and dominates(point(t), point(pick_), list(directions.values()))]
+        out.append(HandPick(pick_, sorted(beaten, key=lambda t: (-t[METRIC], t[TRAINABLE_PARAMS]))))
+    return out
+
+
+def hand_pick_line(hp: HandPick, metric_name: str, words: bool = False) -> str:
+    """One line on a warm start: what it scored and which trials beat it (the CLI, compact, and the
+    report, with the configuration in words)."""
+    t = hp.trial
+    head = f"hand-pick (warm start {t.warm_start}) trial {t.trial}, {(t.peft_words if words else None) or t.peft}"
+    if not hp.measured:
+        why = "stopped early by successive halving" if t.status == "STOPPED" else t.status.lower()
+        return f"{head}: no full-budget result ({why})"
+    head += f": {metric_name} {t[METRIC]:.4f}, {int(t[TRAINABLE_PARAMS]):,} params"
+    if not hp.beaten_by:
+        return head + "; no trial beats it on every objective" + (" (it is on the front)" if t.pareto else "")
+    best = hp.beaten_by[0]
+    return (head + f"; beaten on every objective by {len(hp.beaten_by)} trial{'s' * (len(hp.beaten_by) > 1)} "
+            f"({', '.join(str(b.trial) for b in hp.beaten_by)}), best trial {best.trial}: "
+            f"{best[METRIC]:.4f} ({best[METRIC] - t[METRIC]:+.4f}) at {int(best[TRAINABLE_PARAMS]):,} params "
+            f"({best[TRAINABLE_PARAMS] / t[TRAINABLE_PARAMS]:.2f}x)")
 
 
 def trial_peft_config(record: SearchRecord, trial: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,8 @@ Runs of a search, in one MLflow experiment:
   ``autopeft.stopped_at_rung``. A duplicate configuration is not trained: its run copies the
   earlier trial's params, metrics and configuration and carries ``autopeft.reuse_of``. Under
   halving of the promotion type a trial that resumes a stopped run has params ``resume_of`` (the
-  run's first trial number) and ``resume_rung`` (the rung it went on from).
+  run's first trial number) and ``resume_rung`` (the rung it went on from). A trial that evaluates
+  one of the space's warm-start points has param ``warm_start`` (its index there).
 - train run (``autopeft.kind=train``): ``autopeft train``, nested under the search it came from.
 """
 
@@ -61,6 +62,10 @@ REUSE_TAG = "autopeft.reuse_of"  # a trial answered from an earlier trial's resu
 # Halving of the promotion type, trial config keys (and so trial run params): a trial that resumes
 # a stopped run names the run (its first trial's number) and the rung it goes on from.
 RESUME_OF, RESUME_RUNG = "resume_of", "resume_rung"
+# Trial config key (and so trial run param): the index of the space's warm-start point a trial
+# evaluates. Warm starts are the hand-picked baselines a user would otherwise stop at, so the
+# report and ``autopeft pareto`` say which trials beat each one.
+WARM_START = "warm_start"
 # Fields of a trial's report kept as tags ``autopeft.<key>``: where and how it ran, how far it got,
 # and the split its metrics are on (EVAL_SPLIT).
 EVAL_SPLIT = "eval_split"  # report key: "dev" or "holdout"
@@ -141,6 +146,9 @@ class TrialRecord(Mapping):
     resume_of: int | None = None
     resume_rung: int | None = None
     resumed_by: int | None = None
+    # The space's warm-start point this trial evaluates (its index there); a trial resuming a
+    # warm start's run carries it too (set by ``trial_records``).
+    warm_start: int | None = None
 
     @property
     def stopped_early(self) -> bool:
@@ -190,22 +198,27 @@ def trial_record(run: Any) -> TrialRecord:
     if "trainable_params" in values:
         values["trainable_params"] = int(values["trainable_params"])
     params = run.data.params
-    resumed = {k: int(params[k]) for k in (RESUME_OF, RESUME_RUNG) if params.get(k) not in (None, "None")}
+    links = {k: int(params[k]) for k in (RESUME_OF, RESUME_RUNG, WARM_START) if params.get(k) not in (None, "None")}
     return TrialRecord(
         trial=int(tags.get(TRIAL_NUMBER_TAG, -1)), run_id=run.info.run_id, status=status,
         peft=tags.get(PEFT_TAG, ""), peft_words=tags.get(PEFT_WORDS_TAG), failure=tags.get(FAILURE_TAG),
         error=tags.get(ERROR_TAG), asked_again=tags.get(ASKED_AGAIN_TAG) == "true",
         training={k[len(TRAINING_PREFIX):]: parse_param(v) for k, v in run.data.params.items()
                   if k.startswith(TRAINING_PREFIX)},
-        values=values, **resumed)
+        values=values, **links)
 
 
 def trial_records(runs: Iterable[Any]) -> list[TrialRecord]:
     """Trial runs as TrialRecords in trial order, each STOPPED trial that a later trial resumed
     linked to it (``resumed_by``). A run is named by its first trial; the trial resuming it from
     rung k continues the one that stopped at rung k (a resume that was interrupted and asked again
-    is superseded by the later ask)."""
+    is superseded by the later ask). A trial that goes on with a warm start's run is marked as that
+    warm start."""
     records = sorted((trial_record(r) for r in runs), key=lambda r: r.trial)
+    first = {r.trial: r for r in records}
+    for r in records:
+        if r.resume_of is not None and r.warm_start is None and r.resume_of in first:
+            r.warm_start = first[r.resume_of].warm_start
     paused = {((r.resume_of if r.resume_of is not None else r.trial), int(r.values[RUNG])): r
               for r in records if r.status == "STOPPED" and r.values.get(RUNG) is not None}
     for r in records:

@@ -397,8 +397,8 @@ def open_stores(prep: Prepared) -> Stores:
         study.set_metric_names([prep.task.primary_metric if k == METRIC else k for k in prep.objectives])
     if stored is None:  # new: record how to resume it, warm-start it
         study.set_user_attr(studies.SETTINGS_ATTR, settings.to_dict())
-        for point in prep.space.warm_start_points(prep.model.num_layers):
-            study.enqueue_trial(point, skip_if_exists=True)
+        for i, point in enumerate(prep.space.warm_start_points(prep.model.num_layers)):
+            study.enqueue_trial(point, user_attrs={studies.WARM_START_ATTR: i}, skip_if_exists=True)
     elif {k: stored.get(k) for k in TARGET_FIELDS} != {k: getattr(settings, k) for k in TARGET_FIELDS}:
         # Continued with a new target (--resume NAME --num-samples / --cpu-budget-s): later resumes
         # and drivers joining it read the target from here. MLflow's parent params keep the first.

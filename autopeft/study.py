@@ -15,7 +15,8 @@ Trial user attributes written here:
 - ``autopeft_interrupted``: its driver stopped before it finished; asked again, not counted;
 - ``autopeft_asked_again``: lost with its node or process and asked again, not counted;
 - ``autopeft_retries``: on a trial asked again, how many lost trials of its configuration came before;
-- ``autopeft_cpu_seconds``: the CPU-seconds a finished trial's process spent on it (``--cpu-budget-s``).
+- ``autopeft_cpu_seconds``: the CPU-seconds a finished trial's process spent on it (``--cpu-budget-s``);
+- ``autopeft_warm_start``: on a warm start (and its retries), its index among the space's warm starts.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ RUNG_ATTR, FIDELITY_ATTR, STOPPED_ATTR = "autopeft_rung", "autopeft_fidelity", "
 # of the first trial of that configuration's run (its rung values are that trial's).
 CONTINUES_ATTR = "autopeft_continues"
 RESUMES_RUNG_ATTR = "autopeft_resumes_rung"  # ... and the rung it goes on from
+# An enqueued warm start: its index among the space's warm-start points (schema.WARM_START).
+WARM_START_ATTR = "autopeft_warm_start"
 # Every trial: what it trained itself, in full-budget trainings (schema.TRAINED; --full-trials adds it up).
 TRAINED_ATTR = "autopeft_trained"
 
@@ -107,6 +110,11 @@ def resumes(trial: FrozenTrial) -> dict[str, int]:
     """What a trial asked again keeps of a trial that resumed a stopped run: which run, from which
     rung (its state stays claimed until a resumed trial is done with it: ``run_states``)."""
     return {k: trial.user_attrs[k] for k in (CONTINUES_ATTR, RESUMES_RUNG_ATTR) if k in trial.user_attrs}
+
+
+def kept_when_asked_again(trial: FrozenTrial) -> dict[str, int]:
+    """The user attributes a trial asked again keeps: the resumed run (``resumes``) and the warm start."""
+    return {**resumes(trial), **{k: trial.user_attrs[k] for k in (WARM_START_ATTR,) if k in trial.user_attrs}}
 
 
 def rung_values(trials: Iterable[FrozenTrial]) -> Iterator[tuple[int, int, dict[str, float]]]:
@@ -166,8 +174,8 @@ def reconcile(study: optuna.Study, owners_to_release: set[str] | None = None,
         # A lost trial already asked again (its driver died before failing it) is not asked twice.
         if t.params and not t.user_attrs.get(ASKED_AGAIN_ATTR):
             retries = t.user_attrs.get(RETRIES_ATTR)
-            study.enqueue_trial(t.params, user_attrs={**({RETRIES_ATTR: retries} if retries else {}), **resumes(t)}
-                                or None, skip_if_exists=False)
+            kept = {**({RETRIES_ATTR: retries} if retries else {}), **kept_when_asked_again(t)}
+            study.enqueue_trial(t.params, user_attrs=kept or None, skip_if_exists=False)
         marked.append(t)
     return marked
 
@@ -345,7 +353,8 @@ def record_failure(study: optuna.Study, trial_id: int, category: str, retry_lost
     except UpdateFinishedTrialError:
         return False  # reclaimed by another driver meanwhile (this one missed its beats): it decided
     if again:
-        study.enqueue_trial(trial.params, user_attrs={RETRIES_ATTR: retries + 1, **resumes(trial)}, skip_if_exists=False)
+        study.enqueue_trial(trial.params, user_attrs={RETRIES_ATTR: retries + 1, **kept_when_asked_again(trial)},
+                            skip_if_exists=False)
     return again
 
 

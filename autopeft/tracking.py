@@ -181,7 +181,8 @@ class SearchTracker:
         keep = {k: v for k, v in src.data.tags.items() if k.startswith("autopeft.") and k not in (TRIAL_TAG,)}
         run = self.client.create_run(self.experiment_id, run_name=f"{self.search_name}-t{number:03d}", tags={
             **keep, PARENT_TAG: self.parent_id, TRIAL_NUMBER_TAG: str(number), schema.REUSE_TAG: str(source)})
-        self._log_params(run.info.run_id, src.data.params)
+        # Not the source's warm-start mark: a later proposal of the same config is no hand-pick.
+        self._log_params(run.info.run_id, {k: v for k, v in src.data.params.items() if k != schema.WARM_START})
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, 0) for k, v in src.data.metrics.items()]
         for i in range(0, len(metrics), 1000):  # MLflow caps a batch at 1000 metrics

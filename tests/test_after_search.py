@@ -23,7 +23,7 @@ from autopeft.config import TrainBudget
 from autopeft.export import ExportError, load_export, save_export
 from autopeft.finetune import full_budget, load_trained, log_training, train_exported
 from autopeft.report import REPORT_HTML
-from autopeft.results import NothingToPick, SearchNotFound, load_search, pick, to_export
+from autopeft.results import NothingToPick, SearchNotFound, hand_picks, load_search, pick, to_export
 from autopeft.search import SearchSettings, run_search
 from autopeft.schema import KIND_TAG, SEARCH_TAG, SOURCE_RUN_TAG
 from local_services import free_port
@@ -82,6 +82,7 @@ def test_cli_pareto_export_and_errors(search, tmp_path):
                               "--report", str(tmp_path / "r.html")])
     assert out.exit_code == 0, out.output
     assert "Pareto front of tiny-after" in out.output and "picked trial" in out.output
+    assert "hand-pick (warm start 0) trial 0, " in " ".join(out.output.split())  # the hybrid space's baseline
     assert (tmp_path / "r.html").stat().st_size > 100_000  # plotly.js inlined
     out = runner.invoke(app, ["export", "--tracking-uri", uri, "-o", str(tmp_path / "best.json")])
     assert out.exit_code == 0, out.output
@@ -283,9 +284,11 @@ def test_report_renders_points_in_chromium(search, tmp_path):
     shot = tmp_path / "pareto_report.png"
     dom = _chromium(tmp_path, html.as_uri(), 5000, shot)
     done = sum(t["status"] == "COMPLETE" for t in record.trials)
-    # plotly draws each marker as an SVG path of class "point"; the trade-off panel's carry the
-    # trial number as customdata, the hypervolume panel's do not
-    assert dom.count('class="point plotly-customdata"') == done
+    picks = sum(hp.measured for hp in hand_picks(record.trials, record.directions))
+    assert picks == 1, "the hybrid space's warm start, ringed"
+    # plotly draws each marker as an SVG path of class "point"; the trade-off panel's (the rings
+    # round the warm starts too) carry the trial number as customdata, the hypervolume panel's do not
+    assert dom.count('class="point plotly-customdata"') == done + picks
     assert dom.count('class="point"') == done
     assert "tiny report" in dom
     assert shot.exists() and shot.stat().st_size > 10_000
@@ -320,15 +323,18 @@ def test_report_lists_the_front_as_a_table_in_chromium(search, tmp_path, monkeyp
     from autopeft.objectives import get_objective
 
     memory = get_objective("peak_memory_mb").title  # the registry names the column
-    assert header == ["trial", record.metric_name, "trainable params", memory, "configuration", "next step"]
+    assert header == ["trial", record.metric_name, "trainable params", memory, "beats hand-picks", "configuration",
+                      "next step"]
     assert [int(cells[0]) for _, cells in rows] == [t["trial"] for t in record.front]  # best metric first
+    (warm,) = hand_picks(record.trials, record.directions)  # the hybrid space's one warm start
     for (shown, cells), t in zip(rows, record.front):
         assert shown
         assert cells[1] == f"{t['metric']:.4f}" and cells[2].startswith(f"{t['trainable_params']:,}")
-        assert cells[4] == t["peft_words"] and t["peft_words"]  # the configuration in words
-        assert cells[5].startswith(f"autopeft export tiny-after --pick {t['trial']} ")
+        assert cells[4] == (str(warm.trial.trial) if t["trial"] in {b.trial for b in warm.beaten_by} else "-")
+        assert cells[5] == t["peft_words"] and t["peft_words"]  # the configuration in words
+        assert cells[6].startswith(f"autopeft export tiny-after --pick {t['trial']} ")
     monkeypatch.chdir(tmp_path)
-    args = shlex.split(rows[-1][1][5])[1:]
+    args = shlex.split(rows[-1][1][6])[1:]
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
     assert load_export(tmp_path / "autopeft_best.json").source["trial"] == record.front[-1]["trial"]

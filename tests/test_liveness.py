@@ -405,3 +405,15 @@ def test_a_cpu_budget_sizes_the_samplers_start_up_phase(tmp_path):
     # the model's proposals by it, not by the search's nominal trial target.
     recorded = [t.user_attrs[studies.STARTUP_ATTR] for t in study.get_trials(deepcopy=False)]
     assert recorded == [10, 10, 2, 2] and third.number == 2
+
+
+def test_a_lost_warm_start_asked_again_is_still_the_warm_start(tmp_path):
+    study, _ = _new_study(tmp_path)
+    study.enqueue_trial({"x": 7}, user_attrs={studies.WARM_START_ATTR: 1})
+    trial = studies.ask_within_target(study, 1, studies.this_process())
+    assert trial.suggest_int("x", 0, 1000) == 7
+    assert studies.record_failure(study, trial._trial_id, WORKER_LOST, 1)
+    study.tell(trial, state=TrialState.FAIL)
+    again = studies.ask_within_target(study, 1, studies.this_process())
+    assert again.suggest_int("x", 0, 1000) == 7, "the lost configuration, asked again"
+    assert again.user_attrs[studies.WARM_START_ATTR] == 1, "... still the hand-pick it was"

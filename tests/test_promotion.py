@@ -15,7 +15,7 @@ from autopeft import study as studies
 from autopeft.config import PeftConfig, TrainBudget
 from autopeft.fidelity import rung_fractions
 from autopeft.report import report_data, write_report
-from autopeft.results import load_search
+from autopeft.results import hand_picks, load_search
 from autopeft.run_states import RunStates
 from autopeft.schema import trial_records
 from autopeft.search import SearchSettings, run_search, states_dir
@@ -143,6 +143,15 @@ def test_a_paused_trial_names_the_trial_that_went_on_and_is_not_counted_as_stopp
     top = next(r for r in record.trials if r.status == "COMPLETE" and r.resume_of is not None)
     html = write_report(record.trials, record.objectives, record.metric_name, tmp_path / "r.html").read_text()
     assert f"went on from rung 1 of trial {top.resume_of}'s run" in html
+    # The four warm starts are trials 0-3, in the space's order; a trial going on with one's run is
+    # that warm start too, so the hand-pick taken to the top is read at the top and the others,
+    # stopped for good at a rung, have no full-budget result.
+    assert [r.warm_start for r in record.trials if r.resume_of is None] == [0, 1, 2, 3, None]
+    assert all(r.warm_start == by_number[r.resume_of].warm_start for r in record.trials if r.resume_of is not None)
+    picks = hand_picks(record.trials, record.directions)
+    assert [(hp.trial.trial, hp.measured) for hp in picks] == [
+        (top.trial, True) if i == top.warm_start else (hp.trial.trial, False) for i, hp in enumerate(picks)]
+    assert "Hand-picked baselines" in html and "no full-budget result (stopped early by successive halving)" in html
     metrics = MlflowClient(result.tracking_uri).get_run(record.parent_run_id).data.metrics
     assert (metrics["trials_stopped"], metrics["trials_paused"]) == (4, 3)
     # The CLI's summary after the search (a resumed search already at its target only reports).
@@ -155,6 +164,7 @@ def test_a_paused_trial_names_the_trial_that_went_on_and_is_not_counted_as_stopp
     said = " ".join(out.output.split())
     assert "4 stopped early by successive halving, 3 paused at a rung and resumed by a later trial" in said
     assert "note: rung 0 (1/4 of the budget): 3 of 5 trials scored no better than chance there" in said
+    assert f"hand-pick (warm start {top.warm_start}) trial {top.trial}, " in said
 
 
 def _run(number, status="FINISHED", rung=None, stopped=False, resume=None):

@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 
 from autopeft.config import TrainBudget
 from autopeft.reuse import CONFIG_KEY_ATTR, REUSE_ATTR, config_key, evaluated
+from autopeft.results import hand_picks
 from autopeft.schema import REUSE_TAG
 from autopeft.search import SearchSettings, run_search
 from autopeft.study import FIDELITY_ATTR, REFUSED_ATTR, counted
@@ -96,6 +97,11 @@ def test_duplicates_are_reused_and_small_configs_refused(tiny_bert, tiny_task, t
         assert client.get_run(record.run_id).data.tags[REUSE_TAG] == str(original.number)
         assert "train_seconds" in record.values, "a reuse copies every number of its source"
     assert [r.trial for r in result.front] == [original.number]
+    # The original is the space's warm start 1 (warm start 0 was refused, and has no run); its
+    # reuses, later proposals of the same configuration, are not hand-picks.
+    assert by_number[original.number].warm_start == 1 and all(by_number[t.number].warm_start is None for t in reuses)
+    assert [(hp.trial.trial, hp.beaten_by) for hp in hand_picks(result.trials, result.directions)] == [
+        (original.number, [])]
     parent = client.get_run(result.parent_run_id)
     assert parent.data.metrics["trials_reused"] == 2 and parent.data.metrics["trials_completed"] == 1
 

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from autopeft.config import PeftConfig, TrainBudget
 from autopeft.pareto import pareto_front
 from autopeft.search import SearchSettings, run_search
+from autopeft.study import WARM_START_ATTR
 from autopeft.schema import EVAL_SPLIT_TAG, KIND_TAG, PARETO_CSV, PARETO_PNG, SEARCH_TAG
 
 pytestmark = pytest.mark.integration
@@ -89,6 +90,14 @@ def test_optuna_study_is_persistent(finished_search):
     assert len(complete) == 3
     # The warm start ran first: the hybrid space's serial-adapter baseline.
     assert complete[0].params["seq_bn/use"] is True and complete[0].params["prompt/use"] is False
+    # ... recorded as the space's warm start 0 in the study, in MLflow and in the trial records.
+    assert [t.user_attrs.get(WARM_START_ATTR) for t in complete] == [0, None, None]
+    client = MlflowClient(result.tracking_uri)
+    runs = {int(r.data.tags["autopeft.trial_number"]): r
+            for r in client.search_runs([client.get_experiment_by_name("autopeft").experiment_id],
+                                        filter_string=f"tags.`{KIND_TAG}` = 'trial'")}
+    assert [runs[n].data.params.get("warm_start") for n in sorted(runs)] == ["0", None, None]
+    assert [r.warm_start for r in result.trials] == [0, None, None]
     by_metric = sorted(t.values[0] for t in complete)
     assert by_metric == sorted(r["metric"] for r in result.trials)
 
