@@ -208,7 +208,19 @@ def hand_pick_line(hp: HandPick, metric_name: str, words: bool = False) -> str:
     return (head + f"; beaten on every objective by {len(hp.beaten_by)} trial{'s' * (len(hp.beaten_by) > 1)} "
             f"({', '.join(str(b.trial) for b in hp.beaten_by)}), best trial {best.trial}: "
             f"{best[METRIC]:.4f} ({best[METRIC] - t[METRIC]:+.4f}) at {int(best[TRAINABLE_PARAMS]):,} params "
-            f"({best[TRAINABLE_PARAMS] / t[TRAINABLE_PARAMS]:.2f}x)")
+            f"({best[TRAINABLE_PARAMS] / t[TRAINABLE_PARAMS]:.2f}x), {_lead_note(best, t)}")
+
+
+def _lead_note(better: TrialRecord, pick_: TrialRecord) -> str:
+    """Whether a metric lead is more than seed noise can tell: one run each says nothing of that;
+    over seeds (``--top-seeds``) the lead is read against the larger std, as the suite reads its
+    baselines (benchmarks/README.md)."""
+    stds = [r.get(f"{METRIC}_std") for r in (better, pick_)]
+    if any(sd is None for sd in stds):
+        return "one training run each"
+    lead, noise = better[METRIC] - pick_[METRIC], max(stds)
+    return (f"metric lead {'beyond' if lead > noise else 'within'} the larger std over seeds ({noise:.4f}; "
+            f"{int(better.get('seeds') or 0)} and {int(pick_.get('seeds') or 0)} seeds)")
 
 
 def trial_peft_config(record: SearchRecord, trial: dict[str, Any]) -> dict[str, Any]:

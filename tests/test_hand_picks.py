@@ -30,7 +30,7 @@ def test_each_warm_start_lists_the_trials_that_beat_it_on_every_objective():
     assert picks[1].beaten_by == [] and picks[1].trial.pareto
     line = hand_pick_line(picks[0], "accuracy")
     assert "warm start 0) trial 0, cfg0: accuracy 0.8000, 70,000 params" in line
-    assert "by 2 trials (3, 4), best trial 3: 0.8200 (+0.0200) at 40,000 params (0.57x)" in line
+    assert "by 2 trials (3, 4), best trial 3: 0.8200 (+0.0200) at 40,000 params (0.57x), one training run each" in line
     assert "no trial beats it on every objective (it is on the front)" in hand_pick_line(picks[1], "accuracy")
     # The report's form names the configuration in words where the record has them.
     picks[0].trial.peft_words = "LoRA of rank 8 on query and value in layers 0-5"
@@ -67,3 +67,17 @@ def test_a_warm_start_is_the_trial_its_run_reached_the_top_in():
 
 def test_a_search_without_warm_starts_has_no_hand_picks():
     assert hand_picks([_t(0, 0.8, 10), _t(1, 0.9, 20)], DIRECTIONS) == []
+
+
+def test_over_seeds_a_lead_is_read_against_the_larger_std():
+    # --top-seeds: the metric is a mean and its std is recorded beside it.
+    def seeded(n, metric, params, std, warm=None):
+        t = _t(n, metric, params, warm=warm)
+        t.values.update({"metric_std": std, "seeds": 2.0})
+        return t
+
+    lead = hand_picks([seeded(0, 0.80, 70_000, 0.010, warm=0), seeded(1, 0.83, 40_000, 0.020)], DIRECTIONS)[0]
+    assert hand_pick_line(lead, "accuracy").endswith(
+        "metric lead beyond the larger std over seeds (0.0200; 2 and 2 seeds)")
+    tie = hand_picks([seeded(0, 0.80, 70_000, 0.030, warm=0), seeded(1, 0.82, 40_000, 0.005)], DIRECTIONS)[0]
+    assert hand_pick_line(tie, "accuracy").endswith("metric lead within the larger std over seeds (0.0300; 2 and 2 seeds)")
