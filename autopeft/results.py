@@ -199,7 +199,11 @@ def hand_pick_line(hp: HandPick, metric_name: str, words: bool = False) -> str:
     t = hp.trial
     head = f"hand-pick (warm start {t.warm_start}) trial {t.trial}, {(t.peft_words if words else None) or t.peft}"
     if not hp.measured:
-        why = "stopped early by successive halving" if t.status == "STOPPED" else t.status.lower()
+        why = t.status.lower()
+        if t.status == "STOPPED":
+            why = "stopped early by successive halving" + (
+                f" at rung {int(t['rung'])} ({t['fidelity']:.3g} of the budget), {metric_name} {t[METRIC]:.4f} there"
+                if t.get("rung") is not None and t.get("fidelity") is not None and t.get(METRIC) is not None else "")
         return f"{head}: no full-budget result ({why})"
     head += f": {metric_name} {t[METRIC]:.4f}, {int(t[TRAINABLE_PARAMS]):,} params"
     if not hp.beaten_by:

@@ -63,6 +63,9 @@ def test_a_warm_start_is_the_trial_its_run_reached_the_top_in():
     assert [b.trial for b in picks[0].beaten_by] == [5] and [b.trial for b in picks[2].beaten_by] == [5]
     assert picks[1].beaten_by == []
     assert hand_pick_line(picks[1], "accuracy").endswith("no full-budget result (stopped early by successive halving)")
+    picks[1].trial.values.update({"rung": 1.0, "fidelity": 1 / 3})
+    assert hand_pick_line(picks[1], "accuracy").endswith(
+        "no full-budget result (stopped early by successive halving at rung 1 (0.333 of the budget), accuracy 0.5200 there)")
 
 
 def test_a_search_without_warm_starts_has_no_hand_picks():

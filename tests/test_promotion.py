@@ -151,7 +151,7 @@ def test_a_paused_trial_names_the_trial_that_went_on_and_is_not_counted_as_stopp
     picks = hand_picks(record.trials, record.directions)
     assert [(hp.trial.trial, hp.measured) for hp in picks] == [
         (top.trial, True) if i == top.warm_start else (hp.trial.trial, False) for i, hp in enumerate(picks)]
-    assert "Hand-picked baselines" in html and "no full-budget result (stopped early by successive halving)" in html
+    assert "Hand-picked baselines" in html and "no full-budget result (stopped early by successive halving at rung " in html
     metrics = MlflowClient(result.tracking_uri).get_run(record.parent_run_id).data.metrics
     assert (metrics["trials_stopped"], metrics["trials_paused"]) == (4, 3)
     # The CLI's summary after the search (a resumed search already at its target only reports).
