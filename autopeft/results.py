@@ -160,7 +160,9 @@ class HandPick:
     """One of the space's warm starts (the hand-picked baselines a search begins with) and the
     completed trials that dominate it over the search's objectives, best metric first. Both were
     measured by the same search at the same budget, so this is the search's own answer to "did it
-    beat the hand-pick?"; each is one training run (``--top-seeds`` scores the top over more)."""
+    beat the hand-pick?"; each is one training run (``--top-seeds`` scores the top over more), on
+    the split the search selects on, where the best of many trials is flattered against the one
+    warm start: ``autopeft train`` reports both on dev."""
 
     trial: TrialRecord  # the warm start's trial: the one that reached the full budget, if any did
     beaten_by: list[TrialRecord]
@@ -178,7 +180,10 @@ def hand_picks(trials: Sequence[TrialRecord], directions: dict[str, str]) -> lis
     latest: dict[int, TrialRecord] = {}
     for t in sorted(trials, key=lambda t: t.trial):
         # A paused trial's run went on in a later one; a lost trial was asked again: the later counts.
-        if t.warm_start is not None and not t.paused and getattr(latest.get(t.warm_start), "status", "") != "COMPLETE":
+        if t.warm_start is None or t.paused:
+            continue
+        kept = latest.get(t.warm_start)
+        if kept is None or kept.status != "COMPLETE":
             latest[t.warm_start] = t
     done = [t for t in trials if t.status == "COMPLETE"]
 

@@ -114,7 +114,8 @@ def resumes(trial: FrozenTrial) -> dict[str, int]:
 
 def kept_when_asked_again(trial: FrozenTrial) -> dict[str, int]:
     """The user attributes a trial asked again keeps: the resumed run (``resumes``) and the warm start."""
-    return {**resumes(trial), **{k: trial.user_attrs[k] for k in (WARM_START_ATTR,) if k in trial.user_attrs}}
+    warm = {WARM_START_ATTR: trial.user_attrs[WARM_START_ATTR]} if WARM_START_ATTR in trial.user_attrs else {}
+    return {**resumes(trial), **warm}
 
 
 def rung_values(trials: Iterable[FrozenTrial]) -> Iterator[tuple[int, int, dict[str, float]]]:
