@@ -109,6 +109,8 @@ def search(
     reduction_factor: int = typer.Option(_default(_S, "reduction_factor"), help=_help(_S, "reduction_factor")),
     rung_confidence: float = typer.Option(_default(_S, "rung_confidence"), help=_help(_S, "rung_confidence")),
     rank_check: bool = typer.Option(_default(_S, "rank_check"), "--rank-check/--no-rank-check", help=_help(_S, "rank_check")),
+    halve_warm_starts: bool = typer.Option(_default(_S, "halve_warm_starts"), "--halve-warm-starts/--no-halve-warm-starts",
+                                           help=_help(_S, "halve_warm_starts")),
     top_seeds: int = typer.Option(_default(_S, "top_seeds"), help=_help(_S, "top_seeds")),
     reuse_workers: Optional[bool] = typer.Option(None, "--reuse-workers/--fresh-workers", help=_help(_S, "reuse_workers")),
     max_params: Optional[int] = typer.Option(None, help="Constraint the sampler is told: at most this many trainable parameters."),
@@ -150,7 +152,7 @@ def search(
         data_dir=data_dir, workdir=str(Path(workdir).resolve()), storage=storage, tracking_uri=tracking_uri,
         experiment=experiment, ray_address=ray_address, trial_memory_limit_mb=trial_memory_limit_mb,
         retry_lost_trials=retry_lost_trials, scheduler=scheduler, rungs=rungs, reduction_factor=reduction_factor,
-        rung_confidence=rung_confidence, rank_check=rank_check,
+        rung_confidence=rung_confidence, rank_check=rank_check, halve_warm_starts=halve_warm_starts,
         reuse_workers=reuse_workers, top_seeds=top_seeds,
         limits={k: v for k, v in (("max_params", max_params), ("max_memory", max_memory),
                                   ("max_latency", max_latency)) if v is not None})
@@ -202,7 +204,7 @@ def _run_and_report(settings) -> None:
         raise typer.Exit(130)
     if result.front:
         print_front(result.front, result.metric_name, result.objectives, title=f"Pareto front of {result.name}")
-        print_hand_picks(result.trials, result.objectives, result.metric_name)
+        print_hand_picks(result.trials, result.objectives, result.metric_name, result.name)
     else:
         console.print("no trial completed, so there is no Pareto front")
     failed = [r for r in result.trials if r.status == "FAILED"]
@@ -245,14 +247,19 @@ def print_front(front: list, metric_name: str, objectives: dict, title: str, pic
     Console().print(table)
 
 
-def print_hand_picks(trials: list, objectives: dict, metric_name: str) -> None:
-    """A line per warm start of the space (the hand-picks the search began with): beaten, or not."""
+def print_hand_picks(trials: list, objectives: dict, metric_name: str, name: str) -> None:
+    """A line per warm start of the space (the hand-picks the search began with): beaten, or not;
+    where one is beaten, how to check the lead."""
     from autopeft.objectives import directions
     from autopeft.results import hand_pick_line, hand_picks
 
     out = Console()  # stdout, beside the front table
-    for hp in hand_picks(trials, directions(objectives)):
+    picks = hand_picks(trials, directions(objectives))
+    for hp in picks:
         out.print(_escape(hand_pick_line(hp, metric_name)), highlight=False, soft_wrap=True)
+    if any(hp.beaten_by for hp in picks):
+        console.print(f"to check those leads over new seeds, on dev: autopeft hand-picks {name}",
+                      highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -388,7 +395,7 @@ def pareto(
     print_front(rows, record.metric_name, record.objectives, picked=chosen,
                 title=f"Pareto front of {record.name} ({record.task}, {record.model}): "
                       f"{len(rows)} of {len(record.front)} optimal trials, {done} completed")
-    print_hand_picks(record.trials, record.objectives, record.metric_name)
+    print_hand_picks(record.trials, record.objectives, record.metric_name, record.name)
     if report:
         from autopeft.report import log_report, write_report
 
@@ -401,6 +408,43 @@ def pareto(
         from autopeft.report import export_command
 
         console.print(f"picked trial {chosen}: export it with `{export_command(record.name, chosen)}`")
+
+
+@app.command("hand-picks")
+@friendly_errors
+def hand_picks_cmd(
+    search: Optional[str] = typer.Argument(None, help="Search name or MLflow parent run id (default: the latest search)."),
+    seeds: int = typer.Option(3, help="Training runs of each configuration, with seeds the search did not use."),
+    data_dir: Optional[str] = typer.Option(None, help="Folder laid out like GLUE's (env AUTOPEFT_DATA_DIR). Unset: the Hugging Face Hub."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+    experiment: str = typer.Option("autopeft", help="MLflow experiment."),
+) -> None:
+    """Retrain each warm start (hand-pick) of a search and the best trial that beat it, over new
+    seeds at the search's budget, and say on dev whether the search's lead holds."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from autopeft.retrain import candidates, log_verdicts, retrain_hand_picks, to_retrain, verdict_line
+    from autopeft.tasks import resolve_data_dir
+
+    record = _load(search, tracking_uri, experiment)
+    configs = len(to_retrain(candidates(record, seeds)))
+    data = resolve_data_dir(data_dir)
+    split = record.budget.get("select_on", "dev")
+    console.print(f"retraining {configs} configurations of {record.name} x {seeds} seeds at the search's budget, "
+                  f"scored on dev" + ("" if split != "dev" else " (the split the search selected on: a lead there "
+                                      "is still flattered by the choice; --select-on holdout avoids that)"),
+                  soft_wrap=True)
+    with Progress(TextColumn("[bold]hand-picks"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), TextColumn("{task.description}"), console=console) as bar:
+        task = bar.add_task("", total=configs * seeds)
+
+        def on_run(trial, seed: int, metric: float) -> None:
+            bar.update(task, advance=1, description=f"trial {trial.trial} seed {seed}: {metric:.4f}")
+        verdicts = retrain_hand_picks(record, seeds, str(data) if data else None, on_run=on_run)
+    out = Console()
+    for v in verdicts:
+        out.print(_escape(verdict_line(v, record.metric_name)), highlight=False, soft_wrap=True)
+    console.print(f"MLflow run {log_verdicts(record, verdicts)} (under the search's run)")
 
 
 @app.command()

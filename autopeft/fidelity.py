@@ -28,6 +28,12 @@ trial's size is known before it trains; its metric is what the rung measured. Me
 this rule: in two suite searches the LoRA r=8 warm start had the best metric at rung 1 and was
 stopped there, because a smaller, worse trial had reached the rung first.
 
+A third: the space's warm starts (``references``, the hand-picked configurations a user would
+otherwise stop at) always go on to the full budget, ahead of any promotion. They are what the
+search's front is read against (``results.hand_picks``); stopped at a low rung, a warm start
+leaves no full-budget point to compare with (measured: the default search's size-24 serial adapter
+stopped at rung 1 on SST-2), and a handful of full trainings is a small share of a search.
+
 ``ceil`` rather than ASHA's ``floor``: an asynchronous scheduler must decide at once, and with
 ``floor`` the first ``eta - 1`` trials at a rung (nothing to compare with yet) would all stop; with
 ``ceil`` a trial goes on while it is the best seen there, as Ray Tune's percentile cut-off does.
@@ -285,6 +291,9 @@ class RungLedger:
     # it would be judged on again.
     rank_check: bool = False
     opened: set[int] = field(default_factory=set, init=False)  # sticky, so not derivable from the records
+    # Runs that always go on to the full budget, first: the space's warm starts (``decide``,
+    # ``next_promotion``). Marked as their reports arrive, and from the study on resume.
+    references: set[str] = field(default_factory=set)
     records: list[dict[str, tuple[float, ...]]] = field(default_factory=list)
     learned: list[dict[str, bool]] = field(default_factory=list)  # beside records: beat a constant prediction?
     went_on: list[set[str]] = field(default_factory=list)  # decided to go on here, by this ledger
@@ -338,7 +347,7 @@ class RungLedger:
         self.record(trial, rung, values)
         if rung >= self.rungs - 1:
             return True
-        if self.is_open(rung):
+        if trial in self.references or self.is_open(rung):
             self.went_on[rung].add(trial)
             return True
         ids = list(self.records[rung])
@@ -355,9 +364,14 @@ class RungLedger:
 
     def next_promotion(self, waiting: Collection[str] | None = None) -> tuple[str, int] | None:
         """Halving of the promotion type: (trial, rung) of the trial to resume next, or None (start a
-        new one). Highest rung first; there, the best of the top ``floor(n / eta)`` trials by
-        ``promotion_order`` (all of them at an open rung: ``is_open``) that has not reached the next rung. ``waiting``: the trials that can be
-        resumed (those whose state is kept and that are not running); default all."""
+        new one). A reference (``references``) below the top first, highest rung first; then, highest
+        rung first, the best of the top ``floor(n / eta)`` trials by ``promotion_order`` (all of them
+        at an open rung: ``is_open``) that has not reached the next rung. ``waiting``: the trials
+        that can be resumed (those whose state is kept and that are not running); default all."""
+        for rung in range(self.rungs - 2, -1, -1):
+            for run in self.records[rung]:  # in arrival order
+                if run in self.references and run not in self.records[rung + 1] and (waiting is None or run in waiting):
+                    return run, rung
         for rung in range(self.rungs - 2, -1, -1):
             ids = list(self.records[rung])
             order = promotion_order([self.records[rung][t] for t in ids], self.directions,

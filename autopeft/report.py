@@ -161,8 +161,8 @@ def hand_pick_list(picks: Sequence[HandPick], metric_name: str) -> str:
     items = "".join(f"<li>{html.escape(hand_pick_line(hp, metric_name, words=True))}</li>" for hp in picks)
     return (f"<h2>Hand-picked baselines (the space's warm starts)</h2><ul class=\"hand-picks\">{items}</ul>"
             "<p>Scored on the split the search selects on, one run each unless --top-seeds: there the best of "
-            "many trials is flattered against one warm start. Retrain both with <code>autopeft train</code> "
-            "(reported on dev) before calling a win.</p>")
+            "many trials is flattered against one warm start. <code>autopeft hand-picks NAME</code> retrains both "
+            "over new seeds and judges them on dev before anyone calls a win.</p>")
 
 
 def _hover(t: Any, metric_name: str, objectives: dict[str, Objective]) -> str:

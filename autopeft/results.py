@@ -162,7 +162,7 @@ class HandPick:
     measured by the same search at the same budget, so this is the search's own answer to "did it
     beat the hand-pick?"; each is one training run (``--top-seeds`` scores the top over more), on
     the split the search selects on, where the best of many trials is flattered against the one
-    warm start: ``autopeft train`` reports both on dev."""
+    warm start: ``autopeft hand-picks`` (``retrain``) retrains both over new seeds, on dev."""
 
     trial: TrialRecord  # the warm start's trial: the one that reached the full budget, if any did
     beaten_by: list[TrialRecord]

@@ -20,7 +20,7 @@ from typing import Any
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from autopeft.fidelity import RungLedger
-from autopeft.schema import RESUME_OF, RUNG
+from autopeft.schema import RESUME_OF, RUNG, WARM_START
 
 
 class ParetoHalvingScheduler(FIFOScheduler):
@@ -29,9 +29,11 @@ class ParetoHalvingScheduler(FIFOScheduler):
     # Every rung report must reach ``on_trial_result``: a buffered batch could skip a rung.
     _supports_buffered_results = False
 
-    def __init__(self, ledger: RungLedger, promotion: bool = False) -> None:
+    def __init__(self, ledger: RungLedger, promotion: bool = False, keep_warm_starts: bool = True) -> None:
         super().__init__()
         self.ledger = ledger
+        # The space's warm starts become the ledger's references (they go on to the full budget).
+        self.keep_warm_starts = keep_warm_starts
         # The promotion type: each trial stops itself at its rung (its state kept) and the searcher
         # resumes the ones the ledger promotes later; here a rung report is only recorded.
         self.promotion = promotion
@@ -42,6 +44,8 @@ class ParetoHalvingScheduler(FIFOScheduler):
         # The ledger knows a configuration's run by the Optuna number of its first trial: the name
         # a resumed search also has for it (a trial resuming a stopped run carries ``RESUME_OF``).
         run = str(trial.config.get(RESUME_OF, trial.config["trial_number"]))
+        if self.keep_warm_starts and trial.config.get(WARM_START) is not None:
+            self.ledger.references.add(run)  # a hand-pick: the ledger takes it to the full budget
         if self.promotion:
             self.ledger.record(run, int(result[RUNG]), result)
             return TrialScheduler.CONTINUE

@@ -19,6 +19,9 @@ Runs of a search, in one MLflow experiment:
   run's first trial number) and ``resume_rung`` (the rung it went on from). A trial that evaluates
   one of the space's warm-start points has param ``warm_start`` (its index there).
 - train run (``autopeft.kind=train``): ``autopeft train``, nested under the search it came from.
+- hand-picks run (``autopeft.kind=hand_picks``): ``autopeft hand-picks``, nested under its search:
+  metrics ``trial<N>/dev_mean`` and ``trial<N>/dev_std`` per retrained trial, tag
+  ``autopeft.hand_pick.<I>`` with warm start I's outcome, artifact ``hand_picks.csv`` (a row per run).
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from typing import Any
 
 # ----------------------------------------------------------------------------- tags
 KIND_TAG = "autopeft.kind"
-KIND_SEARCH, KIND_TRIAL, KIND_TRAIN = "search", "trial", "train"
+KIND_SEARCH, KIND_TRIAL, KIND_TRAIN, KIND_HAND_PICKS = "search", "trial", "train", "hand_picks"
+HAND_PICK_TAG = "autopeft.hand_pick."  # hand-picks run: + warm start index -> its retrained outcome
+HAND_PICKS_ARTIFACT = "hand_picks.csv"
 SEARCH_TAG = "autopeft.search"  # parent, trial and train runs: the search name
 TRIAL_TAG = "autopeft.trial"  # trial run: Ray's trial id
 TRIAL_NUMBER_TAG = "autopeft.trial_number"  # trial run: the Optuna trial number (unique per search)

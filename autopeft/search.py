@@ -45,7 +45,7 @@ TARGET_FIELDS = ("num_samples", "cpu_budget_s", "full_trials")
 # changed would mix incomparable trials in one front (or, after a default changed, continue a
 # search under a scheduler it was not started with), so it is refused; --resume NAME keeps them.
 IDENTITY_FIELDS = ("model", "task", "space", "budget", "objectives", "seed", "sampler", "scheduler", "rungs",
-                   "reduction_factor", "rung_confidence", "rank_check", "top_seeds", "limits")
+                   "reduction_factor", "rung_confidence", "rank_check", "halve_warm_starts", "top_seeds", "limits")
 # Successive halving: at equal CPU it ended with a larger full-fidelity front than full-budget GP on
 # 8 of 9 seeds, and at the default size as good a front for about the same CPU
 # (benchmarks/multifidelity.py; benchmarks/README.md, "Multi-fidelity").
@@ -121,6 +121,10 @@ class SearchSettings:
         "and surely (8+ of them; the 95% upper bound of their Spearman at most 0.3), let every trial on past that "
         "rung (shp resumes those it held back): its stops were about at random, so there the rest of the search "
         "runs as fifo would"))
+    halve_warm_starts: bool = field(default=False, metadata=_field_help(
+        "successive halving: rank the space's warm starts at each rung like any trial, so they may stop early "
+        "(default: they always go on to the full budget, first, as the hand-picked references the front is read "
+        "against)"))
     top_seeds: int = field(default=1, metadata=_field_help(
         "seeds each config is trained with at the full budget (the top rung under sh); its metric is their "
         "mean and the spread is reported (metric_std, metric_min, metric_seed<i>); --full-trials counts each seed"))
@@ -178,6 +182,7 @@ class SearchSettings:
         data.setdefault("scheduler", "fifo")  # stored before schedulers existed: every trial ran at the full budget
         data.setdefault("rung_confidence", 0.0)  # stored before it existed: a rung's floor was the constant prediction
         data.setdefault("rank_check", False)  # stored before it existed
+        data.setdefault("halve_warm_starts", True)  # stored before it existed: warm starts were ranked like any trial
         return dataclass_from_dict(cls, {**data, "budget": TrainBudget.from_dict(data["budget"])}, "search settings")
 
     def replace(self, **changes: Any) -> "SearchSettings":
@@ -238,6 +243,9 @@ def prepare(settings: SearchSettings) -> Prepared:
     if settings.rank_check and settings.scheduler not in HALVING:
         raise ConfigError(f"--rank-check opens rungs of successive halving, and --scheduler {settings.scheduler} has "
                           f"none; use --scheduler {' / '.join(HALVING)} or drop --rank-check")
+    if settings.halve_warm_starts and settings.scheduler not in HALVING:
+        raise ConfigError(f"--halve-warm-starts ranks warm starts at the rungs of successive halving, and --scheduler "
+                          f"{settings.scheduler} has none; use --scheduler {' / '.join(HALVING)} or drop it")
     _check_promotion_budget(settings)
     objectives = settings.objective_entries()
     limit_objectives(settings.limits)
@@ -377,8 +385,8 @@ def open_stores(prep: Prepared) -> Stores:
         schema.OBJECTIVES_PARAM: ",".join(prep.objectives),
         "seed": settings.seed, **{f"{schema.BUDGET_PREFIX}{k}": v for k, v in settings.budget.to_dict().items()},
         "scheduler": settings.scheduler, "top_seeds": settings.top_seeds,
-        **({"rungs": settings.rungs, "reduction_factor": settings.reduction_factor, "rank_check": settings.rank_check}
-           if settings.scheduler in HALVING else {}),
+        **({"rungs": settings.rungs, "reduction_factor": settings.reduction_factor, "rank_check": settings.rank_check,
+            "halve_warm_starts": settings.halve_warm_starts} if settings.scheduler in HALVING else {}),
         **{f"limit/{k}": v for k, v in settings.limits.items()},
         schema.TASK_REF_PARAM: prep.context.task,
     }, tags={schema.TASK_TAG: prep.task.name, schema.MODEL_TAG: settings.model,
@@ -524,11 +532,14 @@ def _ledger(prep: Prepared, stores: Stores) -> Any:
     if prep.settings.scheduler not in HALVING:
         return None
     from autopeft.fidelity import RungLedger
-    from autopeft.study import rung_values
+    from autopeft.study import WARM_START_ATTR, rung_values
 
     ledger = RungLedger(prep.objectives, prep.settings.rungs, prep.settings.reduction_factor,
                         blind_quota=prep.settings.scheduler == "shq", rank_check=prep.settings.rank_check)
-    for number, rung, values in rung_values(stores.study.get_trials(deepcopy=False)):
+    trials = stores.study.get_trials(deepcopy=False)
+    if not prep.settings.halve_warm_starts:  # the scheduler marks the rest as their reports arrive
+        ledger.references.update(str(t.number) for t in trials if WARM_START_ATTR in t.user_attrs)
+    for number, rung, values in rung_values(trials):
         ledger.record(str(number), rung, values)
     return ledger
 
@@ -641,7 +652,8 @@ def _scheduler(prep: Prepared, ledger: Any) -> Any:
         return None
     from autopeft.scheduler import ParetoHalvingScheduler
 
-    return ParetoHalvingScheduler(ledger, promotion=prep.settings.scheduler == "shp")
+    return ParetoHalvingScheduler(ledger, promotion=prep.settings.scheduler == "shp",
+                                  keep_warm_starts=not prep.settings.halve_warm_starts)
 
 
 def states_dir(settings: SearchSettings) -> str | None:

@@ -117,7 +117,7 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
     from autopeft.reuse import Vetting, tell_reuse
     from autopeft.run_states import RunStates
     from autopeft.spaces import load_space
-    from autopeft.study import FIDELITY_ATTR, RUNG_ATTR, RUNG_VALUES_ATTR, STOPPED_ATTR, rung_values
+    from autopeft.study import FIDELITY_ATTR, RUNG_ATTR, RUNG_VALUES_ATTR, STOPPED_ATTR, WARM_START_ATTR, rung_values
     from autopeft.trial import TrialContext, run_config
 
     common._quiet_worker()
@@ -146,10 +146,13 @@ def run_method(task: str, method: str, seed: int, args: argparse.Namespace) -> l
     for t in study.get_trials(states=[optuna.trial.TrialState.RUNNING]):  # left by a stopped run
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     if not study.trials:
-        for point in space.warm_start_points(num_layers):  # as the search does
-            study.enqueue_trial(point)
+        for i, point in enumerate(space.warm_start_points(num_layers)):  # as the search does
+            study.enqueue_trial(point, user_attrs={WARM_START_ATTR: i})
     ledger = RungLedger(objectives, rungs or args.rungs, args.reduction_factor,  # unused without halving
                         blind_quota=is_blind_quota(method), rank_check=is_rank_checked(method))
+    # Warm starts go on to the full budget, as in the search (studies begun before 2026-11-29 23:00
+    # enqueued them unmarked: their halving runs ranked warm starts like any trial).
+    ledger.references.update(str(t.number) for t in study.trials if WARM_START_ATTR in t.user_attrs)
     for number, rung, values in rung_values(study.trials):
         ledger.record(str(number), rung, values)
     vetting = Vetting(budget)

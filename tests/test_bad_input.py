@@ -102,6 +102,8 @@ OTHER_CASES = {  # id: (extra CLI args, words) — tmp_path is substituted for {
     "rung confidence 1": (["--rung-confidence", "1"], ["--rung-confidence must be at least 0 and below 1"]),
     "rank check without halving": (["--scheduler", "fifo", "--rank-check"],
                                    ["--rank-check opens rungs of successive halving", "--scheduler fifo has none"]),
+    "warm starts halved without halving": (["--scheduler", "fifo", "--halve-warm-starts"],
+                                           ["--halve-warm-starts ranks warm starts", "--scheduler fifo has none"]),
     "zero CPU budget": (["--cpu-budget-s", "0"], ["--cpu-budget-s must be positive", "got 0"]),
     "negative parameter ceiling": (["--max-params", "-5"], ["--max-params must be positive"]),
     "zero memory ceiling": (["--max-memory", "0"], ["--max-memory must be positive"]),

@@ -171,6 +171,29 @@ def test_a_resumed_ledger_is_seeded_from_the_rung_values_the_study_holds():
     assert not ledger.decide("7", 0, {"metric": 0.8, "trainable_params": 20})
 
 
+def test_a_resumed_search_knows_its_warm_starts_unless_they_are_halved():
+    from types import SimpleNamespace
+
+    import optuna
+
+    from autopeft.search import SearchSettings, _ledger
+    from autopeft.study import WARM_START_ATTR
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.enqueue_trial({}, user_attrs={WARM_START_ATTR: 0})
+    study.ask(), study.ask()  # trial 0, the warm start; trial 1, sampled
+
+    def ledger(**changes):
+        settings = SearchSettings(name="n", model="m", task="t", space="s", scheduler="sh", **changes)
+        prep = SimpleNamespace(settings=settings, objectives=resolve_objectives("metric,trainable_params"))
+        return _ledger(prep, SimpleNamespace(study=study))
+    assert ledger().references == {"0"}
+    assert ledger(halve_warm_starts=True).references == set()
+    # A search stored before the setting existed ranked its warm starts, and resumes doing so.
+    assert SearchSettings.from_dict({"name": "n", "model": "m", "task": "t", "space": "s",
+                                     "budget": {}}).halve_warm_starts
+
+
 def test_promotion_order_ranks_the_learned_then_the_rest_by_arrival():
     # POINTS by pareto_order: 0 and 1 (the ends of the front), 3 (crowded between them), then 2 and 4.
     assert promotion_order(POINTS, MAXMIN) == pareto_order(POINTS, MAXMIN)
@@ -251,6 +274,32 @@ def test_promotion_takes_the_highest_rung_first_and_only_waiting_trials():
     assert ledger.next_promotion() == ("r2", 1), "a trial nearer the top goes first"
     ledger.record("r2", 2, {"metric": 0.85, "trainable_params": 100})
     assert ledger.next_promotion() == ("2", 0)
+
+
+def test_warm_starts_go_on_to_the_full_budget_ahead_of_any_promotion():
+    objectives = resolve_objectives("metric,trainable_params")
+    # Stopping type: "w" (a warm start) is dominated by "a" and would stop (quota 1 of 2) ...
+    plain = RungLedger(objectives, rungs=3, eta=3)
+    assert plain.decide("a", 0, {"metric": 0.8, "trainable_params": 100})
+    assert not plain.decide("w", 0, {"metric": 0.6, "trainable_params": 1000})
+    # ... but a reference goes on at every rung, and is counted as gone on (blind_quota reads that).
+    ledger = RungLedger(objectives, rungs=3, eta=3, references={"w"})
+    assert ledger.decide("a", 0, {"metric": 0.8, "trainable_params": 100})
+    assert ledger.decide("w", 0, {"metric": 0.6, "trainable_params": 1000})
+    assert not ledger.decide("b", 0, {"metric": 0.5, "trainable_params": 2000}), "others still ranked"
+    assert ledger.decide("w", 1, {"metric": 0.1, "trainable_params": 1000}), "even below chance"
+    assert ledger.went_on[0] >= {"w"} and "w" in ledger.went_on[1]
+    # Promotion type: a waiting reference is resumed before the rung's top trial, lowest rung
+    # included, and only while it waits.
+    promo = RungLedger(objectives, rungs=3, eta=3, references={"w"})
+    for run, m in (("a", 0.9), ("b", 0.8), ("c", 0.7), ("w", 0.5)):
+        promo.record(run, 0, {"metric": m, "trainable_params": 100})
+    assert promo.next_promotion() == ("w", 0)
+    assert promo.next_promotion(waiting={"a", "b", "c"}) == ("a", 0), "a running reference waits its turn"
+    promo.record("w", 1, {"metric": 0.55, "trainable_params": 100})
+    assert promo.next_promotion() == ("w", 1), "then on to the top"
+    promo.record("w", 2, {"metric": 0.6, "trainable_params": 100})
+    assert promo.next_promotion() == ("a", 0), "at the top: the ranking resumes"
 
 
 def test_spearman_hand_checked():

@@ -30,6 +30,8 @@ pytestmark = pytest.mark.integration
 # The search counts beating a constant prediction as learning (--rung-confidence 0): the tiny
 # random model's Pearson (0.02) is far inside chance on 48 rows (~0.2 at the default 0.95), so at
 # the default nothing would have learned and nobody would stop (see the test after the next).
+# The warm starts are the configurations these searches rank, so they run with
+# --halve-warm-starts; by default warm starts are not ranked (the test after the next two).
 SPACE = """
 methods:
   lora: {rank: [2, 4, 8, 16], targets: [query, value]}
@@ -51,8 +53,24 @@ def halved(tiny_bert, tiny_regression_task, tmp_path_factory, ray_for_searches):
         name="halved", model=tiny_bert, task=tiny_regression_task, space=str(space), num_samples=4, full_trials=2.0, max_concurrent_trials=1,
         budget=TrainBudget(train_examples=96, eval_examples=48, epochs=3, batch_size=16),
         workdir=str(root / "runs"), tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-        scheduler="sh", rungs=3, reduction_factor=3, rung_confidence=0.0)
+        scheduler="sh", rungs=3, reduction_factor=3, rung_confidence=0.0, halve_warm_starts=True)
     return settings, run_search(settings, show_progress=False)
+
+
+def _unlearned_after_one(name, tiny_bert, tiny_regression_task, tmp_path, **changes):
+    """A --scheduler shq search of ranks 16, 8 and 4, in that order (none learns at rung 0: the
+    comment on SPACE): its settings, result and trials by number."""
+    space = tmp_path / "lora.yaml"
+    space.write_text(SPACE.split("warm_start:")[0] + "warm_start:\n  - {lora/rank: 16}\n  - {lora/rank: 8}\n"
+                     "  - {lora/rank: 4}\n")
+    settings = SearchSettings(
+        name=name, model=tiny_bert, task=tiny_regression_task, space=str(space), num_samples=3,
+        max_concurrent_trials=1, budget=TrainBudget(train_examples=96, eval_examples=48, epochs=3, batch_size=16),
+        workdir=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        scheduler="shq", rungs=3, reduction_factor=3, rung_confidence=0.0, **changes)
+    result = run_search(settings, show_progress=False)
+    trials = sorted(optuna.load_study(study_name=name, storage=settings.storage_url()).trials, key=lambda t: t.number)
+    return settings, result, trials
 
 
 def test_blind_quota_sends_on_one_unlearned_trial_where_sh_sends_each(tiny_bert, tiny_regression_task, tmp_path,
@@ -62,16 +80,8 @@ def test_blind_quota_sends_on_one_unlearned_trial_where_sh_sends_each(tiny_bert,
     # and 2 arrive to a quota of one that trial 0 already holds: --scheduler shq stops them, while
     # sh, which ranks unlearned trials after learned ones only, would send each on.
     ray_for_searches()
-    space = tmp_path / "lora.yaml"
-    space.write_text(SPACE.split("warm_start:")[0] + "warm_start:\n  - {lora/rank: 16}\n  - {lora/rank: 8}\n"
-                     "  - {lora/rank: 4}\n")
-    settings = SearchSettings(
-        name="quota", model=tiny_bert, task=tiny_regression_task, space=str(space), num_samples=3,
-        max_concurrent_trials=1, budget=TrainBudget(train_examples=96, eval_examples=48, epochs=3, batch_size=16),
-        workdir=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        scheduler="shq", rungs=3, reduction_factor=3, rung_confidence=0.0)
-    run_search(settings, show_progress=False)
-    trials = sorted(optuna.load_study(study_name="quota", storage=settings.storage_url()).trials, key=lambda t: t.number)
+    settings, _, trials = _unlearned_after_one("quota", tiny_bert, tiny_regression_task, tmp_path,
+                                               halve_warm_starts=True)
     rung0 = [t.user_attrs[f"{RUNG_VALUES_ATTR}0"] for t in trials]
     assert all(r["metric"] <= r[NO_SKILL] for r in rung0), "none learned at rung 0"
     assert trials[0].user_attrs[RUNG_ATTR] >= 1 and STOPPED_ATTR not in trials[0].user_attrs
@@ -81,6 +91,20 @@ def test_blind_quota_sends_on_one_unlearned_trial_where_sh_sends_each(tiny_bert,
     sh = RungLedger(settings.objective_entries(), 3, 3)
     sh.record("0", 0, rung0[0])
     assert sh.decide("1", 0, rung0[1]) and sh.decide("2", 0, rung0[2]), "what sh would have done"
+
+
+def test_warm_starts_go_on_to_the_full_budget_unless_halved(tiny_bert, tiny_regression_task, tmp_path,
+                                                             ray_for_searches):
+    # The previous test's search: under --halve-warm-starts trials 1 and 2 stopped at rung 0 (they
+    # had not learned there). By default the same warm starts all reach the top.
+    ray_for_searches()
+    _, result, trials = _unlearned_after_one("kept", tiny_bert, tiny_regression_task, tmp_path)
+    assert all(t.user_attrs[f"{RUNG_VALUES_ATTR}0"]["metric"] <= 0.0 for t in trials[1:]), "as in the previous test"
+    assert [(t.user_attrs[RUNG_ATTR], t.user_attrs.get(STOPPED_ATTR)) for t in trials] == [(2, None)] * 3
+    record = load_search("kept", result.tracking_uri)
+    assert [r.warm_start for r in record.trials] == [0, 1, 2] and all(r.status == "COMPLETE" for r in record.trials)
+    params = MlflowClient(result.tracking_uri).get_run(result.parent_run_id).data.params
+    assert params["halve_warm_starts"] == "False"
 
 
 def test_some_trials_stop_at_rung_0_and_some_reach_the_top(halved):
@@ -218,7 +242,7 @@ def test_mlflow_agrees_and_the_front_is_full_fidelity_only(halved):
     assert not any(r.pareto for r in record.trials if r.status == "STOPPED")
     parent = client.get_run(result.parent_run_id)
     assert parent.data.params["scheduler"] == "sh" and float(parent.data.params["full_trials"]) == 2.0
-    assert parent.data.params["rank_check"] == "False"
+    assert parent.data.params["rank_check"] == "False" and parent.data.params["halve_warm_starts"] == "True"
     assert parent.data.metrics["trials_stopped"] == sum(r.status == "STOPPED" for r in record.trials) >= 1
 
 

@@ -42,8 +42,9 @@ ETA = 2
 
 @pytest.fixture(scope="module")
 def promoted(tiny_bert, tiny_regression_task, tmp_path_factory, ray_for_searches):
-    # eta 2 over 3 rungs (1/4, 1/2, 1 of 18 steps), one trial at a time: the four warm starts stop
-    # at rung 0; then two of them (floor(4 / 2)) are resumed to rung 1, one of those to the top,
+    # eta 2 over 3 rungs (1/4, 1/2, 1 of 18 steps), one trial at a time, the warm starts ranked
+    # like any trial (--halve-warm-starts; by default each goes to the top first, tested below):
+    # the four warm starts stop at rung 0; then two of them (floor(4 / 2)) are resumed to rung 1, one of those to the top,
     # and the eighth trial is a new one.
     ray_for_searches()
     root = tmp_path_factory.mktemp("shp")
@@ -53,7 +54,7 @@ def promoted(tiny_bert, tiny_regression_task, tmp_path_factory, ray_for_searches
         name="promoted", model=tiny_bert, task=tiny_regression_task, space=str(space), num_samples=8,
         max_concurrent_trials=1, budget=TrainBudget(train_examples=96, eval_examples=48, epochs=3, batch_size=16),
         workdir=str(root / "runs"), tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-        scheduler="shp", rungs=3, reduction_factor=ETA, rung_confidence=0.0)
+        scheduler="shp", rungs=3, reduction_factor=ETA, rung_confidence=0.0, halve_warm_starts=True)
     return settings, run_search(settings, show_progress=False)
 
 
@@ -194,6 +195,29 @@ def test_the_states_left_are_the_runs_still_waiting(promoted):
     assert not list(folder.glob("*.claimed.pt")), "a resumed trial releases the state it claimed"
     # Waiting: the runs stopped at their highest rung and not resumed (3 at rung 0, 1 at rung 1).
     assert len(RunStates(folder).waiting()) == 4
+
+
+def test_by_default_each_warm_start_is_resumed_to_the_top_before_a_new_trial(tiny_bert, tiny_regression_task,
+                                                                             tmp_path, ray_for_searches):
+    # Two warm starts, eta 2, one trial at a time: both run rung 0 (enqueued, asked first); then the
+    # first is resumed to rung 1 and to the top, then the second, and only then is a new trial asked,
+    # whatever they scored.
+    ray_for_searches()
+    space = tmp_path / "lora.yaml"
+    space.write_text(SPACE.split("warm_start:")[0] + "warm_start:\n  - {lora/rank: 16}\n  - {lora/rank: 2}\n")
+    settings = SearchSettings(
+        name="references", model=tiny_bert, task=tiny_regression_task, space=str(space), num_samples=7,
+        max_concurrent_trials=1, budget=TrainBudget(train_examples=96, eval_examples=48, epochs=3, batch_size=16),
+        workdir=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        scheduler="shp", rungs=3, reduction_factor=ETA, rung_confidence=0.0)
+    result = run_search(settings, show_progress=False)
+    trials = _trials(settings)
+    assert [(t.user_attrs.get(CONTINUES_ATTR), t.user_attrs.get(RESUMES_RUNG_ATTR), t.user_attrs[RUNG_ATTR])
+            for t in trials] == [(None, None, 0), (None, None, 0), (0, 0, 1), (0, 1, 2), (1, 0, 1), (1, 1, 2),
+                                 (None, None, 0)]
+    record = load_search(settings.name, result.tracking_uri)
+    picks = hand_picks(record.trials, record.directions)
+    assert [(hp.trial.trial, hp.measured) for hp in picks] == [(3, True), (5, True)]
 
 
 def _running_resume(storage: str, name: str) -> int | None:
