@@ -14,7 +14,9 @@ Under ``--select-on holdout`` the dev split is one no choice was made on; under 
 
 from __future__ import annotations
 
+import math
 import statistics
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -26,19 +28,24 @@ from autopeft.schema import TrialRecord
 
 @dataclass
 class Retrained:
-    """One trial's configuration trained again over ``seeds``: its dev metric per seed."""
+    """One trial's configuration trained again over ``seeds``: its dev metric per seed (NaN for a
+    run that failed; mean and std are over the runs that did not)."""
 
     trial: TrialRecord
     seeds: tuple[int, ...]
     dev: list[float] = field(default_factory=list)
 
     @property
+    def ok(self) -> list[float]:
+        return [m for m in self.dev if math.isfinite(m)]
+
+    @property
     def mean(self) -> float:
-        return statistics.fmean(self.dev)
+        return statistics.fmean(self.ok) if self.ok else math.nan
 
     @property
     def std(self) -> float:
-        return statistics.stdev(self.dev) if len(self.dev) > 1 else 0.0
+        return statistics.stdev(self.ok) if len(self.ok) > 1 else math.nan
 
     @property
     def params(self) -> int:
@@ -56,7 +63,7 @@ class Verdict:
     def outcome(self) -> str:
         """``beats`` (mean better by more than the larger std, params no more), ``beats on
         parameters`` (mean at least as good, fewer params), or ``not confirmed``."""
-        if self.best is None:
+        if self.best is None or len(self.best.ok) < 2 or len(self.pick.ok) < 2:  # no spread to judge by
             return "not confirmed"
         lead, noise = self.best.mean - self.pick.mean, max(self.best.std, self.pick.std)
         if self.best.params <= self.pick.params and lead > noise:
@@ -97,18 +104,24 @@ def retrain_hand_picks(record: SearchRecord, seeds: int, data_dir: str | None,
                        on_run: Callable[[TrialRecord, int, float], None] | None = None,
                        train: Callable[[Any, int, str | None], float] | None = None) -> list[Verdict]:
     """The trials ``to_retrain`` names for the measured warm starts, trained ``seeds`` times at the
-    search's budget (seeds ``budget.seed + 1`` ... ``+ seeds``). ``on_run(trial, seed, dev metric)``
-    after each run; ``train(export, seed, data_dir)`` returns one run's dev metric (default
-    ``dev_metric``: ``trial.run_config``)."""
+    search's budget with seeds it did not use: after the search's seed and the ones ``--top-seeds``
+    added (``budget.seed + 1`` on without them). ``on_run(trial, seed, dev metric)`` after each run;
+    ``train(export, seed, data_dir)`` returns one run's dev metric (default ``dev_metric``:
+    ``trial.run_config``). A run that fails is a NaN, not the end of the others."""
     train = train or dev_metric
     picks = candidates(record, seeds)
-    base_seed = int(record.budget.get("seed", 0))
+    wanted = to_retrain(picks)
+    first = int(record.budget.get("seed", 0)) + max(int(t.get("seeds") or 1) for t in wanted)
     done: dict[int, Retrained] = {}
-    for t in to_retrain(picks):
+    for t in wanted:
         exp = to_export(record, t)
-        r = done[t.trial] = Retrained(t, tuple(base_seed + 1 + k for k in range(seeds)))
+        r = done[t.trial] = Retrained(t, tuple(first + k for k in range(seeds)))
         for seed in r.seeds:
-            r.dev.append(train(exp, seed, data_dir))
+            try:
+                r.dev.append(train(exp, seed, data_dir))
+            except Exception as exc:  # recorded as a failed run; the other runs and configurations go on
+                warnings.warn(f"retraining trial {t.trial} with seed {seed} failed: {type(exc).__name__}: {exc}")
+                r.dev.append(math.nan)
             if on_run is not None:
                 on_run(t, seed, r.dev[-1])
     return [Verdict(done[hp.trial.trial], done[hp.beaten_by[0].trial] if hp.beaten_by else None) for hp in picks]
@@ -130,15 +143,21 @@ def verdict_line(v: Verdict, metric_name: str) -> str:
     """One line per warm start: both retrained means ± stds on dev, and the outcome."""
     p = v.pick
     head = (f"hand-pick (warm start {p.trial.warm_start}) trial {p.trial.trial}, {p.trial.peft}: dev {metric_name} "
-            f"{p.mean:.4f} ± {p.std:.4f} over {len(p.dev)} seeds, {p.params:,} params")
+            f"{p.mean:.4f} ± {p.std:.4f} over {_runs(p)}, {p.params:,} params")
     if v.best is None:
         return head + "; no trial of the search beat it, so nothing to confirm"
     b = v.best
-    return (head + f"; trial {b.trial.trial}: {b.mean:.4f} ± {b.std:.4f} ({b.mean - p.mean:+.4f}) at {b.params:,} "
-            f"params ({b.params / p.params:.2f}x): {v.outcome}"
+    return (head + f"; trial {b.trial.trial}: {b.mean:.4f} ± {b.std:.4f}"
+            + ("" if len(b.ok) == len(b.dev) else f" over {_runs(b)}")
+            + f" ({b.mean - p.mean:+.4f}) at {b.params:,} params ({b.params / p.params:.2f}x): {v.outcome}"
             + {"beats": f" (lead beyond the larger std, {max(b.std, p.std):.4f})",
                "beats on parameters": f" (lead inside the larger std, {max(b.std, p.std):.4f})",
                "not confirmed": ""}[v.outcome])
+
+
+def _runs(r: Retrained) -> str:
+    failed = len(r.dev) - len(r.ok)
+    return f"{len(r.dev)} seeds" + (f" ({failed} failed)" if failed else "")
 
 
 def verdict_rows(verdicts: Sequence[Verdict]) -> list[dict[str, Any]]:

@@ -74,6 +74,25 @@ def test_each_warm_start_and_its_best_beater_are_trained_once_over_new_seeds(mon
         (1, "warm start", 8), (1, "warm start", 9), (2, "warm start", 8), (2, "warm start", 9)]
 
 
+def test_seeds_start_after_top_seeds_and_a_failed_run_is_recorded_not_fatal(monkeypatch):
+    # Under --top-seeds 2 the search trained seeds 0 and 1: the retraining starts at 2. One run of
+    # the beater fails: it is a NaN, the rest go on, and one spread left is not enough to judge by.
+    trials = mark_front([_t(0, 0.80, 70_000, warm=0), _t(3, 0.82, 40_000)], DIRECTIONS)
+    for t in trials:
+        t.values["seeds"] = 2
+    monkeypatch.setattr(retrain, "to_export", lambda record, t: t)
+
+    def train(t, seed, data_dir):
+        if t.trial == 3 and seed == 3:
+            raise RuntimeError("loss is NaN")
+        return t["metric"] + seed / 1000
+    with pytest.warns(UserWarning, match="retraining trial 3 with seed 3 failed: RuntimeError: loss is NaN"):
+        [v] = retrain_hand_picks(_record(trials), 2, None, train=train)
+    assert v.pick.seeds == v.best.seeds == (2, 3)
+    assert v.best.ok == [pytest.approx(0.822)] and v.outcome == "not confirmed"
+    assert "trial 3: 0.8220 ± nan over 2 seeds (1 failed) (+0.0195)" in verdict_line(v, "accuracy")
+
+
 def test_nothing_to_retrain_is_one_clear_error():
     with pytest.raises(ConfigError, match="no warm starts"):
         retrain.candidates(_record([_t(0, 0.8, 10)]), 3)
