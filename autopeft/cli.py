@@ -415,6 +415,7 @@ def pareto(
 def hand_picks_cmd(
     search: Optional[str] = typer.Argument(None, help="Search name or MLflow parent run id (default: the latest search)."),
     seeds: int = typer.Option(3, help="Training runs of each configuration, with seeds the search did not use."),
+    workers: int = typer.Option(2, help="Training runs at a time, each in its own process on one CPU thread (as a search's trials)."),
     data_dir: Optional[str] = typer.Option(None, help="Folder laid out like GLUE's (env AUTOPEFT_DATA_DIR). Unset: the Hugging Face Hub."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
     experiment: str = typer.Option("autopeft", help="MLflow experiment."),
@@ -440,7 +441,7 @@ def hand_picks_cmd(
 
         def on_run(trial, seed: int, metric: float) -> None:
             bar.update(task, advance=1, description=f"trial {trial.trial} seed {seed}: {metric:.4f}")
-        verdicts = retrain_hand_picks(record, seeds, str(data) if data else None, on_run=on_run)
+        verdicts = retrain_hand_picks(record, seeds, str(data) if data else None, on_run=on_run, workers=workers)
     out = Console()
     for v in verdicts:
         out.print(_escape(verdict_line(v, record.metric_name)), highlight=False, soft_wrap=True)
