@@ -182,7 +182,8 @@ class SearchSettings:
         data.setdefault("scheduler", "fifo")  # stored before schedulers existed: every trial ran at the full budget
         data.setdefault("rung_confidence", 0.0)  # stored before it existed: a rung's floor was the constant prediction
         data.setdefault("rank_check", False)  # stored before it existed
-        data.setdefault("halve_warm_starts", True)  # stored before it existed: warm starts were ranked like any trial
+        # Stored before it existed: under halving, warm starts were ranked like any trial.
+        data.setdefault("halve_warm_starts", data["scheduler"] in HALVING)
         return dataclass_from_dict(cls, {**data, "budget": TrainBudget.from_dict(data["budget"])}, "search settings")
 
     def replace(self, **changes: Any) -> "SearchSettings":

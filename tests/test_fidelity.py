@@ -189,9 +189,12 @@ def test_a_resumed_search_knows_its_warm_starts_unless_they_are_halved():
         return _ledger(prep, SimpleNamespace(study=study))
     assert ledger().references == {"0"}
     assert ledger(halve_warm_starts=True).references == set()
-    # A search stored before the setting existed ranked its warm starts, and resumes doing so.
-    assert SearchSettings.from_dict({"name": "n", "model": "m", "task": "t", "space": "s",
-                                     "budget": {}}).halve_warm_starts
+    # A search stored before the setting existed ranked its warm starts under halving, and resumes
+    # doing so; one without halving had nothing to rank (and resumes valid under fifo).
+    stored = {"name": "n", "model": "m", "task": "t", "space": "s", "budget": {}}
+    assert SearchSettings.from_dict({**stored, "scheduler": "sh"}).halve_warm_starts
+    assert not SearchSettings.from_dict({**stored, "scheduler": "fifo"}).halve_warm_starts
+    assert not SearchSettings.from_dict(stored).halve_warm_starts, "stored before schedulers: fifo"
 
 
 def test_promotion_order_ranks_the_learned_then_the_rest_by_arrival():
