@@ -4,8 +4,9 @@ retrained over new seeds and scored on the dev split (``autopeft hand-picks``).
 The search's own line (``results.hand_picks``) compares one training run of each, on the split the
 search selected on, where the best of many trials is flattered against one warm start and one
 seed's luck is as large as the gaps (benchmarks/README.md, "Rank agreement"). Here both are trained
-again at the search's budget with seeds the search did not use (``budget.seed + 1`` on), so neither
-the selection nor its seed is reused, and the verdict is the suite's rule for a win over a baseline
+again at the search's budget with seeds the search did not use (``budget.seed + 1`` on, after any
+``--top-seeds`` ones), so the luck of the seed a trial was chosen with does not carry over, and
+the verdict is the suite's rule for a win over a baseline
 (benchmarks/README.md, "The suite"): a better mean by more than the larger of the two stds, or a
 mean at least as good with fewer parameters ("on parameters": the lead is inside the noise).
 Under ``--select-on holdout`` the dev split is one no choice was made on; under the default
