@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 
 def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
@@ -17,6 +17,17 @@ def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str])
         if x < y:
             better = True
     return better
+
+
+def dominates_beyond_noise(found: Mapping[str, float], base: Mapping[str, float]) -> bool:
+    """Pareto dominance over seeds that noise cannot fake (the suite's rule for a win over a
+    baseline; ``autopeft hand-picks`` judges by it too): ``mean`` metric >= and ``params`` <=, and
+    strictly better in one, where a strictly better metric must beat the other by more than the
+    larger of the two ``std`` over seeds (parameter counts are exact, so fewer is strictly fewer)."""
+    level = found["mean"] >= base["mean"] - 1e-9  # means of the same accuracies summed in another order
+    if not (level and found["params"] <= base["params"]):
+        return False
+    return found["params"] < base["params"] or found["mean"] - base["mean"] > max(found["std"], base["std"])
 
 
 def pareto_front(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[int]:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 from autopeft.errors import ConfigError
 from autopeft.objectives import METRIC, TRAINABLE_PARAMS
+from autopeft.pareto import dominates_beyond_noise
 from autopeft.results import HandPick, SearchRecord, hand_picks, to_export
 from autopeft.schema import TrialRecord
 
@@ -66,12 +67,10 @@ class Verdict:
         parameters`` (mean at least as good, fewer params), or ``not confirmed``."""
         if self.best is None or len(self.best.ok) < 2 or len(self.pick.ok) < 2:  # no spread to judge by
             return "not confirmed"
-        lead, noise = self.best.mean - self.pick.mean, max(self.best.std, self.pick.std)
-        if self.best.params <= self.pick.params and lead > noise:
-            return "beats"
-        if self.best.params < self.pick.params and lead >= -1e-9:  # (means of equal runs differ in the last bit)
-            return "beats on parameters"
-        return "not confirmed"
+        best, pick = (dict(mean=r.mean, std=r.std, params=r.params) for r in (self.best, self.pick))
+        if not dominates_beyond_noise(best, pick):
+            return "not confirmed"
+        return "beats" if best["mean"] - pick["mean"] > max(best["std"], pick["std"]) else "beats on parameters"
 
 
 def candidates(record: SearchRecord, seeds: int) -> list[HandPick]:

@@ -20,6 +20,12 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+# Pareto dominance that noise cannot fake (mean metric >= and params <=, strictly better in one, a
+# better metric by more than the larger seed std): the product's rule, which autopeft hand-picks uses.
+from autopeft.pareto import dominates_beyond_noise
+
+dominates = dominates_beyond_noise  # what the benchmarks call
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # model and data are local; never wait on Hub retries
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -369,13 +375,6 @@ def summarise(rows: list[dict[str, str]], group: Callable[[dict[str, str]], tupl
     return out
 
 
-def dominates(found: dict[str, float], base: dict[str, float]) -> bool:
-    """Pareto dominance that noise cannot fake: mean metric >= and params <=, and strictly better
-    in one, where a strictly better metric must beat the baseline by more than the larger of the
-    two seed stds (parameter counts are exact, so fewer is strictly fewer)."""
-    if not (found["mean"] >= base["mean"] and found["params"] <= base["params"]):
-        return False
-    return found["params"] < base["params"] or found["mean"] - base["mean"] > max(found["std"], base["std"])
 
 
 def resumable_study(storage: str, name: str, sampler: str, seed: int, expected_trials: int) -> Any:
