@@ -106,6 +106,9 @@ def main() -> None:
     args = ap.parse_args()
     if not args.data_dir:
         ap.error("give --data-dir or AUTOPEFT_DATA_DIR (the data folder, e.g. ../shared/data)")
+    # The folder exists before git is asked: a directory-only pattern such as /.gpu/ matches no
+    # path that is absent, so a first run would be refused under the very line it suggests.
+    args.out.mkdir(parents=True, exist_ok=True)
     ignored = subprocess.run(["git", "check-ignore", "-q", str(args.out)], cwd=ROOT).returncode == 0
     if not ignored:
         ap.error(f"{args.out} is not ignored by git, so it would travel twice: add /{args.out.name}/ to "
