@@ -22,7 +22,7 @@ from autopeft.errors import ConfigError, DataError
 from autopeft.fidelity import DEFAULT_REDUCTION_FACTOR, DEFAULT_RUNGS, expected_share, promotion_minimum, rung_fractions
 from autopeft.objectives import DEFAULT_OBJECTIVES, METRIC, PEAK_MEMORY_MB, Objective, directions, resolve_objectives
 from autopeft.results import SearchRecord
-from autopeft.samplers import DEFAULT_SAMPLER, SAMPLERS, make_sampler
+from autopeft.samplers import DEFAULT_SAMPLER, SAMPLERS, blind_trials, make_sampler
 from autopeft.stores import check_database_url, sqlite_url
 from autopeft.tasks.metrics import CHANCE_QUANTILE
 from autopeft.trial import TrialContext
@@ -257,6 +257,16 @@ def prepare(settings: SearchSettings) -> Prepared:
     model = inspect_model(settings.model)
     space.check_model(model.num_layers)
     notes: list[str] = []
+    blind = blind_trials(settings.sampler, settings.num_samples, settings.max_concurrent_trials)
+    if blind:
+        blind, startup = blind
+        # A CPU budget or a size in full trials leaves num_samples a cap, not the search's length.
+        counted = settings.cpu_budget_s is None and settings.full_trials is None
+        of = f" of the {settings.num_samples}" if counted else ""
+        notes.append(f"with {settings.max_concurrent_trials} trials at a time, about {blind}{of} "
+                     f"trials start before the {settings.sampler} sampler has the results of its "
+                     f"{startup} start-up trials, so they are not steered by any result; "
+                     "fewer --max-concurrent-trials or more --num-samples leave it more to steer")
     try:
         data_dir = resolve_data_dir(settings.data_dir)
         b = settings.budget  # the trials' splits, holdout included: fail now, not in every trial

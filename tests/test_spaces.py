@@ -305,3 +305,42 @@ def test_the_gp_sampler_does_not_warn_about_greenlet():
     code = "import autopeft.gp_sampler, optuna._gp.batched_lbfgsb"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "greenlet" not in out.stderr + out.stdout
+
+
+def test_trials_started_before_the_startup_results_are_blind():
+    """The premise of ``blind_trials``: what the GP is asked before its start-up trials have
+    results is a seeded random draw, the same whatever the objective; told results, it differs."""
+    from autopeft.gp_sampler import GPSampler
+    from autopeft.samplers import blind_trials
+
+    def asked(sign: float, told: int, more: int) -> list[float]:
+        study = optuna.create_study(direction="maximize", sampler=GPSampler(seed=0, n_startup_trials=3))
+        first = [study.ask() for _ in range(6)]  # six at a time, none finished yet
+        xs = [t.suggest_float("x", 0.0, 1.0) for t in first]
+        for t, x in list(zip(first, xs))[:told]:
+            study.tell(t, sign * x)
+        return xs + [study.ask().suggest_float("x", 0.0, 1.0) for _ in range(more)]
+
+    assert asked(1.0, told=0, more=0) == asked(-1.0, told=0, more=0)
+    up, down = asked(1.0, told=6, more=1), asked(-1.0, told=6, more=1)
+    assert up[6] != down[6]
+    # 12 trials of which 3 start up, 6 at a time: about 3 + 6 - 1 start unsteered.
+    assert blind_trials("gp", 12, 6) == (8, 3)
+    assert blind_trials("tpe", 20, 12) == (16, 5)
+    assert blind_trials("gp", 20, 12) == (16, 5)
+    assert blind_trials("gp", 12, 2) is None  # the default: one more than the start-up
+    assert blind_trials("random", 20, 12) is None and blind_trials("nsga2", 20, 12) is None
+
+
+def test_a_search_wider_than_its_startup_says_so_before_it_starts(tiny_bert, tiny_task):
+    from autopeft.search import SearchSettings, prepare
+
+    note = "trials start before the gp sampler has the results of its 3 start-up trials"
+    wide = prepare(SearchSettings(name="x", model=tiny_bert, task=tiny_task, space="lora", num_samples=12,
+                                  max_concurrent_trials=6)).notes
+    assert len(wide) == 1 and "about 8 of the 12 trials" in wide[0] and note in wide[0]
+    assert not prepare(SearchSettings(name="x", model=tiny_bert, task=tiny_task, space="lora", num_samples=12,
+                                      max_concurrent_trials=2)).notes
+    budgeted = prepare(SearchSettings(name="x", model=tiny_bert, task=tiny_task, space="lora", num_samples=12,
+                                      max_concurrent_trials=6, cpu_budget_s=60)).notes
+    assert "about 8 trials start" in budgeted[0]
