@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from autopeft import schema
@@ -165,7 +165,10 @@ class HandPick:
     warm start: ``autopeft hand-picks`` (``retrain``) retrains both over new seeds, on dev."""
 
     trial: TrialRecord  # the warm start's trial: the one that reached the full budget, if any did
-    beaten_by: list[TrialRecord]
+    beaten_by: list[TrialRecord]  # trials the search found; never another warm start
+    # Other warm starts that dominate it: one hand-pick beating another is no answer to "did the
+    # search beat the hand-pick?", so they are named apart and nothing is retrained for them.
+    by_hand_picks: list[TrialRecord] = field(default_factory=list)
 
     @property
     def measured(self) -> bool:
@@ -190,11 +193,15 @@ def hand_picks(trials: Sequence[TrialRecord], directions: dict[str, str]) -> lis
     def point(t: TrialRecord) -> list[float]:
         return [float(t[k]) if t.get(k) is not None else math.nan for k in directions]
 
+    def best_first(ts: list[TrialRecord]) -> list[TrialRecord]:
+        return sorted(ts, key=lambda t: (-t[METRIC], t[TRAINABLE_PARAMS]))
+
     out = []
     for _, pick_ in sorted(latest.items()):
         beaten = [] if pick_.status != "COMPLETE" else [
             t for t in done if t.trial != pick_.trial and dominates(point(t), point(pick_), list(directions.values()))]
-        out.append(HandPick(pick_, sorted(beaten, key=lambda t: (-t[METRIC], t[TRAINABLE_PARAMS]))))
+        out.append(HandPick(pick_, best_first([t for t in beaten if t.warm_start is None]),
+                            best_first([t for t in beaten if t.warm_start is not None])))
     return out
 
 
@@ -211,6 +218,11 @@ def hand_pick_line(hp: HandPick, metric_name: str, words: bool = False) -> str:
                 if t.get("rung") is not None and t.get("fidelity") is not None and t.get(METRIC) is not None else "")
         return f"{head}: no full-budget result ({why})"
     head += f": {metric_name} {t[METRIC]:.4f}, {int(t[TRAINABLE_PARAMS]):,} params"
+    if not hp.beaten_by and hp.by_hand_picks:
+        other = hp.by_hand_picks[0]
+        return (head + f"; no trial the search found beats it on every objective, but hand-pick trial {other.trial} "
+                f"(warm start {other.warm_start}) does: {other[METRIC]:.4f} ({other[METRIC] - t[METRIC]:+.4f}) at "
+                f"{int(other[TRAINABLE_PARAMS]):,} params ({other[TRAINABLE_PARAMS] / t[TRAINABLE_PARAMS]:.2f}x)")
     if not hp.beaten_by:
         return head + "; no trial beats it on every objective" + (" (it is on the front)" if t.pareto else "")
     best = hp.beaten_by[0]

@@ -84,3 +84,22 @@ def test_over_seeds_a_lead_is_read_against_the_larger_std():
         "metric lead beyond the larger std over seeds (0.0200; 2 and 2 seeds)")
     tie = hand_picks([seeded(0, 0.80, 70_000, 0.030, warm=0), seeded(1, 0.82, 40_000, 0.005)], DIRECTIONS)[0]
     assert hand_pick_line(tie, "accuracy").endswith("metric lead within the larger std over seeds (0.0300; 2 and 2 seeds)")
+
+
+def test_a_warm_start_beaten_only_by_another_is_not_beaten_by_the_search():
+    # Measured on SICK-R: the size-12 adapter dominated the size-24 one, and "beaten by trial 1"
+    # read as a search win and sent autopeft hand-picks to "confirm" one hand-pick against another.
+    trials = mark_front([
+        _t(0, 0.77, 113_000, warm=0),
+        _t(1, 0.81, 58_000, warm=1),
+        _t(2, 0.76, 40_000),              # beats neither warm start on every objective
+        _t(3, 0.80, 100_000),             # beats warm start 0, not 1
+    ], DIRECTIONS)
+    picks = hand_picks(trials, DIRECTIONS)
+    assert [b.trial for b in picks[0].beaten_by] == [3] and [b.trial for b in picks[0].by_hand_picks] == [1]
+    assert picks[1].beaten_by == [] and picks[1].by_hand_picks == []
+    without_3 = hand_picks([t for t in trials if t.trial != 3], DIRECTIONS)
+    assert without_3[0].beaten_by == []
+    assert hand_pick_line(without_3[0], "pearson").endswith(
+        "no trial the search found beats it on every objective, but hand-pick trial 1 (warm start 1) does: "
+        "0.8100 (+0.0400) at 58,000 params (0.51x)")
