@@ -221,15 +221,19 @@ def hand_pick_line(hp: HandPick, metric_name: str, words: bool = False) -> str:
     if not hp.beaten_by and hp.by_hand_picks:
         other = hp.by_hand_picks[0]
         return (head + f"; no trial the search found beats it on every objective, but hand-pick trial {other.trial} "
-                f"(warm start {other.warm_start}) does: {other[METRIC]:.4f} ({other[METRIC] - t[METRIC]:+.4f}) at "
-                f"{int(other[TRAINABLE_PARAMS]):,} params ({other[TRAINABLE_PARAMS] / t[TRAINABLE_PARAMS]:.2f}x)")
+                f"(warm start {other.warm_start}) does: {_against(other, t)}")
     if not hp.beaten_by:
         return head + "; no trial beats it on every objective" + (" (it is on the front)" if t.pareto else "")
     best = hp.beaten_by[0]
     return (head + f"; beaten on every objective by {len(hp.beaten_by)} trial{'s' * (len(hp.beaten_by) > 1)} "
             f"({', '.join(str(b.trial) for b in hp.beaten_by)}), best trial {best.trial}: "
-            f"{best[METRIC]:.4f} ({best[METRIC] - t[METRIC]:+.4f}) at {int(best[TRAINABLE_PARAMS]):,} params "
-            f"({best[TRAINABLE_PARAMS] / t[TRAINABLE_PARAMS]:.2f}x), {_lead_note(best, t)}")
+            f"{_against(best, t)}, {_lead_note(best, t)}")
+
+
+def _against(better: TrialRecord, pick_: TrialRecord) -> str:
+    """``M' (+D) at P' params (Rx)``: a dominating trial against the warm start it beats."""
+    return (f"{better[METRIC]:.4f} ({better[METRIC] - pick_[METRIC]:+.4f}) at {int(better[TRAINABLE_PARAMS]):,} params "
+            f"({better[TRAINABLE_PARAMS] / pick_[TRAINABLE_PARAMS]:.2f}x)")
 
 
 def _lead_note(better: TrialRecord, pick_: TrialRecord) -> str:

@@ -257,9 +257,9 @@ def prepare(settings: SearchSettings) -> Prepared:
     model = inspect_model(settings.model)
     space.check_model(model.num_layers)
     notes: list[str] = []
-    blind = blind_trials(settings.sampler, settings.num_samples, settings.max_concurrent_trials)
-    if blind:
-        blind, startup = blind
+    unsteered = blind_trials(settings.sampler, settings.num_samples, settings.max_concurrent_trials)
+    if unsteered:
+        blind, startup = unsteered
         # A CPU budget or a size in full trials leaves num_samples a cap, not the search's length.
         counted = settings.cpu_budget_s is None and settings.full_trials is None
         of = f" of the {settings.num_samples}" if counted else ""

@@ -375,8 +375,6 @@ def summarise(rows: list[dict[str, str]], group: Callable[[dict[str, str]], tupl
     return out
 
 
-
-
 def resumable_study(storage: str, name: str, sampler: str, seed: int, expected_trials: int) -> Any:
     """A benchmark run's Optuna study, new or resumed, with its sampler seeded as a search seeds it
     (``autopeft.samplers.make_sampler``: a resumed run draws anew instead of replaying duplicates)."""
